@@ -1,0 +1,3 @@
+from semdir_edit.cli.main import main
+
+main()

@@ -1,0 +1,215 @@
+"""The one place for checkpoint and weights I/O.
+
+Two kinds of files, as in edm:
+- *weights* (``<name>.safetensors``): inference weights only, with the model's config in the
+  safetensors metadata; shipped in ``weights/<domain>/`` with ``manifest.json`` (config, command,
+  git commit, sha256, measured figures). Never pickles.
+- *training state* (``training-state.pt``): everything needed to resume (networks, optimisers, step,
+  RNG). Written atomically, read with ``torch.load(weights_only=True)`` so loading never runs code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from semdir_edit.config import ClassifierConfig, DiscriminatorConfig, GeneratorConfig, to_dict
+from semdir_edit.errors import UserError
+from semdir_edit.models import Classifier, Discriminator, Generator
+
+MANIFEST = "manifest.json"
+# Model kind -> (network class, config class). Explicit, so grep and type checkers can follow it.
+MODEL_KINDS: dict[str, tuple[type[nn.Module], type]] = {
+    "generator": (Generator, GeneratorConfig),
+    "discriminator": (Discriminator, DiscriminatorConfig),
+    "classifier": (Classifier, ClassifierConfig),
+}
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a temp file in the same folder + rename, so a killed process leaves no half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_commit() -> str:
+    """The current git commit of the source tree ("unknown" outside a checkout), "+dirty" if modified."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha or "unknown") + ("+dirty" if dirty and sha else "")
+
+
+# ----------------------------------------------------------------------------- weights (safetensors)
+
+def save_weights(model: nn.Module, kind: str, path: str | Path) -> str:
+    """Save a network's state (tensors only) with its config in the metadata; returns the sha256."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {"kind": kind, "config": json.dumps(to_dict(model.cfg), sort_keys=True)}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return sha256_file(path)
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file; anything else is refused with a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path} is not a valid safetensors weights file ({str(exc).splitlines()[0]})") from None
+
+
+def build_model(kind: str, config: dict[str, Any], state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Rebuild a network from its stored config and (optionally) its tensors."""
+    if kind not in MODEL_KINDS:
+        raise UserError(f"unknown model kind '{kind}'")
+    net_cls, cfg_cls = MODEL_KINDS[kind]
+    try:
+        model = net_cls(cfg_cls(**config))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise UserError(f"stored {kind} config is invalid ({exc})") from None
+    if state is not None:
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise UserError(f"{kind} weights do not match their config ({str(exc).splitlines()[0]})") from None
+    return model
+
+
+def load_model(weights_dir: str | Path, kind: str, device: torch.device | str = "cpu") -> nn.Module:
+    """Load a shipped network (eval mode) after checking its sha256 and config against the manifest."""
+    weights_dir = Path(weights_dir)
+    manifest = read_manifest(weights_dir)
+    entry = manifest.get("models", {}).get(kind)
+    if entry is None:
+        raise UserError(f"{weights_dir}/{MANIFEST} has no '{kind}' entry (train it first)")
+    path = weights_dir / entry["file"]
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    digest = sha256_file(path)
+    if digest != entry.get("sha256"):
+        raise UserError(f"{path}: sha256 {digest[:12]}… does not match the manifest ({str(entry.get('sha256'))[:12]}…); "
+                        "the file was modified or belongs to other weights")
+    state, meta = read_weights(path)
+    try:
+        stored = json.loads(meta.get("config", "null"))
+    except json.JSONDecodeError:
+        stored = None
+    if stored != entry.get("config") or meta.get("kind") != kind:
+        raise UserError(f"{path}: config in the file does not match {MANIFEST}; refusing to load")
+    return build_model(kind, stored, state).to(device).eval().requires_grad_(False)
+
+
+def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
+    path = Path(weights_dir) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"no {MANIFEST} in {weights_dir}: not a weights folder")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} cannot be read ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path} is not a JSON object")
+    return manifest
+
+
+def weights_id(weights_dir: str | Path) -> str:
+    """Short id of a weights folder (sha256 of the generator file): latent files record it."""
+    entry = read_manifest(weights_dir).get("models", {}).get("generator", {})
+    return str(entry.get("sha256", "none"))[:16]
+
+
+def register_model(weights_dir: str | Path, kind: str, model: nn.Module, *, command: str,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save ``model`` into ``weights_dir`` and record it in the manifest (file, sha256, config, command, commit)."""
+    weights_dir = Path(weights_dir)
+    file = f"{kind}.safetensors"
+    digest = save_weights(model, kind, weights_dir / file)
+    path = weights_dir / MANIFEST
+    manifest = read_manifest(weights_dir) if path.is_file() else {"models": {}, "figures": {}}
+    entry = {"file": file, "sha256": digest, "config": to_dict(model.cfg), "command": command,
+             "git_commit": git_commit(), **(extra or {})}
+    manifest.setdefault("models", {})[kind] = entry
+    atomic_write_json(path, manifest)
+    return entry
+
+
+def update_figures(weights_dir: str | Path, section: str, figures: dict[str, Any]) -> None:
+    """Record measured figures (from ``evaluate``) under ``manifest['figures'][section]``."""
+    path = Path(weights_dir) / MANIFEST
+    manifest = read_manifest(weights_dir)
+    manifest.setdefault("figures", {})[section] = figures
+    atomic_write_json(path, manifest)
+
+
+# ----------------------------------------------------------------------------- training state
+
+def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Atomically write a resumable training state (tensors, numbers, strings only)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_training_state(path: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a training state with ``weights_only=True``: a file that needs unpickling code is refused."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"no checkpoint to resume from at {path}") from None
+    except Exception as exc:  # noqa: BLE001 — torch raises many types for foreign or corrupt files.
+        raise UserError(f"{path}: not a valid training checkpoint ({str(exc).splitlines()[0]})") from None

@@ -1,0 +1,1 @@
+"""Command line (typer): thin layers over the Python functions."""
