@@ -18,6 +18,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="GAN inversion and real-image editing along global and class-specific directions.")
 train_app = typer.Typer(no_args_is_help=True, help="Train the project's networks.")
 app.add_typer(train_app, name="train")
+evaluate_app = typer.Typer(no_args_is_help=True, help="Measure shipped weights; figures go into the manifest.")
+app.add_typer(evaluate_app, name="evaluate")
 
 DEFAULT_CONFIG = "configs/fashion_mnist.yaml"
 DEFAULT_WEIGHTS = "weights/fashion_mnist"
@@ -30,6 +32,118 @@ def command_line() -> str:
 ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML config file.")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda[:N].")
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder with the dataset (overrides data.path).")
+WeightsOpt = typer.Option(Path(DEFAULT_WEIGHTS), "--weights", "-w", help="Weights folder (with manifest.json).")
+
+
+def print_table(figures: dict, title: str) -> None:
+    """Print figures as a two-column table."""
+    typer.echo(title)
+    width = max(len(k) for k in figures) if figures else 0
+    for key, value in figures.items():
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        typer.echo(f"  {key:<{width}}  {text}")
+
+
+def write_json(path: Optional[Path], figures: dict) -> None:
+    if path is not None:
+        from semdir_edit.checkpoint import atomic_write_json
+
+        try:
+            atomic_write_json(path, figures)
+        except OSError as exc:
+            raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+@app.command("generate")
+def generate_cmd(
+    out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG file to write."),
+    n: int = typer.Option(64, "--n", min=1, max=4096, help="Number of samples (grid of sqrt(n) columns)."),
+    seed: int = typer.Option(0, "--seed"),
+    truncation: float = typer.Option(1.0, "--truncation", help="Truncation psi (1 = none)."),
+    mix: bool = typer.Option(False, "--mix", help="Style-mixing grid: coarse layers from the top row, fine from "
+                             "the left column."),
+    mix_cutoff: Optional[int] = typer.Option(None, "--mix-cutoff", help="First layer taken from the column "
+                                             "sources (default num_ws/2)."),
+    noise_variation: bool = typer.Option(False, "--noise-variation", help="One code, several noise draws, and the "
+                                         "per-pixel standard deviation."),
+    scale: int = typer.Option(2, "--scale", min=1, max=16, help="Enlarge the PNG by this factor."),
+    weights: Path = WeightsOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Write a grid of generated images."""
+    import math
+
+    from semdir_edit import generation
+    from semdir_edit.checkpoint import load_model
+    from semdir_edit.device import resolve_device
+    from semdir_edit.imageio import save_grid
+
+    G = load_model(weights, "generator", resolve_device(device))
+    if mix and noise_variation:
+        raise UserError("choose one of --mix and --noise-variation")
+    if mix:
+        cutoff = mix_cutoff if mix_cutoff is not None else G.num_ws // 2
+        if not 0 < cutoff < G.num_ws:
+            raise UserError(f"--mix-cutoff must be between 1 and {G.num_ws - 1}")
+        images, nrow = generation.style_mixing_grid(G, seed, cutoff=cutoff, truncation_psi=truncation)
+    elif noise_variation:
+        images = generation.noise_variation(G, seed, truncation_psi=truncation)
+        nrow = len(images)
+    else:
+        images = generation.sample_images(G, n, seed, truncation)
+        nrow = math.ceil(math.sqrt(n))
+    save_grid(out, images, nrow=nrow, scale=scale)
+    typer.echo(f"wrote {out}")
+
+
+@evaluate_app.command("classifier")
+def evaluate_classifier_cmd(
+    weights: Path = WeightsOpt,
+    config: Path = ConfigOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    device: str = DeviceOpt,
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
+    record: bool = typer.Option(True, "--record/--no-record", help="Write the figures into the weights manifest."),
+) -> None:
+    """Classifier accuracy on the test split (overall and per class)."""
+    from semdir_edit.checkpoint import update_figures
+    from semdir_edit.config import load_config
+    from semdir_edit.device import resolve_device
+    from semdir_edit.evaluation.evaluate import evaluate_classifier
+
+    cfg = load_config(config)
+    figures = evaluate_classifier(weights, cfg.data, resolve_device(device), str(data_dir) if data_dir else None)
+    print_table(figures, "classifier")
+    write_json(json_out, figures)
+    if record:
+        update_figures(weights, "classifier", {**figures, "command": command_line()})
+
+
+@evaluate_app.command("generator")
+def evaluate_generator_cmd(
+    weights: Path = WeightsOpt,
+    config: Path = ConfigOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    device: str = DeviceOpt,
+    n: int = typer.Option(10_000, "--n", min=100, help="Generated (and real) images for FID and precision/recall."),
+    ppl_samples: int = typer.Option(5_000, "--ppl-samples", min=10),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
+    record: bool = typer.Option(True, "--record/--no-record", help="Write the figures into the weights manifest."),
+) -> None:
+    """FID / floor, precision / recall, class histogram, PPL and linear separability (classifier features)."""
+    from semdir_edit.checkpoint import update_figures
+    from semdir_edit.config import load_config
+    from semdir_edit.device import resolve_device
+    from semdir_edit.evaluation.evaluate import evaluate_generator
+
+    cfg = load_config(config)
+    figures = evaluate_generator(weights, cfg.data, resolve_device(device), str(data_dir) if data_dir else None,
+                                 n=n, ppl_samples=ppl_samples, seed=seed)
+    print_table(figures, "generator (figures in the classifier's feature space, not Inception)")
+    write_json(json_out, figures)
+    if record:
+        update_figures(weights, "generator", {**figures, "command": command_line()})
 
 
 @train_app.command("gan")
@@ -56,6 +170,31 @@ def train_gan_cmd(
                        data_dir=str(data_dir) if data_dir else None, weights_dir=weights or Path("weights") / cfg.name,
                        command=command_line(), time_limit_min=time_limit)
     typer.echo(f"step {result['step']}: {'finished' if result['finished'] else 'stopped; continue with --resume'}")
+
+
+@train_app.command("classifier")
+def train_classifier_cmd(
+    config: Path = ConfigOpt,
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<name>-classifier)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights folder to register the classifier "
+                                           "in when training completes (default weights/<name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
+    device: str = DeviceOpt,
+    data_dir: Optional[Path] = DataDirOpt,
+    time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
+) -> None:
+    """Train the classifier (its features are the project's feature space)."""
+    from semdir_edit.config import load_config
+    from semdir_edit.device import resolve_device
+    from semdir_edit.training.classifier import train_classifier
+
+    cfg = load_config(config)
+    result = train_classifier(cfg, out or Path("runs") / f"{cfg.name}-classifier", resolve_device(device),
+                              resume=resume, data_dir=str(data_dir) if data_dir else None,
+                              weights_dir=weights or Path("weights") / cfg.name, command=command_line(),
+                              time_limit_min=time_limit)
+    typer.echo(f"epoch {result['epoch']}: test accuracy {result.get('test_accuracy', float('nan')):.4f}"
+               f"{'' if result['finished'] else ' (stopped; continue with --resume)'}")
 
 
 def main() -> None:

@@ -1,0 +1,328 @@
+"""Distribution, smoothness and disentanglement figures of a generator, measured as in /work/shared/EVALUATION.md.
+
+Every figure uses the project's own classifier (its penultimate features, its feature maps, its labels) in place of
+ImageNet Inception / VGG networks, which cannot be fetched here; such figures compare within this project only and
+are not Inception FID.
+
+- FID: Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium", 2017
+  (computed as in pytorch-fid and NVlabs stylegan2-ada ``metrics/frechet_inception_distance.py``).
+- Precision / recall: Kynkäänniemi et al., "Improved Precision and Recall Metric for Assessing Generative Models",
+  2019 (as in stylegan2-ada ``metrics/precision_recall.py``).
+- Perceptual path length and linear separability: Karras, Laine, Aila, "A Style-Based Generator Architecture for
+  Generative Adversarial Networks", 2019 (PPL as in stylegan2-ada ``metrics/perceptual_path_length.py``).
+- The perceptual distance normalises feature maps as LPIPS does: Zhang et al., "The Unreasonable Effectiveness of
+  Deep Features as a Perceptual Metric", 2018.
+
+All functions are pure (no I/O) and return plain Python floats / lists / dicts. Sampling functions draw every random
+number from a CPU ``torch.Generator`` seeded with ``seed``, so a fixed (seed, batch size) gives the same figure on
+any device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import lpips
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semdir_edit.models.classifier import Classifier
+from semdir_edit.models.generator import Generator
+
+__all__ = [
+    "accuracy",
+    "class_histogram",
+    "classifier_features",
+    "fid_from_features",
+    "generate_batches",
+    "generate_images",
+    "linear_separability",
+    "min_class_share_ratio",
+    "perceptual_distance",
+    "perceptual_path_length",
+    "precision_recall",
+]
+
+
+@contextmanager
+def _eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put modules in eval mode (BatchNorm running stats, no dropout) and restore their flags afterwards."""
+    flags = [[m.training for m in module.modules()] for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, module_flags in zip(modules, flags, strict=True):
+            for m, flag in zip(module.modules(), module_flags, strict=True):
+                m.training = flag
+
+
+def _check_features(feats: torch.Tensor, name: str) -> None:
+    if feats.ndim != 2 or feats.shape[0] < 2:
+        raise ValueError(f"{name} must be (N >= 2, F), got {tuple(feats.shape)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Distribution figures.
+
+
+def fid_from_features(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
+    """Fréchet distance between Gaussian fits of two feature sets (A: (N_a, F), B: (N_b, F)).
+
+    ``||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` with unbiased covariances, in float64. The matrix square
+    root is ``scipy.linalg.sqrtm``; if it is not finite, both covariances get 1e-6 on the diagonal (pytorch-fid);
+    the small imaginary parts left by numerical error are dropped (stylegan2-ada keeps the real part).
+    """
+    _check_features(feats_a, "feats_a")
+    _check_features(feats_b, "feats_b")
+    if feats_a.shape[1] != feats_b.shape[1]:
+        raise ValueError(f"feature sizes differ: {feats_a.shape[1]} vs {feats_b.shape[1]}")
+    a = feats_a.detach().cpu().double().numpy()
+    b = feats_b.detach().cpu().double().numpy()
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    sigma_a = np.atleast_2d(np.cov(a, rowvar=False))
+    sigma_b = np.atleast_2d(np.cov(b, rowvar=False))
+    covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma_a.shape[0]) * 1e-6
+        covmean = scipy.linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
+    diff = mu_a - mu_b
+    fid = diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * np.trace(covmean)
+    return float(np.real(fid))
+
+
+def _kth_neighbour_radii(manifold: torch.Tensor, k: int, batch: int) -> torch.Tensor:
+    """(N,) distance of every manifold point to its k-th nearest other manifold point."""
+    radii = []
+    for rows in manifold.split(batch):
+        dist = torch.cdist(rows, manifold)  # (b, N); each row holds its own zero distance.
+        radii.append(dist.kthvalue(k + 1, dim=1).values)
+    return torch.cat(radii)
+
+
+def _inside_manifold(probes: torch.Tensor, manifold: torch.Tensor, radii: torch.Tensor, batch: int) -> torch.Tensor:
+    """(P,) bool: probe lies inside the k-NN ball of at least one manifold point."""
+    inside = []
+    for rows in probes.split(batch):
+        dist = torch.cdist(rows, manifold)  # (b, N)
+        inside.append((dist <= radii[None, :]).any(dim=1))
+    return torch.cat(inside)
+
+
+def precision_recall(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 3,
+                     batch: int = 1000) -> dict[str, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019) from features, real: (N_r, F), fake: (N_f, F).
+
+    Each set's manifold is the union of balls around its points, each ball reaching the point's k-th nearest
+    neighbour in the same set (Euclidean). Precision = share of fake points inside the real manifold; recall = share
+    of real points inside the fake manifold. Distances are computed ``batch`` rows at a time in float32, so memory
+    stays at about ``batch * N * 4`` bytes (40 MB for 10,000 vs 10,000 with the default).
+    """
+    _check_features(real_feats, "real_feats")
+    _check_features(fake_feats, "fake_feats")
+    if real_feats.shape[1] != fake_feats.shape[1]:
+        raise ValueError(f"feature sizes differ: {real_feats.shape[1]} vs {fake_feats.shape[1]}")
+    if not 1 <= k < min(len(real_feats), len(fake_feats)):
+        raise ValueError(f"k must be in [1, min(N_real, N_fake) - 1], got {k}")
+    real = real_feats.detach().float()
+    fake = fake_feats.detach().float()
+    results = {}
+    for name, manifold, probes in (("precision", real, fake), ("recall", fake, real)):
+        radii = _kth_neighbour_radii(manifold, k, batch)
+        results[name] = float(_inside_manifold(probes, manifold, radii, batch).double().mean())
+    return results
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Sampling and classifier read-outs.
+
+
+@torch.no_grad()
+def generate_batches(G: Generator, n: int, batch_size: int, device: torch.device | str, seed: int,
+                     truncation_psi: float = 1.0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(w (b, w_dim), image (b, C, R, R))`` for ``n`` fresh samples, ``batch_size`` at a time.
+
+    z ~ N(0, I) from a CPU generator seeded with ``seed`` (the same samples on every device for a fixed batch size),
+    w = mapping(z, truncation_psi), image = synthesis(broadcast(w), noise_mode="const"). G is run in eval mode.
+    """
+    if n < 0 or batch_size < 1:
+        raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    gen = torch.Generator().manual_seed(seed)
+    with _eval_mode(G):
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            z = torch.randn(b, G.z_dim, generator=gen).to(device)
+            w = G.mapping(z, truncation_psi)
+            yield w, G.synthesis(G.broadcast(w), noise_mode="const")
+
+
+def generate_images(G: Generator, n: int, batch_size: int, device: torch.device | str, seed: int,
+                    truncation_psi: float = 1.0) -> Iterator[torch.Tensor]:
+    """Yield image batches (b, C, R, R) of :func:`generate_batches` (same seed, same images)."""
+    for _, img in generate_batches(G, n, batch_size, device, seed, truncation_psi):
+        yield img
+
+
+@torch.no_grad()
+def classifier_features(C: Classifier, images: Iterable[torch.Tensor],
+                        device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run C (eval mode) over image batches in [-1, 1].
+
+    Returns ``(features (N, F) float32 on CPU, predicted labels (N,) int64 on CPU)``; features are C's penultimate
+    features, labels the argmax of its logits.
+    """
+    feats, preds = [], []
+    with _eval_mode(C):
+        for x in images:
+            f = C.features(x.to(device))
+            feats.append(f.float().cpu())
+            preds.append(C.fc(f).argmax(dim=1).cpu())  # Same as C(x).argmax(1): dropout is off in eval mode.
+    if not feats:
+        return torch.zeros(0, C.feature_dim), torch.zeros(0, dtype=torch.long)
+    return torch.cat(feats), torch.cat(preds)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Perceptual path length.
+
+
+def perceptual_distance(C: Classifier, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """(B,) LPIPS-style distance in C's feature maps, without learned weights.
+
+    For each map: unit-normalise every spatial position's channel vector (``lpips.normalize_tensor``), square the
+    difference, sum over channels, average over positions; then sum over maps. C should be in eval mode.
+    """
+    dist = x0.new_zeros(x0.shape[0])
+    for f0, f1 in zip(C.feature_maps(x0), C.feature_maps(x1), strict=True):
+        diff = (lpips.normalize_tensor(f0) - lpips.normalize_tensor(f1)).square()  # (B, C_i, H_i, W_i)
+        dist = dist + diff.sum(dim=1).mean(dim=(1, 2))
+    return dist
+
+
+@torch.no_grad()
+def perceptual_path_length(G: Generator, C: Classifier, n: int, device: torch.device | str, seed: int,
+                           epsilon: float = 1e-4, batch_size: int = 100) -> float:
+    """Perceptual path length in W, full path sampling (Karras et al. 2019; stylegan2-ada ``ppl_wfull``).
+
+    For each of ``n`` samples: w0, w1 = mapping(z0), mapping(z1) (no truncation), t ~ U(0, 1); the distance
+    ``d(G(lerp(w0, w1, t)), G(lerp(w0, w1, t + epsilon))) / epsilon^2`` with d = :func:`perceptual_distance` and
+    ``noise_mode="const"``. Returns the mean of the distances between their 1st and 99th percentiles (inclusive,
+    percentiles taken as 'lower' / 'higher' sample values). Deterministic for fixed (seed, batch_size).
+    """
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
+    gen = torch.Generator().manual_seed(seed)
+    dists = []
+    with _eval_mode(G, C):
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            # Sample endpoints in Z and the position t on the path.
+            z = torch.randn(2 * b, G.z_dim, generator=gen).to(device)
+            t = torch.rand(b, 1, generator=gen).to(device)
+            w0, w1 = G.mapping(z).chunk(2)
+            # Two nearby points on the W path, epsilon apart.
+            wt0 = w0.lerp(w1, t)
+            wt1 = w0.lerp(w1, t + epsilon)
+            img = G.synthesis(G.broadcast(torch.cat([wt0, wt1])), noise_mode="const")
+            img0, img1 = img.chunk(2)
+            dists.append((perceptual_distance(C, img0, img1) / epsilon ** 2).double().cpu())
+    dist = torch.cat(dists).numpy()
+    # Drop outliers: keep the samples between the 1st and 99th percentiles.
+    lo = np.percentile(dist, 1, method="lower")
+    hi = np.percentile(dist, 99, method="higher")
+    return float(dist[(dist >= lo) & (dist <= hi)].mean())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Linear separability.
+
+
+def linear_separability(ws: torch.Tensor, labels: torch.Tensor, num_classes: int, train_fraction: float = 0.5,
+                        weight_decay: float = 1e-3, max_iter: int = 200, seed: int = 0) -> dict[str, float]:
+    """How well a linear model in W predicts the classifier's labels of G(w): multi-class linear separability.
+
+    The StyleGAN paper (Karras et al. 2019) fits a linear SVM per binary attribute and reports the conditional
+    entropy of the classifier's label given the SVM's side of the plane. Here, with one multi-class label:
+
+    1. Split (ws, labels) at random (``seed``) into a train share ``train_fraction`` and a held-out rest.
+    2. Standardise w with the train mean / std and fit a multinomial logistic regression (softmax of ``A w + c``)
+       on the train split with full-batch L-BFGS, minimising mean cross-entropy + ``weight_decay * ||A||^2``.
+    3. On the held-out split report
+       - ``accuracy``: share of points whose argmax prediction equals the label;
+       - ``conditional_entropy``: mean of ``-log2 p(y | w)`` over held-out points, the cross-entropy in bits of the
+         true label under the model's predicted distribution (an estimate of H(Y | X) from above; 0 = perfectly
+         separable, ``log2(num_classes)`` = no information at uniform labels). Lower is more separable.
+
+    ws: (N, w_dim); labels: (N,) ints in [0, num_classes). Runs on ws.device, in float64.
+    """
+    if ws.ndim != 2 or labels.shape != (ws.shape[0],):
+        raise ValueError(f"need ws (N, w_dim) and labels (N,), got {tuple(ws.shape)} and {tuple(labels.shape)}")
+    n = ws.shape[0]
+    n_train = int(round(n * train_fraction))
+    if not 1 <= n_train < n:
+        raise ValueError(f"train_fraction={train_fraction} leaves an empty split of {n} points")
+    labels = labels.to(ws.device).long()
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes})")
+    x = ws.detach().double()
+    # Split at random.
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(ws.device)
+    train, test = perm[:n_train], perm[n_train:]
+    # Standardise with train statistics.
+    mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-8)
+    x = (x - mean) / std
+    # Fit the multinomial logistic regression.
+    linear = nn.Linear(x.shape[1], num_classes, dtype=torch.float64, device=ws.device)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    opt = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(linear(x[train]), labels[train]) + weight_decay * linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    # Evaluate on the held-out split.
+    with torch.no_grad():
+        logits = linear(x[test])
+        acc = (logits.argmax(dim=1) == labels[test]).double().mean()
+        entropy_bits = F.cross_entropy(logits, labels[test]) / np.log(2.0)
+    return {"accuracy": float(acc), "conditional_entropy": float(entropy_bits)}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Labels.
+
+
+def class_histogram(labels: torch.Tensor, num_classes: int) -> list[float]:
+    """Share of each class among ``labels`` (N,) ints in [0, num_classes); the shares sum to 1."""
+    labels = labels.detach().cpu().long().reshape(-1)
+    if labels.numel() == 0:
+        raise ValueError("labels is empty")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes})")
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    return [float(c) for c in counts / counts.sum()]
+
+
+def min_class_share_ratio(hist: list[float]) -> float:
+    """Smallest class share divided by the uniform share 1 / num_classes: 1 = balanced, 0 = a class is missing."""
+    if not hist:
+        raise ValueError("hist is empty")
+    return float(min(hist) * len(hist))
+
+
+def accuracy(logits_or_preds: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy; takes logits (N, num_classes) or predicted labels (N,)."""
+    preds = logits_or_preds.argmax(dim=1) if logits_or_preds.ndim == 2 else logits_or_preds
+    if preds.shape != labels.shape or labels.numel() == 0:
+        raise ValueError(f"need N > 0 predictions for N labels, got {tuple(preds.shape)} and {tuple(labels.shape)}")
+    return float((preds.cpu() == labels.cpu()).double().mean())
