@@ -44,7 +44,7 @@ from semdir_edit.errors import UserError
 # so that no other import can change it behind our back).
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
-FORMATS = ("PNG", "JPEG", "MPO", "GIF", "BMP", "TIFF", "WEBP", "PPM")  # Decoders we allow (no EPS/Ghostscript etc).
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")  # Decoders we allow (JPEG includes MPO; no EPS etc).
 DEFAULT_MAX_PIXELS = 50_000_000  # Refuse images declaring more pixels than this, before decoding them.
 ARTICLE_SIZE = 28  # Fashion-MNIST: the article's long edge spans 28 pixels, then the image is padded to 32.
 WORK_SIDE = 512  # Long edge of the working copy the article is searched in (the output is only 28 pixels).
@@ -55,7 +55,8 @@ KEEP_FRACTION = 0.05  # Connected components smaller than this fraction of the l
 STRETCH_PERCENTILE = 99.0  # This percentile of the article's intensity is mapped to 255.
 UNSHARP_SIGMA = 1.0  # Paper: Gaussian of radius and standard deviation 1.0 (3x3 kernel).
 UNSHARP_AMOUNT = 0.5  # Mild: out = x + amount * (x - blur(x)).
-DOMAIN_BORDER_MAX = 16  # A grayscale 28/32 image whose outer ring has at most this median is already a domain image.
+DOMAIN_BORDER_MAX = 16  # A grayscale 28/32 image is already a domain image when at least ...
+DOMAIN_DARK_RING = 0.25  # ... this fraction of its outer ring is at most DOMAIN_BORDER_MAX (articles may touch it).
 DOMAIN_SIZES = (28, 32)  # Sizes a domain image may already have (28 is padded to 32, as in training).
 UPLOADED = "uploaded image"  # How raw bytes without a name are called in messages.
 
@@ -250,7 +251,7 @@ def _normalise_mode(im: Image.Image) -> Image.Image:
 
 def _to_pixels(im: Image.Image, notes: list[str]) -> np.ndarray:
     """Normalised Pillow image -> uint8 (H, W) or (H, W, 3)."""
-    a = np.asarray(im)
+    a = np.array(im)  # A writable copy (torch.from_numpy warns on read-only arrays).
     if im.mode == "F" or im.mode.startswith("I"):
         a = a.astype(np.float64)
         if im.mode == "F" and a.max(initial=0) <= 1.0:
@@ -261,7 +262,7 @@ def _to_pixels(im: Image.Image, notes: list[str]) -> np.ndarray:
         return np.clip(np.rint(a), 0, 255).astype(np.uint8)
     if im.mode in ("RGBA", "LA"):
         return _composite(a[..., :-1], a[..., -1], notes)
-    return np.ascontiguousarray(a)
+    return a
 
 
 def _composite(color: np.ndarray, alpha: np.ndarray, notes: list[str]) -> np.ndarray:
@@ -288,7 +289,7 @@ def _gray(image: np.ndarray) -> np.ndarray:
 
 
 def _is_domain(image: np.ndarray) -> bool:
-    """28x28 or 32x32, gray (or RGB with equal channels), and a dark outer ring: already a domain image."""
+    """28x28 or 32x32, gray (or RGB with equal channels), and a partly black outer ring: already a domain image."""
     h, w = image.shape[:2]
     if h != w or h not in DOMAIN_SIZES:
         return False
@@ -296,7 +297,7 @@ def _is_domain(image: np.ndarray) -> bool:
         return False
     gray = _gray(image)
     ring = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
-    return float(np.median(ring)) <= DOMAIN_BORDER_MAX and float(ring.mean()) <= 3 * DOMAIN_BORDER_MAX
+    return float(np.quantile(ring, DOMAIN_DARK_RING)) <= DOMAIN_BORDER_MAX
 
 
 def _passthrough(image: np.ndarray, resolution: int) -> DomainResult:

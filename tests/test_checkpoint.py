@@ -1,0 +1,102 @@
+"""Weights and training-state I/O: bit-exact round trips; tampered or foreign files refused."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import pytest
+import torch
+
+from semdir_edit.checkpoint import (
+    load_model,
+    load_training_state,
+    read_manifest,
+    register_model,
+    save_training_state,
+)
+from semdir_edit.config import GeneratorConfig
+from semdir_edit.errors import UserError
+from semdir_edit.models import Generator
+
+CFG = GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8, 32: 8})
+
+
+@pytest.fixture
+def weights_dir(tmp_path):
+    torch.manual_seed(0)
+    G = Generator(CFG)
+    G.mapping.w_avg.normal_()
+    register_model(tmp_path, "generator", G, command="test")
+    return tmp_path, G
+
+
+def test_weights_round_trip_is_bit_exact(weights_dir):
+    path, G = weights_dir
+    loaded = load_model(path, "generator")
+    for (k, a), (k2, b) in zip(G.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    z = torch.randn(3, 16)
+    assert torch.equal(G.eval()(z, noise_mode="const"), loaded(z, noise_mode="const"))
+    entry = read_manifest(path)["models"]["generator"]
+    assert entry["command"] == "test" and len(entry["sha256"]) == 64
+
+
+def test_tampered_weights_refused(weights_dir):
+    path, _ = weights_dir
+    f = path / "generator.safetensors"
+    raw = bytearray(f.read_bytes())
+    raw[-3] ^= 0xFF
+    f.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="sha256"):
+        load_model(path, "generator")
+
+
+def test_config_mismatch_refused(weights_dir):
+    path, _ = weights_dir
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["models"]["generator"]["config"]["w_dim"] = 32
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="config"):
+        load_model(path, "generator")
+
+
+def test_pickle_presented_as_weights_is_never_unpickled(weights_dir, tmp_path):
+    path, _ = weights_dir
+    marker = tmp_path / "executed"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    f = path / "generator.safetensors"
+    f.write_bytes(pickle.dumps(Evil()))
+    manifest = json.loads((path / "manifest.json").read_text())
+    import hashlib
+
+    manifest["models"]["generator"]["sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="not a valid safetensors"):
+        load_model(path, "generator")
+    # A pickle given as a training state is refused by torch.load(weights_only=True).
+    state = tmp_path / "training-state.pt"
+    state.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(UserError, match="not a valid training checkpoint"):
+        load_training_state(state)
+    assert not marker.exists()
+
+
+def test_missing_manifest_and_kind(tmp_path, weights_dir):
+    with pytest.raises(UserError, match="manifest.json"):
+        load_model(tmp_path / "nothing", "generator")
+    path, _ = weights_dir
+    with pytest.raises(UserError, match="classifier"):
+        load_model(path, "classifier")
+
+
+def test_training_state_round_trip(tmp_path):
+    state = {"x": torch.randn(5), "step": 7, "nested": {"y": torch.arange(3)}}
+    save_training_state(tmp_path / "s.pt", state)
+    back = load_training_state(tmp_path / "s.pt")
+    assert torch.equal(back["x"], state["x"]) and back["step"] == 7 and torch.equal(back["nested"]["y"], torch.arange(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]  # No temp files left behind.
