@@ -140,7 +140,8 @@ def load_model(weights_dir: str | Path, kind: str, device: torch.device | str = 
         raise UserError(f"weights file not found: {path}")
     digest = sha256_file(path)
     if digest != entry.get("sha256"):
-        raise UserError(f"{path}: sha256 {digest[:12]}… does not match the manifest ({str(entry.get('sha256'))[:12]}…); "
+        expected = str(entry.get("sha256"))[:12]
+        raise UserError(f"{path}: sha256 {digest[:12]}… does not match the manifest ({expected}…); "
                         "the file was modified or belongs to other weights")
     state, meta = read_weights(path)
     try:

@@ -22,9 +22,10 @@ FASHION_MNIST_CLASSES = (
 
 @dataclass
 class DataConfig:
-    source: str = "idx"                                  # "idx" (four IDX files) or "folder" (one sub-folder per class).
+    source: str = "idx"                                  # "idx" (four IDX files) or "folder" (a sub-folder per class).
     path: str = "/usr/share/datasets/fashion-mnist"      # Folder holding the IDX files or the class sub-folders.
-    class_names: list[str] = field(default_factory=lambda: list(FASHION_MNIST_CLASSES))  # Empty = from folder names.
+    # Class names; empty = the sub-folder names (folder source) or "0".."N-1" (idx source).
+    class_names: list[str] = field(default_factory=lambda: list(FASHION_MNIST_CLASSES))
     resolution: int = 32                                 # Images are padded (28 -> 32) or resized to this size.
     max_train: int = 0                                   # Use only the first N training images; 0 = all.
 

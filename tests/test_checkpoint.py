@@ -34,7 +34,7 @@ def weights_dir(tmp_path):
 def test_weights_round_trip_is_bit_exact(weights_dir):
     path, G = weights_dir
     loaded = load_model(path, "generator")
-    for (k, a), (k2, b) in zip(G.state_dict().items(), loaded.state_dict().items()):
+    for (k, a), (k2, b) in zip(G.state_dict().items(), loaded.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b), k
     z = torch.randn(3, 16)
     assert torch.equal(G.eval()(z, noise_mode="const"), loaded(z, noise_mode="const"))
@@ -98,5 +98,6 @@ def test_training_state_round_trip(tmp_path):
     state = {"x": torch.randn(5), "step": 7, "nested": {"y": torch.arange(3)}}
     save_training_state(tmp_path / "s.pt", state)
     back = load_training_state(tmp_path / "s.pt")
-    assert torch.equal(back["x"], state["x"]) and back["step"] == 7 and torch.equal(back["nested"]["y"], torch.arange(3))
+    assert torch.equal(back["x"], state["x"]) and back["step"] == 7
+    assert torch.equal(back["nested"]["y"], torch.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]  # No temp files left behind.

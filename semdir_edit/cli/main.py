@@ -8,7 +8,6 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -44,7 +43,7 @@ def print_table(figures: dict, title: str) -> None:
         typer.echo(f"  {key:<{width}}  {text}")
 
 
-def write_json(path: Optional[Path], figures: dict) -> None:
+def write_json(path: Path | None, figures: dict) -> None:
     if path is not None:
         from semdir_edit.checkpoint import atomic_write_json
 
@@ -62,7 +61,7 @@ def generate_cmd(
     truncation: float = typer.Option(1.0, "--truncation", help="Truncation psi (1 = none)."),
     mix: bool = typer.Option(False, "--mix", help="Style-mixing grid: coarse layers from the top row, fine from "
                              "the left column."),
-    mix_cutoff: Optional[int] = typer.Option(None, "--mix-cutoff", help="First layer taken from the column "
+    mix_cutoff: int | None = typer.Option(None, "--mix-cutoff", help="First layer taken from the column "
                                              "sources (default num_ws/2)."),
     noise_variation: bool = typer.Option(False, "--noise-variation", help="One code, several noise draws, and the "
                                          "per-pixel standard deviation."),
@@ -100,9 +99,9 @@ def generate_cmd(
 def evaluate_classifier_cmd(
     weights: Path = WeightsOpt,
     config: Path = ConfigOpt,
-    data_dir: Optional[Path] = DataDirOpt,
+    data_dir: Path | None = DataDirOpt,
     device: str = DeviceOpt,
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
     record: bool = typer.Option(True, "--record/--no-record", help="Write the figures into the weights manifest."),
 ) -> None:
     """Classifier accuracy on the test split (overall and per class)."""
@@ -123,12 +122,12 @@ def evaluate_classifier_cmd(
 def evaluate_generator_cmd(
     weights: Path = WeightsOpt,
     config: Path = ConfigOpt,
-    data_dir: Optional[Path] = DataDirOpt,
+    data_dir: Path | None = DataDirOpt,
     device: str = DeviceOpt,
     n: int = typer.Option(10_000, "--n", min=100, help="Generated (and real) images for FID and precision/recall."),
     ppl_samples: int = typer.Option(5_000, "--ppl-samples", min=10),
     seed: int = typer.Option(0, "--seed"),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
     record: bool = typer.Option(True, "--record/--no-record", help="Write the figures into the weights manifest."),
 ) -> None:
     """FID / floor, precision / recall, class histogram, PPL and linear separability (classifier features)."""
@@ -149,14 +148,14 @@ def evaluate_generator_cmd(
 @train_app.command("gan")
 def train_gan_cmd(
     config: Path = ConfigOpt,
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<name>-gan)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights folder to register G and D in "
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<name>-gan)."),
+    weights: Path | None = typer.Option(None, "--weights", help="Weights folder to register G and D in "
                                            "when training completes (default weights/<name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
     device: str = DeviceOpt,
-    data_dir: Optional[Path] = DataDirOpt,
+    data_dir: Path | None = DataDirOpt,
     time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Override train_gan.steps."),
+    steps: int | None = typer.Option(None, "--steps", help="Override train_gan.steps."),
 ) -> None:
     """Train the StyleGAN2-style generator and discriminator."""
     from semdir_edit.config import load_config
@@ -175,12 +174,12 @@ def train_gan_cmd(
 @train_app.command("classifier")
 def train_classifier_cmd(
     config: Path = ConfigOpt,
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/<name>-classifier)."),
-    weights: Optional[Path] = typer.Option(None, "--weights", help="Weights folder to register the classifier "
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<name>-classifier)."),
+    weights: Path | None = typer.Option(None, "--weights", help="Weights folder to register the classifier "
                                            "in when training completes (default weights/<name>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
     device: str = DeviceOpt,
-    data_dir: Optional[Path] = DataDirOpt,
+    data_dir: Path | None = DataDirOpt,
     time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
 ) -> None:
     """Train the classifier (its features are the project's feature space)."""

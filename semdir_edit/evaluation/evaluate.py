@@ -41,7 +41,7 @@ def evaluate_classifier(weights_dir: str | Path, data_cfg: DataConfig, device: t
     test = load_split(data_cfg, "test", data_dir)
     preds = predict(C, test, device)
     figures: dict[str, Any] = {"accuracy": accuracy(preds, test.labels), "test_images": len(test)}
-    for k, name in enumerate(test.class_names):
+    for k in range(len(test.class_names)):
         mask = test.labels == k
         figures[f"accuracy_class_{k}"] = accuracy(preds[mask], test.labels[mask]) if mask.any() else float("nan")
     return figures

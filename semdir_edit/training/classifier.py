@@ -27,8 +27,8 @@ def random_shift_flip(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
     b, _, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4, value=-1.0)
     dy, dx = torch.randint(0, 2 * max_shift + 1, (2, b), device=x.device)
-    rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, None, :, None].expand(b, x.shape[1], h, w + 2 * max_shift)
-    x = padded.gather(2, rows)
+    rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])[:, None, :, None]
+    x = padded.gather(2, rows.expand(b, x.shape[1], h, w + 2 * max_shift))
     cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])[:, None, None, :].expand(b, x.shape[1], h, w)
     x = x.gather(3, cols)
     flip = torch.rand(b, device=x.device) < 0.5

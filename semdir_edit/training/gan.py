@@ -78,9 +78,9 @@ class StyleGAN2Loss:
 
 @torch.no_grad()
 def update_ema(G_ema: Generator, G: Generator, beta: float) -> None:
-    for p_ema, p in zip(G_ema.parameters(), G.parameters()):
+    for p_ema, p in zip(G_ema.parameters(), G.parameters(), strict=True):
         p_ema.lerp_(p, 1 - beta)
-    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+    for b_ema, b in zip(G_ema.buffers(), G.buffers(), strict=True):
         b_ema.copy_(b)
 
 
