@@ -380,7 +380,7 @@ def _convert(image: np.ndarray, resolution: int, name: str) -> DomainResult:
 
     # (4) Extend the short edge to 28 with the article at the centre, on black.
     canvas = np.zeros((ARTICLE_SIZE, ARTICLE_SIZE), np.float32)
-    y0, x0 = (ARTICLE_SIZE - size[1]) // 2, (ARTICLE_SIZE - size[0]) // 2
+    y0, x0 = (ARTICLE_SIZE - size[1] + 1) // 2, (ARTICLE_SIZE - size[0] + 1) // 2  # Odd slack: 1 more above/left, as in the data.
     canvas[y0:y0 + size[1], x0:x0 + size[0]] = small
 
     # (3) Sharpen: a mild unsharp mask; (6) 8-bit gray; then pad 28 -> R as the training images.
