@@ -119,7 +119,8 @@ def test_16bit_png(tmp_path):
     gray16 = (shoe_photo()[..., 0].astype(np.uint16) * 257).astype(np.uint16)
     path = tmp_path / "deep.png"
     cv2.imwrite(str(path), gray16)
-    assert Image.open(path).mode.startswith("I")
+    with Image.open(path) as stored:
+        assert stored.mode.startswith("I")
     loaded = load_image(path)
     assert loaded.pixels.dtype == np.uint8 and loaded.pixels.shape == (H, W)
     assert loaded.pixels[0, 0] == 255 and loaded.pixels[H // 2 + 20, W // 2] == 20
@@ -129,7 +130,8 @@ def test_16bit_png(tmp_path):
 def test_palette_png(tmp_path):
     path = tmp_path / "palette.png"
     Image.fromarray(shoe_photo(color=(150, 30, 30))).convert("P", palette=Image.Palette.ADAPTIVE, colors=4).save(path)
-    assert Image.open(path).mode == "P"
+    with Image.open(path) as stored:
+        assert stored.mode == "P"
     loaded = load_image(path)
     assert loaded.pixels.shape == (H, W, 3)
     assert to_domain(loaded.pixels).image.max() >= 250
@@ -281,3 +283,51 @@ def test_dark_background_photo_keeps_polarity():
     photo = shoe_photo(color=(220, 220, 220), background=15)
     x = to_domain(photo).image
     assert x.max() >= 250 and x[:2].max() == 0
+
+
+def _pil_modes() -> dict[str, tuple[Image.Image, str]]:
+    rgb = shoe_photo()
+    gray = np.asarray(Image.fromarray(rgb).convert("L"))
+    return {
+        "1-bit png": (Image.fromarray(gray).convert("1"), "PNG"),
+        "gray jpeg": (Image.fromarray(gray), "JPEG"),
+        "gray+alpha png": (Image.fromarray(gray).convert("LA"), "PNG"),
+        "32-bit int tiff": (Image.fromarray(gray.astype(np.int32) * 257), "TIFF"),
+        "float tiff": (Image.fromarray(gray.astype(np.float32) / 255), "TIFF"),
+        "cmyk tiff": (Image.fromarray(rgb).convert("CMYK"), "TIFF"),
+        "bmp": (Image.fromarray(rgb), "BMP"),
+        "webp": (Image.fromarray(rgb), "WEBP"),
+    }
+
+
+@pytest.mark.parametrize("case", _pil_modes().keys())
+def test_other_modes_and_formats(tmp_path, case):
+    image, fmt = _pil_modes()[case]
+    path = tmp_path / f"image.{fmt.lower()}"
+    image.save(path, fmt)
+    loaded = load_image(path)
+    assert loaded.pixels.dtype == np.uint8 and loaded.pixels.shape[:2] == (H, W)
+    assert loaded.pixels[0, 0].min() >= 245 and loaded.pixels[H // 2 + 20, W // 2].max() <= 40
+    assert to_domain(loaded.pixels).image.max() >= 250
+
+
+def test_article_differing_only_in_hue():
+    photo = shoe_photo(color=(255, 100, 108), background=148)  # About the same luminance as the background.
+    result = to_domain(photo)
+    assert result.image.max() >= 200 and any("colour distance" in n for n in result.notes)
+
+
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+
+
+@pytest.mark.skipif(not FASHION_MNIST.exists(), reason="Fashion-MNIST not installed")
+def test_fashion_mnist_images_pass_through_and_round_trip():
+    from semdir_edit.data.idx import read_idx
+
+    images = read_idx(FASHION_MNIST)[:100]
+    assert all(to_domain(x).passthrough for x in images)
+    errors = []
+    for x in images[:40]:  # Back to a catalogue photo: negated, 8x larger, white margins; then converted again.
+        photo = np.pad(cv2.resize(255 - x, (224, 224), interpolation=cv2.INTER_NEAREST), 40, constant_values=255)
+        errors.append(np.abs(to_domain(photo).image.astype(float) - np.pad(x, 2)).mean())
+    assert np.mean(errors) < 10  # Sharpening an already sharpened image is most of what is left.
