@@ -23,9 +23,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from semdir_edit.config import ClassifierConfig, DiscriminatorConfig, GeneratorConfig, to_dict
+from semdir_edit.config import ClassifierConfig, DiscriminatorConfig, EncoderConfig, GeneratorConfig, to_dict
 from semdir_edit.errors import UserError
 from semdir_edit.models import Classifier, Discriminator, Generator
+from semdir_edit.models.encoder import Encoder
 
 MANIFEST = "manifest.json"
 # Model kind -> (network class, config class). Explicit, so grep and type checkers can follow it.
@@ -33,14 +34,29 @@ MODEL_KINDS: dict[str, tuple[type[nn.Module], type]] = {
     "generator": (Generator, GeneratorConfig),
     "discriminator": (Discriminator, DiscriminatorConfig),
     "classifier": (Classifier, ClassifierConfig),
+    "encoder": (Encoder, EncoderConfig),                # Domain-guided encoder (in-domain inversion).
+    "encoder_conventional": (Encoder, EncoderConfig),   # Baseline encoder trained in latent space.
 }
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temp file next to ``path`` (same file system, so the rename is atomic), with normal permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs should read like any other.
+    return fd, tmp
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write via a temp file in the same folder + rename, so a killed process leaves no half file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -84,8 +100,7 @@ def save_weights(model: nn.Module, kind: str, path: str | Path) -> str:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"kind": kind, "config": json.dumps(to_dict(model.cfg), sort_keys=True)}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
         save_file(state, tmp, metadata=meta)

@@ -91,6 +91,48 @@ class ClassifierTrainConfig:
 
 
 @dataclass
+class EncoderConfig:
+    # Stem width, then one residual stage per halving of the resolution down to 4x4 (log2(resolution / 4) stages).
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128, 128])
+    num_ws: int = 0                   # W+ layers of the generator it inverts; 0 = take G.num_ws when training starts.
+    w_dim: int = 0                    # W size of that generator; 0 = take G.w_dim when training starts.
+    img_channels: int = 1             # 1 = grayscale.
+    resolution: int = 32              # Input size; a power of two >= 8.
+
+
+@dataclass
+class EncoderTrainConfig:
+    # Hyper-parameters of genforce/idinvert (train_encoder.py, training/loss_encoder.py) unless noted.
+    batch_size: int = 32
+    steps: int = 20000                # Total encoder steps (one E step and, domain-guided, one D step each).
+    lr: float = 1e-4                  # Adam learning rate of E and D (betas 0.9, 0.99).
+    lr_decay_rate: float = 0.8        # Exponential decay: lr * lr_decay_rate ** (step / lr_decay_steps), not staircase.
+    lr_decay_steps: int = 0           # 0 = steps // 4 (idinvert).
+    # Weight of the perceptual term. idinvert uses 5e-5 on the MSE of raw VGG16 conv4_3 features (0-255 inputs), which
+    # puts that term at about the size of its pixel MSE; our F (classifier maps with LPIPS channel normalisation) reads
+    # 5-25x the pixel MSE of [-1, 1] images over noise, blur and 1-px shifts, so 0.1 keeps the two of the same order.
+    lambda_perceptual: float = 0.1
+    lambda_adv: float = 0.08          # Weight of softplus(-D(G(E(x)))) in the encoder loss.
+    r1_gamma: float = 10.0            # R1 weight of the discriminator, every step; 0 = no R1.
+    perceptual: str = "classifier"    # Perceptual network F: "classifier" or "vgg" / "alex" (lpips, local weights).
+    sample_every: int = 1000          # Write a reconstruction grid every N steps.
+    checkpoint_every: int = 500       # Write a resumable checkpoint every N steps.
+    seed: int = 0
+
+
+@dataclass
+class InversionConfig:
+    # Defaults of genforce/idinvert_pytorch (utils/inverter.py): Adam lr 0.01, 100 steps, lambda_dom 2.0, noise fixed.
+    method: str = "indomain"          # "indomain" | "encoder" | "optimize" | "conventional".
+    steps: int = 100                  # Optimisation steps ("indomain", "optimize"); the encoders take none.
+    lr: float = 0.01                  # Adam learning rate on the W+ code.
+    lambda_perceptual: float = 0.1    # Weight of the perceptual term (see EncoderTrainConfig.lambda_perceptual).
+    lambda_dom: float = 2.0           # Weight of the domain regulariser ||w - E(G(w))||^2 ("indomain" only).
+    perceptual: str = "classifier"    # Perceptual network F: "classifier" or "vgg" / "alex" (lpips, local weights).
+    batch_size: int = 64              # Images inverted together.
+
+
+@dataclass
 class Config:
     name: str = "fashion_mnist"
     data: DataConfig = field(default_factory=DataConfig)
@@ -99,11 +141,15 @@ class Config:
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     train_gan: GANTrainConfig = field(default_factory=GANTrainConfig)
     train_classifier: ClassifierTrainConfig = field(default_factory=ClassifierTrainConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    train_encoder: EncoderTrainConfig = field(default_factory=EncoderTrainConfig)
+    invert: InversionConfig = field(default_factory=InversionConfig)
 
 
 _SECTIONS: dict[str, type] = {
     "data": DataConfig, "generator": GeneratorConfig, "discriminator": DiscriminatorConfig,
     "classifier": ClassifierConfig, "train_gan": GANTrainConfig, "train_classifier": ClassifierTrainConfig,
+    "encoder": EncoderConfig, "train_encoder": EncoderTrainConfig, "invert": InversionConfig,
 }
 
 
