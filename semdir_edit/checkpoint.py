@@ -23,10 +23,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from semdir_edit.config import ClassifierConfig, DiscriminatorConfig, EncoderConfig, GeneratorConfig, to_dict
+from semdir_edit.config import (
+    ClassifierConfig,
+    DeformatorConfig,
+    DiscriminatorConfig,
+    EncoderConfig,
+    GeneratorConfig,
+    ShiftPredictorConfig,
+    to_dict,
+)
 from semdir_edit.errors import UserError
 from semdir_edit.models import Classifier, Discriminator, Generator
+from semdir_edit.models.deformator import Deformators
 from semdir_edit.models.encoder import Encoder
+from semdir_edit.models.shift_predictor import ShiftPredictor
 
 MANIFEST = "manifest.json"
 # Model kind -> (network class, config class). Explicit, so grep and type checkers can follow it.
@@ -36,6 +46,8 @@ MODEL_KINDS: dict[str, tuple[type[nn.Module], type]] = {
     "classifier": (Classifier, ClassifierConfig),
     "encoder": (Encoder, EncoderConfig),                # Domain-guided encoder (in-domain inversion).
     "encoder_conventional": (Encoder, EncoderConfig),   # Baseline encoder trained in latent space.
+    "deformators": (Deformators, DeformatorConfig),     # N+1 direction sets (global + per class).
+    "shift_predictor": (ShiftPredictor, ShiftPredictorConfig),
 }
 
 

@@ -133,6 +133,36 @@ class InversionConfig:
 
 
 @dataclass
+class DeformatorConfig:
+    w_dim: int = 0                    # W size; 0 = take G.w_dim when training starts.
+    k: int = 8                        # Directions per set (global, and each class).
+    num_classes: int = 0              # Class sets; 0 = the classifier's number of classes.
+    normalization: str = "unit"       # "unit" columns (Voynov's choice) or "orthonormal" within each set.
+
+
+@dataclass
+class ShiftPredictorConfig:
+    img_channels: int = 1
+    k: int = 0                        # Directions per set; 0 = the deformator's K.
+    num_sets: int = 0                 # 1 global + one per class; 0 = from the deformator.
+    width: int = 32                   # Channels of the first conv (LeNet-size trunk).
+
+
+@dataclass
+class DirectionsTrainConfig:
+    # Starting points of Voynov & Babenko's released code unless noted.
+    batch_size: int = 32
+    steps: int = 20000
+    lr: float = 1e-4                  # Adam, deformators and predictor.
+    eps_min: float = 0.5              # |eps| ~ U[eps_min, eps_max] with a random sign, in units of W's spread.
+    eps_max: float = 6.0
+    shift_weight: float = 0.25        # Weight of the L1 shift regression next to the cross-entropy.
+    spread_samples: int = 20000       # Samples of W for its covariance (the unit of eps).
+    checkpoint_every: int = 500
+    seed: int = 0
+
+
+@dataclass
 class Config:
     name: str = "fashion_mnist"
     data: DataConfig = field(default_factory=DataConfig)
@@ -144,12 +174,16 @@ class Config:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     train_encoder: EncoderTrainConfig = field(default_factory=EncoderTrainConfig)
     invert: InversionConfig = field(default_factory=InversionConfig)
+    deformator: DeformatorConfig = field(default_factory=DeformatorConfig)
+    shift_predictor: ShiftPredictorConfig = field(default_factory=ShiftPredictorConfig)
+    train_directions: DirectionsTrainConfig = field(default_factory=DirectionsTrainConfig)
 
 
 _SECTIONS: dict[str, type] = {
     "data": DataConfig, "generator": GeneratorConfig, "discriminator": DiscriminatorConfig,
     "classifier": ClassifierConfig, "train_gan": GANTrainConfig, "train_classifier": ClassifierTrainConfig,
     "encoder": EncoderConfig, "train_encoder": EncoderTrainConfig, "invert": InversionConfig,
+    "deformator": DeformatorConfig, "shift_predictor": ShiftPredictorConfig, "train_directions": DirectionsTrainConfig,
 }
 
 

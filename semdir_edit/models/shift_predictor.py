@@ -1,0 +1,54 @@
+"""Shift predictor (reconstructor) of Voynov & Babenko (ICML 2020), with one head per direction set.
+
+Takes an original image and its shifted version stacked as two channels; a LeNet-size shared trunk
+feeds N+1 heads (head 0 = global set, head 1 + c = class c's set). Each head gives K logits (which
+direction moved the image) and K shift magnitudes; the logits of all heads together classify over
+the (N+1)*K directions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semdir_edit.config import ShiftPredictorConfig
+
+
+class ShiftPredictor(nn.Module):
+    """(x, x_shifted) (B, C, R, R) each -> logits (B, S*K) and shifts (B, S*K), S = number of sets."""
+
+    def __init__(self, cfg: ShiftPredictorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        img_channels, width = cfg.img_channels, cfg.width
+        self.k, self.num_sets = cfg.k, cfg.num_sets
+        self.trunk = nn.Sequential(
+            nn.Conv2d(2 * img_channels, width, 5, padding=2), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 5, padding=2), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Linear(16 * width, 8 * width), nn.ReLU(),
+        )
+        self.heads = nn.Linear(8 * width, cfg.num_sets * cfg.k * 2)  # N+1 heads side by side: logits and shifts.
+
+    def forward(self, x: torch.Tensor, x_shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.heads(self.trunk(torch.cat([x, x_shifted], dim=1)))   # (B, S*K*2)
+        out = out.view(-1, self.num_sets, 2, self.k)
+        logits = out[:, :, 0].reshape(-1, self.num_sets * self.k)
+        shifts = out[:, :, 1].reshape(-1, self.num_sets * self.k)
+        return logits, shifts
+
+
+def shift_predictor_loss(logits: torch.Tensor, shifts: torch.Tensor, target_index: torch.Tensor,
+                         target_eps: torch.Tensor, shift_weight: float = 0.25) -> tuple[torch.Tensor, dict]:
+    """Cross-entropy over the (N+1)*K directions + shift_weight * L1 on the true direction's magnitude.
+
+    Equivalent to regressing y = [0, ..., eps at the true direction, ..., 0] on that entry only, as
+    Voynov & Babenko's released code regresses the scalar shift.
+    """
+    ce = F.cross_entropy(logits, target_index)
+    predicted = shifts.gather(1, target_index[:, None]).squeeze(1)
+    l1 = (predicted - target_eps).abs().mean()
+    accuracy = (logits.argmax(1) == target_index).float().mean()
+    return ce + shift_weight * l1, {"ce": ce.item(), "l1": l1.item(), "accuracy": accuracy.item()}

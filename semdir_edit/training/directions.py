@@ -1,0 +1,137 @@
+"""Joint training of the N+1 deformators and the shift predictor (Kim & Lee; Voynov & Babenko 2020).
+
+Per step: sample w = mapping(z); the frozen classifier names the class c of G(w); sample k and eps
+(|eps| ~ U[eps_min, eps_max], random sign, in units of W's spread along the direction); shift w by
+A_G(eps e_k) and by A_c(eps e_k); the predictor must tell, from (G(w), G(w + shift)), which of the
+(N+1)*K directions moved the image (cross-entropy) and by how much (L1). G and C stay frozen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from semdir_edit.checkpoint import load_model, load_training_state, register_model, save_training_state
+from semdir_edit.config import Config, to_dict
+from semdir_edit.editing.baselines import sample_w, w_covariance
+from semdir_edit.models import Classifier, Generator
+from semdir_edit.models.deformator import Deformators
+from semdir_edit.models.shift_predictor import ShiftPredictor, shift_predictor_loss
+from semdir_edit.training.common import RunFolder, TimeBudget, rng_state, seed_everything, set_rng_state
+
+
+class DirectionLoss:
+    """The direction-discovery objective for one batch; knows nothing of optimisers."""
+
+    def __init__(self, G: Generator, C: Classifier, deformators: Deformators, predictor: ShiftPredictor,
+                 eps_range: tuple[float, float], shift_weight: float,
+                 train_global: bool = True, train_class: bool = True) -> None:
+        self.G, self.C, self.deformators, self.predictor = G, C, deformators, predictor
+        self.eps_range, self.shift_weight = eps_range, shift_weight
+        self.sets = [s for s, on in (("global", train_global), ("class", train_class)) if on]
+
+    def spread(self, directions: torch.Tensor) -> torch.Tensor:
+        """sqrt(d^T Sigma d) for columns d of (..., w_dim, K) -> (..., K); differentiable."""
+        cov = self.deformators.w_cov
+        return torch.einsum("...ik,ij,...jk->...k", directions, cov, directions).clamp_min(1e-12).sqrt()
+
+    def __call__(self, batch_size: int) -> tuple[torch.Tensor, dict[str, float]]:
+        device = self.deformators.w_cov.device
+        G, K = self.G, self.deformators.k
+        with torch.no_grad():
+            w = G.mapping(torch.randn(batch_size, G.z_dim, device=device))
+            img = G.synthesis(G.broadcast(w), noise_mode="const")
+            c = self.C(img).argmax(1)                                     # Class of each sample.
+        directions = self.deformators.all_directions()                    # (N+1, w_dim, K)
+        spreads = self.spread(directions)                                 # (N+1, K)
+        set_index = torch.cat([torch.zeros_like(c) if s == "global" else c + 1 for s in self.sets])
+        n = len(set_index)
+        k = torch.randint(0, K, (n,), device=device)
+        lo, hi = self.eps_range
+        eps = (lo + (hi - lo) * torch.rand(n, device=device)) * (torch.randint(0, 2, (n,), device=device) * 2 - 1)
+        shift = directions[set_index, :, k] * (eps * spreads[set_index, k])[:, None]
+        w_rep = w.repeat(len(self.sets), 1)
+        shifted = G.synthesis(G.broadcast(w_rep + shift), noise_mode="const")
+        logits, shifts = self.predictor(img.repeat(len(self.sets), 1, 1, 1), shifted)
+        loss, stats = shift_predictor_loss(logits, shifts, set_index * K + k, eps, self.shift_weight)
+        return loss, stats
+
+
+def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, device: torch.device, *,
+                     resume: bool = False, command: str = "", time_limit_min: float = 0.0,
+                     max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train deformators + predictor against the shipped G and classifier in ``weights_dir``."""
+    dc = cfg.train_directions
+    run = RunFolder(run_dir)
+    seed_everything(dc.seed)
+    G = load_model(weights_dir, "generator", device)
+    C = load_model(weights_dir, "classifier", device)
+    # Sizes left at 0 in the config come from the networks they serve.
+    dcfg = dataclasses.replace(cfg.deformator, w_dim=cfg.deformator.w_dim or G.w_dim,
+                               num_classes=cfg.deformator.num_classes or C.cfg.num_classes)
+    pcfg = dataclasses.replace(cfg.shift_predictor, k=cfg.shift_predictor.k or dcfg.k,
+                               num_sets=cfg.shift_predictor.num_sets or dcfg.num_classes + 1,
+                               img_channels=G.cfg.img_channels)
+    deformators = Deformators(dcfg).to(device)
+    deformators.w_cov.copy_(w_covariance(sample_w(G, dc.spread_samples, dc.seed)).float())
+    predictor = ShiftPredictor(pcfg).to(device)
+    opt_d = torch.optim.Adam(deformators.parameters(), lr=dc.lr)
+    opt_p = torch.optim.Adam(predictor.parameters(), lr=dc.lr)
+    loss_fn = DirectionLoss(G, C, deformators, predictor, (dc.eps_min, dc.eps_max), dc.shift_weight)
+    step, seconds = 0, 0.0
+    if resume and run.state_path.exists():
+        state = load_training_state(run.state_path, device)
+        for name, module in (("deformators", deformators), ("predictor", predictor), ("opt_d", opt_d),
+                             ("opt_p", opt_p)):
+            module.load_state_dict(state[name])
+        step, seconds = int(state["step"]), float(state["seconds"])
+        set_rng_state(state["rng"])
+    run.write_options({"config": to_dict(cfg), "command": command, "device": str(device), "resumed_at": step})
+    total = dc.steps if max_steps is None else min(dc.steps, max_steps)
+    budget = TimeBudget(time_limit_min)
+    stats: dict[str, Any] = {}
+    bar = tqdm(total=total, initial=step, disable=not progress, desc="train directions", dynamic_ncols=True)
+    t0 = time.monotonic()
+
+    def checkpoint() -> None:
+        save_training_state(run.state_path, {
+            "deformators": deformators.state_dict(), "predictor": predictor.state_dict(),
+            "opt_d": opt_d.state_dict(), "opt_p": opt_p.state_dict(),
+            "step": step, "seconds": seconds, "rng": rng_state()})
+
+    try:
+        while step < total and not budget.exceeded():
+            predictor.train()
+            loss, batch_stats = loss_fn(dc.batch_size)
+            opt_d.zero_grad(set_to_none=True)
+            opt_p.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_d.step()
+            opt_p.step()
+            step += 1
+            bar.update(1)
+            if step % 50 == 0 or step == total:
+                now = time.monotonic()
+                seconds, t0 = seconds + now - t0, now
+                stats = {"step": step, "seconds": round(seconds, 1), "loss": round(loss.item(), 4),
+                         **{k: round(v, 4) for k, v in batch_stats.items()}}
+                bar.set_postfix(acc=stats["accuracy"], ce=stats["ce"])
+                run.append_stats(stats)
+            if step % dc.checkpoint_every == 0:
+                checkpoint()
+    except KeyboardInterrupt:
+        checkpoint()
+        raise
+    bar.close()
+    seconds += time.monotonic() - t0
+    checkpoint()
+    if step >= dc.steps:
+        info = {"steps": step, "train_seconds": round(seconds), "device": str(device)}
+        register_model(weights_dir, "deformators", deformators, command=command, extra=info)
+        register_model(weights_dir, "shift_predictor", predictor, command=command, extra=info)
+    return {**stats, "step": step, "finished": step >= dc.steps}

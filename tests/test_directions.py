@@ -1,0 +1,75 @@
+"""Direction sets: orthogonality by construction, baselines orthonormal, the predictor learns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from semdir_edit.checkpoint import load_model, register_model
+from semdir_edit.config import ClassifierConfig, DeformatorConfig, GeneratorConfig
+from semdir_edit.editing.baselines import pca_directions, random_directions, sefa_directions
+from semdir_edit.models import Classifier, Generator
+from semdir_edit.models.deformator import Deformators
+from semdir_edit.training.directions import train_directions
+
+TINY_G = GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8, 32: 8})
+
+
+def max_cos(directions: torch.Tensor) -> float:
+    """Largest |cos| between any global direction and any class direction."""
+    g = directions[0] / directions[0].norm(dim=0)
+    c = directions[1:] / directions[1:].norm(dim=1, keepdim=True)
+    return float((g.T[None] @ c).abs().max().detach())
+
+
+@pytest.mark.parametrize("normalization", ["unit", "orthonormal"])
+def test_class_directions_orthogonal_to_global_by_construction(normalization):
+    torch.manual_seed(0)
+    d = Deformators(DeformatorConfig(w_dim=16, k=3, num_classes=4, normalization=normalization))
+    opt = torch.optim.SGD(d.parameters(), lr=1.0)
+    for _ in range(5):  # Arbitrary updates cannot break it.
+        loss = -(d.all_directions()[0].T @ d.all_directions()[1]).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    dirs = d.all_directions()
+    assert max_cos(dirs) <= 1e-5
+    assert torch.allclose(dirs.norm(dim=1), torch.ones(5, 3), atol=1e-5)
+    if normalization == "orthonormal":
+        assert torch.allclose(dirs[2].T @ dirs[2], torch.eye(3), atol=1e-5)
+
+
+def test_baselines_are_orthonormal():
+    torch.manual_seed(0)
+    G = Generator(TINY_G)
+    for dirs in (pca_directions(G, 4, n=2000), sefa_directions(G, 4), random_directions(16, 4)):
+        assert dirs.shape == (16, 4)
+        assert torch.allclose(dirs.T @ dirs, torch.eye(4), atol=1e-5)
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    torch.manual_seed(0)
+    G = Generator(TINY_G)
+    with torch.no_grad():  # A random mapping net's W barely varies; spread it so images differ.
+        G.mapping.w_avg.zero_()
+    register_model(tmp_path / "w", "generator", G, command="test")
+    register_model(tmp_path / "w", "classifier", Classifier(ClassifierConfig(channels=[8, 8, 16, 16])).eval(),
+                   command="test")
+    return tmp_path / "w"
+
+
+def test_directions_train_learn_and_register(tiny_config, tiny_weights, tmp_path):
+    cfg = tiny_config
+    cfg.train_directions.steps = 60
+    result = train_directions(cfg, tiny_weights, tmp_path / "run", torch.device("cpu"), progress=False)
+    assert result["finished"]
+    stats = [json.loads(line) for line in (tmp_path / "run" / "stats.jsonl").read_text().splitlines()]
+    chance = 1 / ((cfg.deformator.k) * (10 + 1))
+    assert stats[-1]["accuracy"] > 3 * chance, stats[-1]
+    assert stats[-1]["ce"] < stats[0]["ce"]
+    d = load_model(tiny_weights, "deformators")
+    assert max_cos(d.all_directions()) <= 1e-5
+    assert not torch.equal(d.w_cov, torch.eye(16))  # The unit of eps was measured.
