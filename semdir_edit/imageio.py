@@ -39,6 +39,6 @@ def write_png(path: str | Path, image: np.ndarray, scale: int = 1) -> None:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def save_grid(path: str | Path, images: torch.Tensor, nrow: int, scale: int = 1) -> None:
-    """Write a PNG grid of images in [-1, 1]."""
-    write_png(path, make_grid(images, nrow), scale)
+def save_grid(path: str | Path, images: torch.Tensor, nrow: int, scale: int = 1, pad: int = 2) -> None:
+    """Write a PNG grid of images in [-1, 1] (``pad=0`` for a single image at its own size)."""
+    write_png(path, make_grid(images, nrow, pad=pad), scale)

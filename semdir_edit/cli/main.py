@@ -196,6 +196,47 @@ def train_classifier_cmd(
                f"{'' if result['finished'] else ' (stopped; continue with --resume)'}")
 
 
+@app.command("invert")
+def invert_cmd(
+    images: list[Path] = typer.Argument(..., help="Photos or domain images to invert."),
+    out: Path = typer.Option(Path("out"), "--out", "-o", help="Output folder."),
+    method: str = typer.Option("indomain", "--method", "-m", help="indomain | encoder | optimize | conventional."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimisation steps (default from the config: 100)."),
+    no_preprocess: bool = typer.Option(False, "--no-preprocess", help="Use the images as they are (no photo "
+                                       "conversion): for images already in the domain."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config whose 'invert' section "
+                                          "overrides the defaults."),
+    weights: Path = WeightsOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Invert photos into the generator's W+ and write, per image: domain image, reconstruction,
+    side-by-side PNG, latent file (for `apply`), and a JSON of figures."""
+    from semdir_edit.cli.outputs import write_inversion
+    from semdir_edit.config import InversionConfig, load_config
+    from semdir_edit.editor import Editor, Failed
+
+    inversion = load_config(config).invert if config else InversionConfig()
+    editor = Editor.from_pretrained(weights, device, inversion)
+    results = editor.invert([str(p) for p in images], method=method, steps=steps, preprocess=not no_preprocess)
+    rows, failures, used = [], 0, set()
+    for res in results:
+        if isinstance(res, Failed):
+            failures += 1
+            typer.echo(f"error: {res.message}", err=True)
+            continue
+        for note in res.notes:
+            typer.echo(f"note: {res.name}: {note}", err=True)
+        rows.append(write_inversion(out, res, editor.weights_id, used))
+    if rows:
+        typer.echo(f"{'image':<28} {'class':<12} {'conf':>5} {'PSNR':>6} {'SSIM':>6} {'percep':>7}")
+        for r in rows:
+            typer.echo(f"{Path(r['name']).name[:28]:<28} {r['class_name'][:12]:<12} {r['confidence']:5.2f} "
+                       f"{r['psnr']:6.2f} {r['ssim']:6.3f} {r['perceptual']:7.4f}")
+        typer.echo(f"wrote {len(rows)} inversion(s) to {out}/")
+    if failures:
+        raise typer.Exit(2)
+
+
 def main() -> None:
     """Console-script entry: run the app, turning user errors into one line and exit code 2."""
     try:

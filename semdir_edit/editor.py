@@ -1,0 +1,201 @@
+"""The Python API: load shipped weights once, then invert, classify (and later edit) images.
+
+    >>> from semdir_edit import Editor                                   # doctest: +SKIP
+    >>> ed = Editor.from_pretrained("weights/fashion_mnist", device="auto")
+    >>> results = ed.invert(["photo.png"], method="optimize", steps=100)
+    >>> results[0].class_name, round(results[0].psnr, 1)
+
+The CLI commands are thin layers over these methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from semdir_edit.checkpoint import load_model, read_manifest, weights_id
+from semdir_edit.config import FASHION_MNIST_CLASSES, InversionConfig
+from semdir_edit.data.datasets import to_float
+from semdir_edit.data.photo import load_domain_image
+from semdir_edit.device import resolve_device
+from semdir_edit.errors import UserError
+from semdir_edit.evaluation.reconstruction import psnr, ssim, to_unit_range
+from semdir_edit.inversion.invert import METHODS, invert
+from semdir_edit.inversion.perceptual import PerceptualLoss
+
+
+@dataclass
+class Inverted:
+    """One image's inversion: its domain image, W+ code, reconstruction, class and quality figures."""
+
+    name: str
+    domain: torch.Tensor          # (1, R, R) uint8: what was inverted.
+    ws: torch.Tensor              # (num_ws, w_dim)
+    reconstruction: torch.Tensor  # (1, R, R) float in [-1, 1]
+    class_index: int
+    class_name: str
+    confidence: float
+    psnr: float
+    ssim: float
+    perceptual: float
+    method: str
+    steps: int
+    seconds: float
+    ok: bool = True
+    message: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-able figures (no tensors)."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("domain", "ws", "reconstruction")}
+
+
+@dataclass
+class Failed:
+    """An input that could not be loaded or inverted, with its one-line reason."""
+
+    name: str
+    message: str
+    ok: bool = False
+
+
+class Editor:
+    """Holds the shipped networks on one device. Networks are loaded when first needed."""
+
+    def __init__(self, weights_dir: str | Path, device: str | torch.device = "auto",
+                 inversion: InversionConfig | None = None) -> None:
+        self.weights_dir = Path(weights_dir)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.inversion = inversion or InversionConfig()
+        self.manifest = read_manifest(self.weights_dir)
+        self.weights_id = weights_id(self.weights_dir)
+        self._models: dict[str, torch.nn.Module] = {}
+        self._perceptual: PerceptualLoss | None = None
+
+    @classmethod
+    def from_pretrained(cls, weights_dir: str | Path, device: str | torch.device = "auto",
+                        inversion: InversionConfig | None = None) -> Editor:
+        """Open a weights folder (hashes and configs are checked when each network loads)."""
+        return cls(weights_dir, device, inversion)
+
+    def model(self, kind: str) -> torch.nn.Module:
+        if kind not in self._models:
+            self._models[kind] = load_model(self.weights_dir, kind, self.device)
+        return self._models[kind]
+
+    @property
+    def G(self):  # noqa: N802 — the paper's name.
+        return self.model("generator")
+
+    @property
+    def C(self):  # noqa: N802
+        return self.model("classifier")
+
+    @property
+    def class_names(self) -> list[str]:
+        names = self.manifest.get("models", {}).get("classifier", {}).get("class_names")
+        n = self.C.cfg.num_classes
+        if names and len(names) == n:
+            return list(names)
+        return list(FASHION_MNIST_CLASSES) if n == 10 else [str(i) for i in range(n)]
+
+    def perceptual(self) -> PerceptualLoss:
+        if self._perceptual is None:
+            self._perceptual = PerceptualLoss(self.C, backbone=self.inversion.perceptual).to(self.device)
+        return self._perceptual
+
+    def load(self, source: str | Path | bytes, preprocess: bool = True, name: str | None = None
+             ) -> tuple[torch.Tensor, list[str]]:
+        """A photo (path or bytes) -> domain image uint8 (1, R, R) and notes; raises UserError."""
+        return load_domain_image(source, self.G.cfg.resolution, preprocess=preprocess, name=name)
+
+    @torch.no_grad()
+    def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (B, 1, R, R) in [-1, 1] -> (class index (B,), confidence (B,))."""
+        probs = self.C(images.to(self.device)).float().softmax(1)
+        conf, idx = probs.max(1)
+        return idx.cpu(), conf.cpu()
+
+    def invert(self, sources: list[str | Path | bytes] | torch.Tensor, method: str | None = None,
+               steps: int | None = None, preprocess: bool = True,
+               names: list[str] | None = None) -> list[Inverted | Failed]:
+        """Invert photos (paths or bytes) or domain images ((B, 1, R, R) uint8) in one batch.
+
+        Inputs that cannot be loaded, or whose optimisation diverges, come back as :class:`Failed`;
+        the others as :class:`Inverted`, in input order.
+        """
+        method = method or self.inversion.method
+        if method not in METHODS:
+            raise UserError(f"unknown method '{method}' (use {', '.join(METHODS)})")
+        steps = self.inversion.steps if steps is None else steps
+        if steps < 0:
+            raise UserError("--steps must be >= 0")
+        results: list[Inverted | Failed | None] = []
+        domains, notes, labels = [], [], []
+        if isinstance(sources, torch.Tensor):
+            for i, img in enumerate(sources):
+                domains.append(img)
+                notes.append([])
+                labels.append(names[i] if names else f"image {i}")
+                results.append(None)
+        else:
+            for i, src in enumerate(sources):
+                label = names[i] if names else (str(src) if not isinstance(src, bytes) else f"upload {i}")
+                try:
+                    img, note = self.load(src, preprocess, name=label)
+                except UserError as exc:
+                    results.append(Failed(label, str(exc)))
+                    continue
+                domains.append(img)
+                notes.append(note)
+                labels.append(label)
+                results.append(None)
+        if not domains:
+            return [r for r in results if r is not None]
+        out = self._invert_batch(torch.stack(domains), method, steps, labels, notes)
+        it = iter(out)
+        return [r if r is not None else next(it) for r in results]
+
+    def _invert_batch(self, domains: torch.Tensor, method: str, steps: int, labels: list[str],
+                      notes: list[list[str]]) -> list[Inverted | Failed]:
+        x = to_float(domains).to(self.device)
+        E = None
+        if method in ("indomain", "encoder"):
+            E = self.model("encoder")
+        elif method == "conventional":
+            E = self.model("encoder_conventional")
+        t0 = time.perf_counter()
+        outputs = []
+        bs = max(1, self.inversion.batch_size)
+        for start in range(0, len(x), bs):
+            outputs.append(invert(method, self.G, x[start:start + bs], E=E, F=self.perceptual(), steps=steps,
+                                  lr=self.inversion.lr, lambda_perceptual=self.inversion.lambda_perceptual,
+                                  lambda_dom=self.inversion.lambda_dom))
+        seconds = (time.perf_counter() - t0) / len(x)
+        ws = torch.cat([o.ws for o in outputs])
+        recon = torch.cat([o.images for o in outputs]).clamp(-1, 1)
+        ok = torch.cat([o.ok for o in outputs]).cpu()
+        messages = sum((o.messages for o in outputs), [])
+        with torch.no_grad():
+            p = psnr(to_unit_range(recon), to_unit_range(x)).cpu()
+            s = ssim(to_unit_range(recon), to_unit_range(x)).cpu()
+            d = self.perceptual()(recon, x).cpu()
+        idx, conf = self.classify(x)
+        names = self.class_names
+        results: list[Inverted | Failed] = []
+        for i, label in enumerate(labels):
+            if not ok[i]:
+                results.append(Failed(label, f"{label}: inversion failed ({messages[i]})"))
+                continue
+            results.append(Inverted(
+                name=label, domain=domains[i].cpu(), ws=ws[i].cpu(), reconstruction=recon[i].cpu(),
+                class_index=int(idx[i]), class_name=names[int(idx[i])], confidence=float(conf[i]),
+                psnr=float(p[i]), ssim=float(s[i]), perceptual=float(d[i]), method=method,
+                steps=steps if method in ("indomain", "optimize") else 0, seconds=seconds, notes=notes[i]))
+        return results

@@ -1,0 +1,72 @@
+"""Latent files: one inverted image's W+ code as safetensors, with metadata that ties it to its weights.
+
+``apply`` and ``batch`` take these files later; a file made with other weights is refused by the
+weights id recorded in its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from semdir_edit.checkpoint import _temp_beside
+from semdir_edit.errors import UserError
+
+FORMAT = "semdir-edit latent v1"
+
+
+def save_latent(path: str | Path, ws: torch.Tensor, meta: dict[str, Any]) -> None:
+    """Write ``ws`` (num_ws, w_dim) and ``meta`` (must hold ``weights_id``) atomically."""
+    if ws.ndim != 2:
+        raise ValueError(f"ws must be (num_ws, w_dim), got {tuple(ws.shape)}")
+    if "weights_id" not in meta:
+        raise ValueError("latent metadata needs a weights_id")
+    path = Path(path)
+    strings = {"format": FORMAT, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}}
+    try:
+        fd, tmp = _temp_beside(path)
+        os.close(fd)
+        try:
+            save_file({"ws": ws.detach().float().cpu().contiguous()}, tmp, metadata=strings)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def load_latent(path: str | Path, weights_id: str | None = None, num_ws: int | None = None,
+                w_dim: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Read a latent file -> (ws (num_ws, w_dim), metadata); refuses foreign, corrupt or mismatched files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: latent file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            if raw.get("format") != FORMAT or "ws" not in f.keys():
+                raise UserError(f"{path}: not a semdir-edit latent file")
+            ws = f.get_tensor("ws")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path}: not a valid latent file ({str(exc).splitlines()[0]})") from None
+    meta: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            meta[key] = json.loads(value)
+        except json.JSONDecodeError:
+            meta[key] = value
+    if weights_id is not None and meta.get("weights_id") != weights_id:
+        raise UserError(f"{path}: made with other weights (weights id {meta.get('weights_id')}, "
+                        f"these are {weights_id}); invert the image again")
+    if ws.ndim != 2 or (num_ws is not None and ws.shape[0] != num_ws) or (w_dim is not None and ws.shape[1] != w_dim):
+        raise UserError(f"{path}: code of shape {tuple(ws.shape)} does not fit this generator")
+    if not torch.isfinite(ws).all():
+        raise UserError(f"{path}: the code holds NaN or Inf values")
+    return ws.float(), meta
