@@ -26,6 +26,7 @@ from torch import nn
 from semdir_edit.config import (
     ClassifierConfig,
     DeformatorConfig,
+    DirectionBankConfig,
     DiscriminatorConfig,
     EncoderConfig,
     GeneratorConfig,
@@ -35,6 +36,7 @@ from semdir_edit.config import (
 from semdir_edit.errors import UserError
 from semdir_edit.models import Classifier, Discriminator, Generator
 from semdir_edit.models.deformator import Deformators
+from semdir_edit.models.direction_bank import DirectionBank
 from semdir_edit.models.encoder import Encoder
 from semdir_edit.models.shift_predictor import ShiftPredictor
 
@@ -48,6 +50,7 @@ MODEL_KINDS: dict[str, tuple[type[nn.Module], type]] = {
     "encoder_conventional": (Encoder, EncoderConfig),   # Baseline encoder trained in latent space.
     "deformators": (Deformators, DeformatorConfig),     # N+1 direction sets (global + per class).
     "shift_predictor": (ShiftPredictor, ShiftPredictorConfig),
+    "direction_bank": (DirectionBank, DirectionBankConfig),  # PCA, SeFa, random, class boundaries, W stats.
 }
 
 

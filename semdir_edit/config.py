@@ -149,6 +149,13 @@ class ShiftPredictorConfig:
 
 
 @dataclass
+class DirectionBankConfig:
+    w_dim: int = 0                    # W size; 0 = G.w_dim.
+    k: int = 0                        # Directions per baseline source; 0 = the deformator's K.
+    num_classes: int = 0              # Classes of the boundary model; 0 = the classifier's.
+
+
+@dataclass
 class DirectionsTrainConfig:
     # Starting points of Voynov & Babenko's released code unless noted.
     batch_size: int = 32

@@ -23,10 +23,19 @@ from semdir_edit.config import FASHION_MNIST_CLASSES, InversionConfig
 from semdir_edit.data.datasets import to_float
 from semdir_edit.data.photo import load_domain_image
 from semdir_edit.device import resolve_device
+from semdir_edit.editing.directions import (
+    DirectionSpec,
+    match_class,
+    parse_direction,
+    parse_layers,
+    shift_codes,
+    spread_of,
+)
 from semdir_edit.errors import UserError
 from semdir_edit.evaluation.reconstruction import psnr, ssim, to_unit_range
 from semdir_edit.inversion.invert import METHODS, invert
 from semdir_edit.inversion.perceptual import PerceptualLoss
+from semdir_edit.latents import load_latent
 
 
 @dataclass
@@ -199,3 +208,81 @@ class Editor:
                 psnr=float(p[i]), ssim=float(s[i]), perceptual=float(d[i]), method=method,
                 steps=steps if method in ("indomain", "optimize") else 0, seconds=seconds, notes=notes[i]))
         return results
+
+    # ------------------------------------------------------------------------------------------- editing
+
+    def load_latent(self, path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
+        """A latent file written by ``invert`` -> (ws (num_ws, w_dim), metadata); refuses other weights' files."""
+        return load_latent(path, self.weights_id, self.G.num_ws, self.G.w_dim)
+
+    def direction(self, spec: str | DirectionSpec, class_index: int | None = None,
+                  keep_global: bool = False) -> tuple[torch.Tensor, float]:
+        """Resolve a direction spec -> (unit vector (w_dim,), spread of W along it).
+
+        class_index: the image's class, for ``class:k`` and ``to:<class>``.
+        keep_global: for ``to:<class>``, project out the global directions so that only the class changes.
+        """
+        spec = parse_direction(spec) if isinstance(spec, str) else spec
+        bank = self.model("direction_bank")
+        if spec.kind in ("pca", "sefa", "random"):
+            source = bank.source(spec.kind)
+            self._check_k(spec, source.shape[1])
+            vector = source[:, spec.k]
+        elif spec.kind == "global":
+            source = self.model("deformators").global_directions().detach()
+            self._check_k(spec, source.shape[1])
+            vector = source[:, spec.k]
+        elif spec.kind == "class":
+            c = match_class(spec.class_name, self.class_names) if spec.class_name else class_index
+            if c is None:
+                raise UserError(f"'{spec}' needs the image's class: give an image or name a class ({spec}@<class>)")
+            source = self.model("deformators").class_directions().detach()[c]
+            self._check_k(spec, source.shape[1])
+            vector = source[:, spec.k]
+        else:  # "to"
+            if class_index is None:
+                raise UserError(f"'{spec}' needs the image's class")
+            target = match_class(spec.class_name, self.class_names)
+            if target == class_index:
+                raise UserError(f"the image is already classified as {self.class_names[target]}")
+            vector = bank.boundary_normal(class_index, target)
+            if keep_global:
+                q, _ = torch.linalg.qr(self.model("deformators").global_directions().detach())
+                vector = vector - q @ (q.T @ vector)
+                vector = vector / vector.norm().clamp_min(1e-12)
+        return vector, float(spread_of(vector, bank.w_cov))
+
+    @staticmethod
+    def _check_k(spec: DirectionSpec, k_max: int) -> None:
+        if spec.k >= k_max:
+            raise UserError(f"direction index {spec.k} is out of range for '{spec.kind}' (0..{k_max - 1})")
+
+    @torch.no_grad()
+    def apply(self, ws: torch.Tensor, direction: str | DirectionSpec, eps: float | list[float],
+              class_index: int | None = None, layers: str | range | None = None,
+              keep_global: bool = False) -> torch.Tensor:
+        """Edit W+ codes: ws (B, num_ws, w_dim) -> images (B, E, C, R, R) in [-1, 1], one per eps.
+
+        ``class_index`` is the images' class (for class and boundary directions; None = classify the
+        reconstruction of the first code).
+        """
+        ws = ws.to(self.device)
+        if ws.ndim == 2:
+            ws = ws[None]
+        eps_list = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
+        if class_index is None:
+            recon = self.G.synthesis(ws[:1], noise_mode="const")
+            class_index = int(self.classify(recon)[0][0])
+        vector, spread = self.direction(direction, class_index, keep_global)
+        layer_range = layers if isinstance(layers, range) else parse_layers(layers, self.G.num_ws)
+        shifted = shift_codes(ws, vector.to(self.device), eps_list, spread, layer_range)   # (B, E, num_ws, w_dim)
+        b, e = shifted.shape[:2]
+        images = self.G.synthesis(shifted.reshape(b * e, *shifted.shape[2:]), noise_mode="const")
+        return images.clamp(-1, 1).reshape(b, e, *images.shape[1:])
+
+    def traverse(self, ws: torch.Tensor, direction: str, eps_range: tuple[float, float, int] = (-3, 3, 7),
+                 **kwargs: Any) -> torch.Tensor:
+        """A traversal strip: :meth:`apply` at ``count`` evenly spaced eps from ``start`` to ``stop``."""
+        start, stop, count = eps_range
+        eps = [start + (stop - start) * i / max(count - 1, 1) for i in range(count)]
+        return self.apply(ws, direction, eps, **kwargs)

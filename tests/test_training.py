@@ -51,3 +51,12 @@ def test_classifier_loss_decreases(tiny_config, tmp_path):
     assert stats[-1]["loss"] < 2.2  # Label-smoothed cross-entropy starts at ln(10) = 2.30.
     assert stats[-1]["test_accuracy"] > 0.5  # Chance is 0.1.
     assert load_model(tmp_path / "w", "classifier") is not None
+
+
+@requires_dataset
+def test_gan_with_differentiable_augmentation_runs(tiny_config, tmp_path):
+    cfg = tiny_config
+    cfg.train_gan.augment = True
+    cfg.train_gan.steps = 3
+    result = train_gan(cfg, tmp_path / "r", torch.device("cpu"), progress=False)
+    assert result["finished"] and torch.isfinite(torch.tensor(result.get("loss_D", 0.0)))

@@ -237,6 +237,67 @@ def invert_cmd(
         raise typer.Exit(2)
 
 
+@train_app.command("baselines")
+def train_baselines_cmd(
+    config: Path = ConfigOpt,
+    weights: Path = WeightsOpt,
+    n: int = typer.Option(20_000, "--n", min=100, help="Sampled codes for PCA, W statistics and class boundaries."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = DeviceOpt,
+) -> None:
+    """Compute the closed-form direction sources (GANSpace PCA, SeFa, random, class boundaries) and register them."""
+    from semdir_edit.checkpoint import load_model, register_model
+    from semdir_edit.config import load_config
+    from semdir_edit.device import resolve_device
+    from semdir_edit.editing.bank import build_direction_bank
+
+    cfg = load_config(config)
+    dev = resolve_device(device)
+    G, C = load_model(weights, "generator", dev), load_model(weights, "classifier", dev)
+    bank = build_direction_bank(G, C, cfg.deformator.k, n=n, seed=seed)
+    register_model(weights, "direction_bank", bank.cpu(), command=command_line(), extra={"samples": n})
+    typer.echo(f"registered direction_bank (K={cfg.deformator.k}) in {weights}")
+
+
+@app.command("apply")
+def apply_cmd(
+    source: Path = typer.Argument(..., help="A latent file from `invert` (*.latent.safetensors) or an image."),
+    direction: str = typer.Option(..., "--direction", "-d", help="global:K | class:K | class:K@<class> | pca:K | "
+                                  "sefa:K | random:K | to:<class>."),
+    eps: str = typer.Option("2", "--eps", help="A step (2) or a traversal start:stop:count (-3:3:13)."),
+    layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
+    keep: str | None = typer.Option(None, "--keep", help="'global': with to:<class>, keep the global "
+                                    "directions fixed so only the class changes."),
+    out: Path = typer.Option(Path("edited.png"), "--out", "-o", help="PNG to write."),
+    method: str = typer.Option("indomain", "--method", "-m", help="Inversion method when SOURCE is an image."),
+    scale: int = typer.Option(4, "--scale", min=1, max=16, help="Enlarge the PNG by this factor."),
+    weights: Path = WeightsOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Edit an inverted image along a direction; a range of eps writes a traversal strip (middle = eps 0)."""
+    from semdir_edit.editing.directions import parse_direction, parse_eps
+    from semdir_edit.editor import Editor, Failed
+    from semdir_edit.imageio import save_grid
+
+    spec = parse_direction(direction)
+    eps_list = parse_eps(eps)
+    if keep not in (None, "global"):
+        raise UserError("--keep takes only 'global'")
+    editor = Editor.from_pretrained(weights, device)
+    class_index = None
+    if source.name.endswith(".safetensors"):
+        ws, meta = editor.load_latent(source)
+        class_index = meta.get("class_index")
+    else:
+        (res,) = editor.invert([str(source)], method=method)
+        if isinstance(res, Failed):
+            raise UserError(res.message)
+        ws, class_index = res.ws, res.class_index
+    images = editor.apply(ws, spec, eps_list, class_index=class_index, layers=layers, keep_global=keep == "global")
+    save_grid(out, images[0], nrow=len(eps_list), scale=scale, pad=2 if len(eps_list) > 1 else 0)
+    typer.echo(f"wrote {out} ({spec}, eps {eps})")
+
+
 def main() -> None:
     """Console-script entry: run the app, turning user errors into one line and exit code 2."""
     try:

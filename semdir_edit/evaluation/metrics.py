@@ -36,6 +36,7 @@ from semdir_edit.models.generator import Generator
 __all__ = [
     "accuracy",
     "class_histogram",
+    "fit_linear_classifier",
     "classifier_features",
     "fid_from_features",
     "generate_batches",
@@ -242,6 +243,36 @@ def perceptual_path_length(G: Generator, C: Classifier, n: int, device: torch.de
 # Linear separability.
 
 
+def fit_linear_classifier(x: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float = 1e-3,
+                          max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression ``softmax(A w + c)`` on (N, D) points, fitted with full-batch L-BFGS.
+
+    The fit runs on standardised inputs (train mean / std) minimising mean cross-entropy + ``weight_decay * ||A||^2``;
+    the returned ``(A (num_classes, D), c (num_classes,))`` act on the raw inputs, in float64. Row differences
+    ``A[b] - A[a]`` are the normals of the boundaries between classes a and b (InterFaceGAN-style directions).
+    """
+    x = x.detach().double()
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-8)
+    xs = (x - mean) / std
+    linear = nn.Linear(x.shape[1], num_classes, dtype=torch.float64, device=x.device)
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    opt = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+    labels = labels.to(x.device).long()
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(linear(xs), labels) + weight_decay * linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    weight = linear.weight.detach() / std                     # A / sigma
+    bias = linear.bias.detach() - weight @ mean               # c - (A / sigma) mu
+    return weight, bias
+
+
 def linear_separability(ws: torch.Tensor, labels: torch.Tensor, num_classes: int, train_fraction: float = 0.5,
                         weight_decay: float = 1e-3, max_iter: int = 200, seed: int = 0) -> dict[str, float]:
     """How well a linear model in W predicts the classifier's labels of G(w): multi-class linear separability.
@@ -273,26 +304,10 @@ def linear_separability(ws: torch.Tensor, labels: torch.Tensor, num_classes: int
     # Split at random.
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).to(ws.device)
     train, test = perm[:n_train], perm[n_train:]
-    # Standardise with train statistics.
-    mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-8)
-    x = (x - mean) / std
-    # Fit the multinomial logistic regression.
-    linear = nn.Linear(x.shape[1], num_classes, dtype=torch.float64, device=ws.device)
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    opt = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(linear(x[train]), labels[train]) + weight_decay * linear.weight.square().sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
+    weight, bias = fit_linear_classifier(x[train], labels[train], num_classes, weight_decay, max_iter)
     # Evaluate on the held-out split.
     with torch.no_grad():
-        logits = linear(x[test])
+        logits = x[test] @ weight.T + bias
         acc = (logits.argmax(dim=1) == labels[test]).double().mean()
         entropy_bits = F.cross_entropy(logits, labels[test]) / np.log(2.0)
     return {"accuracy": float(acc), "conditional_entropy": float(entropy_bits)}
