@@ -246,6 +246,9 @@ class Editor:
             if target == class_index:
                 raise UserError(f"the image is already classified as {self.class_names[target]}")
             vector = bank.boundary_normal(class_index, target)
+            if vector.norm() < 0.5:
+                raise UserError(f"no boundary between {self.class_names[class_index]} and "
+                                f"{self.class_names[target]}: the generator's samples never showed these classes")
             if keep_global:
                 q, _ = torch.linalg.qr(self.model("deformators").global_directions().detach())
                 vector = vector - q @ (q.T @ vector)

@@ -34,4 +34,4 @@ class DirectionBank(nn.Module):
     def boundary_normal(self, from_class: int, to_class: int) -> torch.Tensor:
         """Unit normal (w_dim,) of the boundary between two classes, pointing towards ``to_class``."""
         normal = self.boundary_weight[to_class] - self.boundary_weight[from_class]
-        return normal / normal.norm().clamp_min(1e-12)
+        return normal / normal.norm().clamp_min(1e-12)  # Zero when neither class was ever seen.

@@ -1,0 +1,143 @@
+"""Direction specs, eps and layer ranges (property-based), shifting codes, Editor.apply and `semdir-edit apply`."""
+
+from __future__ import annotations
+
+import cv2
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from semdir_edit.checkpoint import register_model
+from semdir_edit.config import ClassifierConfig, GeneratorConfig
+from semdir_edit.editing.bank import build_direction_bank
+from semdir_edit.editing.directions import (
+    DirectionSpec,
+    match_class,
+    parse_direction,
+    parse_eps,
+    parse_layers,
+    shift_codes,
+)
+from semdir_edit.editor import Editor
+from semdir_edit.errors import UserError
+from semdir_edit.latents import save_latent
+from semdir_edit.models import Classifier, Generator
+
+from .test_cli import run_cli
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+names = st.sampled_from(CLASSES)
+
+
+@given(kind=st.sampled_from(["global", "class", "pca", "sefa", "random"]), k=st.integers(0, 10_000),
+       cls=st.none() | names)
+def test_direction_spec_round_trip(kind, k, cls):
+    spec = DirectionSpec(kind, k, cls if kind == "class" else None)
+    assert parse_direction(str(spec)) == spec
+
+
+@given(name=names)
+def test_to_spec_and_class_match(name):
+    assert parse_direction(f"to:{name}") == DirectionSpec("to", None, name)
+    assert CLASSES[match_class(name.upper(), CLASSES)] == name
+
+
+@settings(max_examples=200)
+@given(text=st.text(max_size=30))
+def test_any_direction_text_parses_or_is_a_user_error(text):
+    try:
+        spec = parse_direction(text)
+    except UserError:
+        return
+    assert spec.kind in ("global", "class", "pca", "sefa", "random", "to")
+
+
+@settings(max_examples=200)
+@given(text=st.text(max_size=20))
+def test_any_eps_text_parses_or_is_a_user_error(text):
+    try:
+        values = parse_eps(text)
+    except UserError:
+        return
+    assert 1 <= len(values) <= 101 and all(v == v for v in values)
+
+
+@given(start=st.floats(-10, 10), stop=st.floats(-10, 10), count=st.integers(2, 101))
+def test_eps_range(start, stop, count):
+    values = parse_eps(f"{start}:{stop}:{count}")
+    assert len(values) == count
+    assert values[0] == pytest.approx(start) and values[-1] == pytest.approx(stop)
+
+
+def test_symmetric_strip_has_zero_in_the_middle_and_bad_ranges_fail():
+    assert parse_eps("-3:3:13")[6] == 0.0
+    for bad in ("1:2", "1:2:1", "1:2:2.5", "0:1:1000", "nan", "x"):
+        with pytest.raises(UserError):
+            parse_eps(bad)
+
+
+def test_layers():
+    assert parse_layers(None, 8) == range(8)
+    assert parse_layers("2-5", 8) == range(2, 6)
+    assert parse_layers("7", 8) == range(7, 8)
+    for bad in ("5-2", "0-8", "a", "-1"):
+        with pytest.raises(UserError):
+            parse_layers(bad, 8)
+
+
+def test_shift_codes_touches_only_chosen_layers():
+    ws = torch.randn(2, 8, 16)
+    d = torch.zeros(16)
+    d[3] = 1.0
+    out = shift_codes(ws, d, [-1.0, 0.0, 2.0], spread=0.5, layers=range(2, 4))
+    assert out.shape == (2, 3, 8, 16)
+    assert torch.equal(out[:, 1], ws)
+    assert torch.allclose(out[:, 2, 2:4, 3], ws[:, 2:4, 3] + 1.0)
+    assert torch.equal(out[:, 2, 4:], ws[:, 4:]) and torch.equal(out[:, 2, :2], ws[:, :2])
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w")
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8, 32: 8}))
+    C = Classifier(ClassifierConfig(channels=[8, 8, 16, 16])).eval()
+    register_model(path, "generator", G, command="test")
+    register_model(path, "classifier", C, command="test")
+    register_model(path, "direction_bank", build_direction_bank(G, C, k=3, n=500), command="test")
+    return path
+
+
+def test_editor_apply(weights):
+    ed = Editor.from_pretrained(weights, device="cpu")
+    ws = ed.G.broadcast(ed.G.mapping(torch.randn(2, 16)))
+    images = ed.apply(ws, "pca:0", [-2.0, 0.0, 2.0], class_index=0)
+    assert images.shape == (2, 3, 1, 32, 32)
+    assert torch.allclose(images[:, 1], ed.G.synthesis(ws, noise_mode="const").clamp(-1, 1), atol=1e-5)
+    assert not torch.allclose(images[:, 0], images[:, 2])
+    bank = ed.model("direction_bank")
+    bank.boundary_weight.zero_()
+    with pytest.raises(UserError, match="no boundary"):
+        ed.direction("to:Coat", class_index=0)
+    bank.boundary_weight[4, 5] = 2.0  # Coat's logit grows along w[5].
+    v, spread = ed.direction("to:Coat", class_index=0)
+    assert v[5] == pytest.approx(1.0) and spread == pytest.approx(bank.w_cov[5, 5].sqrt().item(), rel=1e-4)
+    with pytest.raises(UserError, match="out of range"):
+        ed.apply(ws, "sefa:3", 1.0, class_index=0)
+    with pytest.raises(UserError, match="unknown class"):
+        ed.apply(ws, "to:Hat", 1.0, class_index=0)
+
+
+def test_apply_cli_writes_strip(weights, tmp_path):
+    ed = Editor.from_pretrained(weights, device="cpu")
+    ws = ed.G.broadcast(ed.G.mapping(torch.randn(1, 16)))[0]
+    latent = tmp_path / "a.latent.safetensors"
+    save_latent(latent, ws, {"weights_id": ed.weights_id, "class_index": 1})
+    out = tmp_path / "strip.png"
+    result = run_cli("apply", str(latent), "-d", "random:1", "--eps", "-3:3:7", "-w", str(weights), "-o", str(out),
+                     "--scale", "1")
+    assert result.returncode == 0, result.stderr
+    assert cv2.imread(str(out), cv2.IMREAD_GRAYSCALE).shape == (36, 7 * 34 + 2)
+    result = run_cli("apply", str(latent), "-d", "bogus:1", "-w", str(weights), "-o", str(out))
+    assert result.returncode == 2 and "invalid --direction" in result.stderr and "Traceback" not in result.stderr
