@@ -203,15 +203,18 @@ def weights_id(weights_dir: str | Path) -> str:
 
 
 def register_model(weights_dir: str | Path, kind: str, model: nn.Module, *, command: str,
-                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Save ``model`` into ``weights_dir`` and record it in the manifest (file, sha256, config, command, commit)."""
+                   extra: dict[str, Any] | None = None, commit: str | None = None) -> dict[str, Any]:
+    """Save ``model`` into ``weights_dir`` and record it in the manifest (file, sha256, config, command, commit).
+
+    commit: the source commit that trained it (training loops read it when they start); None = the current one.
+    """
     weights_dir = Path(weights_dir)
     file = f"{kind}.safetensors"
     digest = save_weights(model, kind, weights_dir / file)
     path = weights_dir / MANIFEST
     manifest = read_manifest(weights_dir) if path.is_file() else {"models": {}, "figures": {}}
     entry = {"file": file, "sha256": digest, "config": to_dict(model.cfg), "command": command,
-             "git_commit": git_commit(), **(extra or {})}
+             "git_commit": commit or git_commit(), **(extra or {})}
     manifest.setdefault("models", {})[kind] = entry
     atomic_write_json(path, manifest)
     return entry

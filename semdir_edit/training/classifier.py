@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from semdir_edit.checkpoint import load_training_state, register_model, save_training_state
+from semdir_edit.checkpoint import git_commit, load_training_state, register_model, save_training_state
 from semdir_edit.config import Config, to_dict
 from semdir_edit.data import ImageSet, load_split
 from semdir_edit.device import autocast
@@ -67,7 +67,9 @@ def train_classifier(cfg: Config, run_dir: str | Path, device: torch.device, *, 
         sched.load_state_dict(state["sched"])
         epoch, seconds = int(state["epoch"]), float(state["seconds"])
         set_rng_state(state["rng"])
-    run.write_options({"config": to_dict(cfg), "command": command, "device": str(device), "resumed_at": epoch})
+    commit = git_commit()
+    run.write_options({"config": to_dict(cfg), "command": command, "git_commit": commit, "device": str(device),
+                       "resumed_at": epoch})
     budget = TimeBudget(time_limit_min)
     stats: dict[str, Any] = {}
     while epoch < tc.epochs and not budget.exceeded():
@@ -100,5 +102,6 @@ def train_classifier(cfg: Config, run_dir: str | Path, device: torch.device, *, 
                                              "seconds": seconds, "rng": rng_state()})
     if epoch >= tc.epochs and weights_dir is not None:
         register_model(weights_dir, "classifier", model.eval(), command=command,
-                       extra={"epochs": epoch, "train_seconds": round(seconds), "device": str(device)})
+                       extra={"epochs": epoch, "train_seconds": round(seconds), "device": str(device),
+                              "class_names": list(train.class_names)}, commit=commit)
     return {**stats, "epoch": epoch, "finished": epoch >= tc.epochs}

@@ -16,7 +16,13 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from semdir_edit.checkpoint import load_model, load_training_state, register_model, save_training_state
+from semdir_edit.checkpoint import (
+    git_commit,
+    load_model,
+    load_training_state,
+    register_model,
+    save_training_state,
+)
 from semdir_edit.config import Config, to_dict
 from semdir_edit.editing.baselines import sample_w, w_covariance
 from semdir_edit.models import Classifier, Generator
@@ -91,7 +97,9 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
             module.load_state_dict(state[name])
         step, seconds = int(state["step"]), float(state["seconds"])
         set_rng_state(state["rng"])
-    run.write_options({"config": to_dict(cfg), "command": command, "device": str(device), "resumed_at": step})
+    commit = git_commit()
+    run.write_options({"config": to_dict(cfg), "command": command, "git_commit": commit, "device": str(device),
+                       "resumed_at": step})
     total = dc.steps if max_steps is None else min(dc.steps, max_steps)
     budget = TimeBudget(time_limit_min)
     stats: dict[str, Any] = {}
@@ -132,6 +140,6 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     checkpoint()
     if step >= dc.steps:
         info = {"steps": step, "train_seconds": round(seconds), "device": str(device)}
-        register_model(weights_dir, "deformators", deformators, command=command, extra=info)
-        register_model(weights_dir, "shift_predictor", predictor, command=command, extra=info)
+        register_model(weights_dir, "deformators", deformators, command=command, extra=info, commit=commit)
+        register_model(weights_dir, "shift_predictor", predictor, command=command, extra=info, commit=commit)
     return {**stats, "step": step, "finished": step >= dc.steps}

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semdir_edit.checkpoint import (
+    git_commit,
     load_model,
     load_training_state,
     register_model,
@@ -160,8 +161,9 @@ def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, dev
             opt_D.load_state_dict(state["opt_D"])
         step, seconds = int(state["step"]), float(state["seconds"])
         set_rng_state(state["rng"])
+    commit = git_commit()
     run.write_options({"config": to_dict(cfg), "kind": kind, "weights_dir": str(weights_dir), "command": command,
-                       "device": str(device), "resumed_at": step})
+                       "git_commit": commit, "device": str(device), "resumed_at": step})
 
     def checkpoint() -> None:
         state = {"kind": kind, "generator_id": generator_id, "E": E.state_dict(), "opt_E": opt_E.state_dict(),
@@ -237,5 +239,5 @@ def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, dev
         E.eval()
         info = {"training": kind, "steps": step, "kimg": step * tc.batch_size / 1000,
                 "train_seconds": round(seconds), "device": str(device), "generator_id": generator_id}
-        register_model(weights_dir, KINDS[kind], E, command=command, extra=info)
+        register_model(weights_dir, KINDS[kind], E, command=command, extra=info, commit=commit)
     return {**stats, "step": step, "seconds": round(seconds, 1), "finished": step >= tc.steps}

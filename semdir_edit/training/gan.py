@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from semdir_edit.checkpoint import load_training_state, register_model, save_training_state
+from semdir_edit.checkpoint import git_commit, load_training_state, register_model, save_training_state
 from semdir_edit.config import Config, to_dict
 from semdir_edit.data import load_split
 from semdir_edit.device import autocast
@@ -114,7 +114,9 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
             module.load_state_dict(state[name])
         step, seconds = int(state["step"]), float(state["seconds"])
         set_rng_state(state["rng"])
-    run.write_options({"config": to_dict(cfg), "command": command, "device": str(device), "resumed_at": step})
+    commit = git_commit()
+    run.write_options({"config": to_dict(cfg), "command": command, "git_commit": commit, "device": str(device),
+                       "resumed_at": step})
 
     def checkpoint() -> None:
         save_training_state(run.state_path, {
@@ -183,6 +185,6 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
     if step >= tc.steps and weights_dir is not None:
         info = {"steps": step, "kimg": step * tc.batch_size / 1000, "train_seconds": round(seconds),
                 "device": str(device)}
-        register_model(weights_dir, "generator", G_ema, command=command, extra=info)
-        register_model(weights_dir, "discriminator", D, command=command, extra=info)
+        register_model(weights_dir, "generator", G_ema, command=command, extra=info, commit=commit)
+        register_model(weights_dir, "discriminator", D, command=command, extra=info, commit=commit)
     return {**stats, "step": step, "seconds": round(seconds, 1), "finished": step >= tc.steps}
