@@ -237,6 +237,57 @@ def invert_cmd(
         raise typer.Exit(2)
 
 
+@train_app.command("encoder")
+def train_encoder_cmd(
+    config: Path = ConfigOpt,
+    kind: str = typer.Option("domain_guided", "--kind", help="domain_guided (Eq. 2/3) | conventional (Eq. 1)."),
+    weights: Path = WeightsOpt,
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<name>-encoder-<kind>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
+    device: str = DeviceOpt,
+    data_dir: Path | None = DataDirOpt,
+    time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
+    steps: int | None = typer.Option(None, "--steps", help="Override train_encoder.steps."),
+) -> None:
+    """Train the domain-guided (or the conventional) encoder against the shipped generator."""
+    from semdir_edit.config import load_config
+    from semdir_edit.device import resolve_device
+    from semdir_edit.training.encoder import train_encoder
+
+    if kind not in ("domain_guided", "conventional"):
+        raise UserError("--kind must be domain_guided or conventional")
+    cfg = load_config(config)
+    if steps is not None:
+        cfg.train_encoder.steps = steps
+    result = train_encoder(cfg, weights, out or Path("runs") / f"{cfg.name}-encoder-{kind}", resolve_device(device),
+                           kind=kind, resume=resume, data_dir=str(data_dir) if data_dir else None,
+                           command=command_line(), time_limit_min=time_limit)
+    typer.echo(f"step {result['step']}: {'finished' if result['finished'] else 'stopped; continue with --resume'}")
+
+
+@train_app.command("directions")
+def train_directions_cmd(
+    config: Path = ConfigOpt,
+    weights: Path = WeightsOpt,
+    out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<name>-directions)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
+    device: str = DeviceOpt,
+    time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
+    steps: int | None = typer.Option(None, "--steps", help="Override train_directions.steps."),
+) -> None:
+    """Train the N+1 deformators and the shift predictor against the shipped generator and classifier."""
+    from semdir_edit.config import load_config
+    from semdir_edit.device import resolve_device
+    from semdir_edit.training.directions import train_directions
+
+    cfg = load_config(config)
+    if steps is not None:
+        cfg.train_directions.steps = steps
+    result = train_directions(cfg, weights, out or Path("runs") / f"{cfg.name}-directions", resolve_device(device),
+                              resume=resume, command=command_line(), time_limit_min=time_limit)
+    typer.echo(f"step {result['step']}: {'finished' if result['finished'] else 'stopped; continue with --resume'}")
+
+
 @train_app.command("baselines")
 def train_baselines_cmd(
     config: Path = ConfigOpt,
