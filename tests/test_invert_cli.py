@@ -86,3 +86,19 @@ def test_latent_round_trip_and_refusals(tmp_path):
     save_file({"x": torch.zeros(2)}, str(tmp_path / "foreign.safetensors"))
     with pytest.raises(UserError, match="not a semdir-edit latent"):
         load_latent(tmp_path / "foreign.safetensors")
+
+
+def test_evaluate_inversion_reports_every_method(tiny_weights):
+    from semdir_edit.config import DataConfig
+    from semdir_edit.evaluation.evaluate import evaluate_inversion
+
+    from .conftest import FASHION_MNIST
+
+    if not FASHION_MNIST.exists():
+        pytest.skip("Fashion-MNIST not installed")
+    figures = evaluate_inversion(tiny_weights, DataConfig(), torch.device("cpu"), n=4,
+                                 methods=("optimize", "encoder", "indomain"), steps=2)
+    for method in ("optimize", "encoder", "indomain"):
+        assert figures[f"{method}_failed"] == 0
+        assert 0 <= figures[f"{method}_class_preserved"] <= 1
+        assert -1 <= figures[f"{method}_ssim"] <= 1 and figures[f"{method}_psnr"] > 0

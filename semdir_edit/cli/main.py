@@ -196,6 +196,33 @@ def train_classifier_cmd(
                f"{'' if result['finished'] else ' (stopped; continue with --resume)'}")
 
 
+@evaluate_app.command("inversion")
+def evaluate_inversion_cmd(
+    weights: Path = WeightsOpt,
+    config: Path = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+    device: str = DeviceOpt,
+    n: int = typer.Option(1000, "--n", min=1, help="First N test images."),
+    methods: str = typer.Option("indomain,encoder,optimize", "--methods", help="Comma-separated methods."),
+    steps: int = typer.Option(100, "--steps", min=0, help="Optimisation steps (indomain, optimize)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
+    record: bool = typer.Option(True, "--record/--no-record", help="Write the figures into the weights manifest."),
+) -> None:
+    """PSNR / SSIM / perceptual distance / class preserved / time per image of each inversion method."""
+    from semdir_edit.checkpoint import update_figures
+    from semdir_edit.config import load_config
+    from semdir_edit.device import resolve_device
+    from semdir_edit.evaluation.evaluate import evaluate_inversion
+
+    cfg = load_config(config)
+    figures = evaluate_inversion(weights, cfg.data, resolve_device(device), str(data_dir) if data_dir else None,
+                                 n=n, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), steps=steps)
+    print_table(figures, "inversion (first test images)")
+    write_json(json_out, figures)
+    if record:
+        update_figures(weights, "inversion", {**figures, "command": command_line()})
+
+
 @app.command("invert")
 def invert_cmd(
     images: list[Path] = typer.Argument(..., help="Photos or domain images to invert."),

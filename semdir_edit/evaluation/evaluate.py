@@ -84,3 +84,37 @@ def evaluate_generator(weights_dir: str | Path, data_cfg: DataConfig, device: to
     for k, share in enumerate(hist):
         figures[f"class_share_{k}"] = share
     return figures
+
+
+def evaluate_inversion(weights_dir: str | Path, data_cfg: DataConfig, device: torch.device,
+                       data_dir: str | None = None, n: int = 1000, methods: tuple[str, ...] = ("indomain", "encoder",
+                                                                                              "optimize"),
+                       steps: int = 100) -> dict[str, Any]:
+    """Reconstruction figures of each inversion method on the first ``n`` test images.
+
+    Keys ``<method>_<figure>``: psnr, ssim, perceptual (means), class_preserved (share where the
+    classifier's label of the reconstruction equals that of the original), seconds_per_image, failed.
+    """
+    from semdir_edit.editor import Editor, Inverted
+
+    editor = Editor.from_pretrained(weights_dir, device)
+    test = load_split(data_cfg, "test", data_dir)
+    images = test.images[:n]
+    figures: dict[str, Any] = {"images": len(images), "steps": steps}
+    for method in methods:
+        results = editor.invert(images, method=method, steps=steps)
+        done = [r for r in results if isinstance(r, Inverted)]
+        if not done:
+            figures[f"{method}_failed"] = len(results)
+            continue
+        recon_class, _ = editor.classify(torch.stack([r.reconstruction for r in done]))
+        figures.update({
+            f"{method}_psnr": sum(r.psnr for r in done) / len(done),
+            f"{method}_ssim": sum(r.ssim for r in done) / len(done),
+            f"{method}_perceptual": sum(r.perceptual for r in done) / len(done),
+            f"{method}_class_preserved": sum(int(c) == r.class_index for c, r in zip(recon_class, done,
+                                                                                   strict=True)) / len(done),
+            f"{method}_seconds_per_image": done[0].seconds,
+            f"{method}_failed": len(results) - len(done),
+        })
+    return figures
