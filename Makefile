@@ -27,7 +27,7 @@ demo: setup dataset
 	$(BIN)/semdir-edit generate --n 64 --seed 0 -o out/samples.png
 	$(BIN)/semdir-edit generate --mix --seed 1 -o out/style-mixing.png
 	$(BIN)/semdir-edit generate --noise-variation --seed 2 -o out/noise-variation.png
-	$(BIN)/semdir-edit invert docs/examples/*.jpg -o out/invert --method optimize
+	$(BIN)/semdir-edit invert docs/examples/*.jpg -o out/invert
 	$(BIN)/semdir-edit apply out/invert/sneaker.latent.safetensors --direction pca:0 --eps -3:3:7 -o out/sneaker-pca0.png
 	$(BIN)/semdir-edit apply out/invert/tshirt.latent.safetensors --direction to:Pullover --eps 0:3:4 -o out/tshirt-to-pullover.png
 	@echo "demo outputs in out/"

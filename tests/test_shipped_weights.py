@@ -56,3 +56,15 @@ def test_generated_samples_look_like_clothing(test_set):
     real_f, _ = classifier_features(C, [real], "cpu")
     noisy_f, _ = classifier_features(C, [(real + 0.5 * torch.randn_like(real)).clamp(-1, 1)], "cpu")
     assert fid_from_features(fake_f, real_f) < fid_from_features(noisy_f, real_f)
+
+
+@requires_dataset
+def test_indomain_inversion_of_real_test_images(test_set):
+    from semdir_edit.editor import Editor, Inverted
+
+    ed = Editor.from_pretrained(WEIGHTS, device="cpu")
+    results = ed.invert(test_set.images[:8], method="indomain", steps=100)
+    assert all(isinstance(r, Inverted) for r in results)
+    assert sum(r.psnr for r in results) / 8 >= 22.0
+    recon_class, _ = ed.classify(torch.stack([r.reconstruction for r in results]))
+    assert sum(int(c) == r.class_index for c, r in zip(recon_class, results, strict=True)) >= 7
