@@ -110,19 +110,23 @@ def git_commit() -> str:
 
 # ----------------------------------------------------------------------------- weights (safetensors)
 
-def save_weights(model: nn.Module, kind: str, path: str | Path) -> str:
-    """Save a network's state (tensors only) with its config in the metadata; returns the sha256."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"kind": kind, "config": json.dumps(to_dict(model.cfg), sort_keys=True)}
+def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file via a temp file + rename (never a half-written file)."""
     path = Path(path)
     fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
-        save_file(state, tmp, metadata=meta)
+        save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_weights(model: nn.Module, kind: str, path: str | Path) -> str:
+    """Save a network's state (tensors only) with its config in the metadata; returns the sha256."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_save_safetensors(path, state, {"kind": kind, "config": json.dumps(to_dict(model.cfg), sort_keys=True)})
     return sha256_file(path)
 
 

@@ -7,15 +7,13 @@ weights id recorded in its metadata.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
-from semdir_edit.checkpoint import _temp_beside
+from semdir_edit.checkpoint import atomic_save_safetensors
 from semdir_edit.errors import UserError
 
 FORMAT = "semdir-edit latent v1"
@@ -30,14 +28,7 @@ def save_latent(path: str | Path, ws: torch.Tensor, meta: dict[str, Any]) -> Non
     path = Path(path)
     strings = {"format": FORMAT, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}}
     try:
-        fd, tmp = _temp_beside(path)
-        os.close(fd)
-        try:
-            save_file({"ws": ws.detach().float().cpu().contiguous()}, tmp, metadata=strings)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_save_safetensors(path, {"ws": ws.detach().float().cpu().contiguous()}, strings)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
