@@ -51,6 +51,8 @@ MODEL_KINDS: dict[str, tuple[type[nn.Module], type]] = {
     "deformators": (Deformators, DeformatorConfig),     # N+1 direction sets (global + per class).
     "shift_predictor": (ShiftPredictor, ShiftPredictorConfig),
     "direction_bank": (DirectionBank, DirectionBankConfig),  # PCA, SeFa, random, class boundaries, W stats.
+    "deformators_voynov": (Deformators, DeformatorConfig),   # Baseline: global directions only (Voynov & Babenko).
+    "shift_predictor_voynov": (ShiftPredictor, ShiftPredictorConfig),
 }
 
 
@@ -229,6 +231,14 @@ def update_figures(weights_dir: str | Path, section: str, figures: dict[str, Any
     path = Path(weights_dir) / MANIFEST
     manifest = read_manifest(weights_dir)
     manifest.setdefault("figures", {})[section] = figures
+    atomic_write_json(path, manifest)
+
+
+def update_descriptions(weights_dir: str | Path, descriptions: dict[str, Any]) -> None:
+    """Record each direction's measured description (``evaluate directions``) in ``manifest["descriptions"]``."""
+    path = Path(weights_dir) / MANIFEST
+    manifest = read_manifest(weights_dir)
+    manifest["descriptions"] = descriptions
     atomic_write_json(path, manifest)
 
 

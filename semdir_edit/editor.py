@@ -224,22 +224,15 @@ class Editor:
         """
         spec = parse_direction(spec) if isinstance(spec, str) else spec
         bank = self.model("direction_bank")
-        if spec.kind in ("pca", "sefa", "random"):
-            source = bank.source(spec.kind)
-            self._check_k(spec, source.shape[1])
-            vector = source[:, spec.k]
-        elif spec.kind == "global":
-            source = self.model("deformators").global_directions().detach()
-            self._check_k(spec, source.shape[1])
-            vector = source[:, spec.k]
-        elif spec.kind == "class":
-            c = match_class(spec.class_name, self.class_names) if spec.class_name else class_index
-            if c is None:
+        if spec.kind != "to":
+            if spec.kind == "class" and spec.class_name:
+                class_index = match_class(spec.class_name, self.class_names)
+            if spec.kind == "class" and class_index is None:
                 raise UserError(f"'{spec}' needs the image's class: give an image or name a class ({spec}@<class>)")
-            source = self.model("deformators").class_directions().detach()[c]
+            source = self.direction_set(spec.kind, class_index)
             self._check_k(spec, source.shape[1])
             vector = source[:, spec.k]
-        else:  # "to"
+        else:
             if class_index is None:
                 raise UserError(f"'{spec}' needs the image's class")
             target = match_class(spec.class_name, self.class_names)
@@ -254,6 +247,54 @@ class Editor:
                 vector = vector - q @ (q.T @ vector)
                 vector = vector / vector.norm().clamp_min(1e-12)
         return vector, float(spread_of(vector, bank.w_cov))
+
+    def direction_set(self, kind: str, class_index: int | None = None) -> torch.Tensor:
+        """All K directions (w_dim, K) of one source: global, class (of ``class_index``), voynov, pca, sefa, random."""
+        if kind in ("pca", "sefa", "random"):
+            return self.model("direction_bank").source(kind).detach()
+        if kind == "global":
+            return self.model("deformators").global_directions().detach()
+        if kind == "voynov":
+            return self.model("deformators_voynov").global_directions().detach()
+        if kind == "class":
+            if class_index is None or not 0 <= class_index < len(self.class_names):
+                raise UserError("class directions need a class")
+            return self.model("deformators").class_directions().detach()[class_index]
+        raise UserError(f"unknown direction source '{kind}' (use global, class, voynov, pca, sefa, random)")
+
+    @torch.no_grad()
+    def sample_code(self, class_index: int | None = None, seed: int = 0, tries: int = 4000) -> torch.Tensor:
+        """A generated W+ code (num_ws, w_dim) — of the given class when one is named — from a seeded search."""
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(0, tries, 200):
+            w = self.G.mapping(torch.randn(200, self.G.z_dim, generator=gen).to(self.device))
+            ws = self.G.broadcast(w)
+            if class_index is None:
+                return ws[0].cpu()
+            labels, conf = self.classify(self.G.synthesis(ws, noise_mode="const"))
+            hits = ((labels == class_index) & (conf > 0.9)).nonzero()
+            if len(hits):
+                return ws[int(hits[0])].cpu()
+        raise UserError(f"the generator drew no confident {self.class_names[class_index]} in {tries} samples")
+
+    @torch.no_grad()
+    def direction_grid(self, ws: torch.Tensor, kind: str, eps: list[float], class_index: int | None = None,
+                       layers: str | range | None = None) -> torch.Tensor:
+        """Every direction of one source applied to one code: images (K, E, C, R, R), rows = directions."""
+        source = self.direction_set(kind, class_index)
+        bank = self.model("direction_bank")
+        layer_range = layers if isinstance(layers, range) else parse_layers(layers, self.G.num_ws)
+        rows = []
+        for k in range(source.shape[1]):
+            vector = source[:, k]
+            shifted = shift_codes(ws.to(self.device)[None], vector.to(self.device), eps,
+                                  spread_of(vector, bank.w_cov), layer_range)[0]
+            rows.append(self.G.synthesis(shifted, noise_mode="const").clamp(-1, 1))
+        return torch.stack(rows)
+
+    def descriptions(self) -> dict[str, Any]:
+        """Measured description of each direction (written by ``evaluate directions``), keyed by spec."""
+        return dict(self.manifest.get("descriptions", {}))
 
     @staticmethod
     def _check_k(spec: DirectionSpec, k_max: int) -> None:

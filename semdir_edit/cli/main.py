@@ -19,6 +19,8 @@ train_app = typer.Typer(no_args_is_help=True, help="Train the project's networks
 app.add_typer(train_app, name="train")
 evaluate_app = typer.Typer(no_args_is_help=True, help="Measure shipped weights; figures go into the manifest.")
 app.add_typer(evaluate_app, name="evaluate")
+directions_app = typer.Typer(no_args_is_help=True, help="Look at the learned and baseline directions.")
+app.add_typer(directions_app, name="directions")
 
 DEFAULT_CONFIG = "configs/fashion_mnist.yaml"
 DEFAULT_WEIGHTS = "weights/fashion_mnist"
@@ -223,6 +225,84 @@ def evaluate_inversion_cmd(
         update_figures(weights, "inversion", {**figures, "command": command_line()})
 
 
+@evaluate_app.command("directions")
+def evaluate_directions_cmd(
+    weights: Path = WeightsOpt,
+    config: Path = ConfigOpt,
+    device: str = DeviceOpt,
+    per_class: int = typer.Option(100, "--per-class", min=4, help="Generated samples per class."),
+    fresh_steps: int = typer.Option(1000, "--fresh-steps", min=1, help="Training steps of each fresh predictor."),
+    seed: int = typer.Option(0, "--seed"),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
+    record: bool = typer.Option(True, "--record/--no-record", help="Write figures and descriptions into the manifest."),
+) -> None:
+    """RCA, class preservation, edit strength, specificity, orthogonality; ours against Voynov, PCA, SeFa, random."""
+    from semdir_edit.checkpoint import update_descriptions, update_figures
+    from semdir_edit.config import load_config
+    from semdir_edit.editor import Editor
+    from semdir_edit.evaluation.evaluate import evaluate_directions
+
+    cfg = load_config(config)
+    editor = Editor.from_pretrained(weights, device)
+    dc = cfg.train_directions
+    figures, descriptions = evaluate_directions(weights, editor.device, editor.class_names, per_class=per_class,
+                                                fresh_steps=fresh_steps, eps_range=(dc.eps_min, dc.eps_max),
+                                                seed=seed, log=lambda m: typer.echo(m, err=True))
+    print_table(figures, "directions (generated samples; eps in units of W's spread)")
+    write_json(json_out, figures)
+    if record:
+        update_figures(weights, "directions", {**figures, "command": command_line()})
+        update_descriptions(weights, descriptions)
+
+
+@directions_app.command("list")
+def directions_list_cmd(weights: Path = WeightsOpt) -> None:
+    """Every direction with its measured description (from `evaluate directions`)."""
+    from semdir_edit.checkpoint import read_manifest
+
+    descriptions = read_manifest(weights).get("descriptions")
+    if not descriptions:
+        raise UserError(f"{weights} has no direction descriptions yet: run `semdir-edit evaluate directions`")
+    width = max(len(k) for k in descriptions)
+    for spec, d in descriptions.items():
+        also = ", ".join(f"{t['attribute']} {t['r']:+.2f}" for t in d.get("top", [])[1:])
+        typer.echo(f"{spec:<{width}}  {d['label']:<28} r={d['r']:+.2f}" + (f"  (also {also})" if also else ""))
+
+
+@directions_app.command("show")
+def directions_show_cmd(
+    cls: str | None = typer.Option(None, "--class", help="Show this class's class-specific directions."),
+    source: str = typer.Option("global", "--source", help="global | voynov | pca | sefa | random (without --class)."),
+    latent: Path | None = typer.Option(None, "--latent", help="Edit this latent file (default: a generated sample)."),
+    eps: str = typer.Option("-3:3:7", "--eps", help="Columns: start:stop:count."),
+    layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
+    seed: int = typer.Option(0, "--seed", help="Picks the generated sample."),
+    out: Path = typer.Option(Path("directions.png"), "--out", "-o", help="PNG to write."),
+    scale: int = typer.Option(3, "--scale", min=1, max=16),
+    weights: Path = WeightsOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """A grid: rows = directions of one set, columns = eps (the middle column is the unedited image)."""
+    from semdir_edit.editing.directions import match_class, parse_eps
+    from semdir_edit.editor import Editor
+    from semdir_edit.imageio import save_grid
+
+    eps_list = parse_eps(eps)
+    editor = Editor.from_pretrained(weights, device)
+    class_index = match_class(cls, editor.class_names) if cls else None
+    kind = "class" if cls else source
+    if latent is not None:
+        ws, meta = editor.load_latent(latent)
+        if class_index is None:
+            class_index = meta.get("class_index")
+    else:
+        ws = editor.sample_code(class_index, seed)
+    grid = editor.direction_grid(ws, kind, eps_list, class_index=class_index, layers=layers)
+    save_grid(out, grid.flatten(0, 1), nrow=len(eps_list), scale=scale)
+    typer.echo(f"wrote {out} ({kind}{'@' + editor.class_names[class_index] if cls else ''}: "
+               f"{grid.shape[0]} directions x {len(eps_list)} eps)")
+
+
 @app.command("invert")
 def invert_cmd(
     images: list[Path] = typer.Argument(..., help="Photos or domain images to invert."),
@@ -301,6 +381,8 @@ def train_directions_cmd(
     device: str = DeviceOpt,
     time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
     steps: int | None = typer.Option(None, "--steps", help="Override train_directions.steps."),
+    global_only: bool = typer.Option(False, "--global-only", help="Voynov & Babenko's baseline: global set only "
+                                     "(registered as deformators_voynov)."),
 ) -> None:
     """Train the N+1 deformators and the shift predictor against the shipped generator and classifier."""
     from semdir_edit.config import load_config
@@ -310,8 +392,9 @@ def train_directions_cmd(
     cfg = load_config(config)
     if steps is not None:
         cfg.train_directions.steps = steps
-    result = train_directions(cfg, weights, out or Path("runs") / f"{cfg.name}-directions", resolve_device(device),
-                              resume=resume, command=command_line(), time_limit_min=time_limit)
+    default_out = Path("runs") / f"{cfg.name}-directions{'-voynov' if global_only else ''}"
+    result = train_directions(cfg, weights, out or default_out, resolve_device(device), resume=resume,
+                              command=command_line(), time_limit_min=time_limit, global_only=global_only)
     typer.echo(f"step {result['step']}: {'finished' if result['finished'] else 'stopped; continue with --resume'}")
 
 

@@ -16,7 +16,7 @@ import torch
 
 from semdir_edit.errors import UserError
 
-KINDS = ("global", "class", "pca", "sefa", "random", "to")
+KINDS = ("global", "class", "voynov", "pca", "sefa", "random", "to")
 MAX_STRIP = 101  # Longest traversal strip.
 
 
@@ -41,8 +41,8 @@ def parse_direction(spec: str) -> DirectionSpec:
     """Parse a direction spec; the k < K and class-name checks happen when it is resolved against weights."""
     m = _SPEC.match(spec.strip())
     if not m or m["kind"] not in KINDS:
-        raise UserError(f"invalid --direction '{spec}' (use one of: global:K, class:K, class:K@<class>, pca:K, "
-                        "sefa:K, random:K, to:<class>)")
+        raise UserError(f"invalid --direction '{spec}' (use one of: global:K, class:K, class:K@<class>, voynov:K, "
+                        "pca:K, sefa:K, random:K, to:<class>)")
     kind, arg, cls = m["kind"], m["arg"].strip(), m["cls"]
     if kind == "to":
         if cls:

@@ -118,3 +118,106 @@ def evaluate_inversion(weights_dir: str | Path, data_cfg: DataConfig, device: to
             f"{method}_failed": len(results) - len(done),
         })
     return figures
+
+
+def direction_sources(weights_dir: str | Path, device: torch.device) -> dict[str, torch.Tensor]:
+    """Every direction source the weights hold, each as (S, w_dim, K) sets: ``ours`` (global + N class sets),
+    ``voynov`` (global-only, when trained), ``pca``, ``sefa``, ``random``."""
+    from semdir_edit.checkpoint import read_manifest
+
+    models = read_manifest(weights_dir).get("models", {})
+    bank = load_model(weights_dir, "direction_bank", device)
+    sources = {"ours": load_model(weights_dir, "deformators", device).all_directions().detach().cpu()}
+    if "deformators_voynov" in models:
+        voynov = load_model(weights_dir, "deformators_voynov", device)
+        sources["voynov"] = voynov.global_directions().detach().cpu()[None]
+    for name in ("pca", "sefa", "random"):
+        sources[name] = bank.source(name).detach().cpu()[None]
+    return sources
+
+
+def evaluate_directions(weights_dir: str | Path, device: torch.device, class_names: list[str], per_class: int = 100,
+                        fresh_steps: int = 1000, eps_range: tuple[float, float] = (0.5, 6.0), seed: int = 0,
+                        describe_samples: int = 32, log=print) -> tuple[dict[str, Any], dict[str, Any]]:
+    """RCA, class preservation, edit strength, specificity and orthogonality of every direction source,
+    plus a measured description of every direction. Returns (figures, descriptions)."""
+    from semdir_edit.evaluation import directions as ed
+    from semdir_edit.inversion.perceptual import PerceptualLoss
+
+    G = load_model(weights_dir, "generator", device)
+    C = load_model(weights_dir, "classifier", device)
+    F = PerceptualLoss(C).to(device)
+    w_cov = load_model(weights_dir, "direction_bank", device).w_cov.cpu()
+    sources = direction_sources(weights_dir, device)
+    samples = ed.sample_by_class(G, C, per_class, seed)
+    w, labels = samples.w, samples.labels
+    num_classes = C.cfg.num_classes
+    figures: dict[str, Any] = {"samples": len(w), "fresh_steps": fresh_steps,
+                               "min_class_samples": int(torch.bincount(labels, minlength=num_classes).min())}
+
+    ours = sources["ours"]
+    spreads = ed.spreads_of(ours, w_cov)
+    figures["max_cos"] = ed.max_abs_cos(ours[0], ours[1:])
+    log("RCA of the jointly trained predictor")
+    predictor = load_model(weights_dir, "shift_predictor", device)
+    zeros = torch.zeros_like(labels)
+    correct_g = ed.reconstructor_accuracy(G, predictor, ours, spreads, w, zeros, eps_range, seed)
+    correct_c = ed.reconstructor_accuracy(G, predictor, ours, spreads, w, labels + 1, eps_range, seed + 1)
+    figures["rca_global"] = correct_g.float().mean().item()
+    per_class_rca = [correct_c[labels == c].float().mean().item() for c in range(num_classes) if (labels == c).any()]
+    for c in range(num_classes):
+        if (labels == c).any():
+            figures[f"rca_class_{c}"] = correct_c[labels == c].float().mean().item()
+    figures["rca_class_median"] = float(torch.tensor(per_class_rca).median())
+
+    log("edits along our global and class directions")
+    g = ed.edit_effects(G, C, F, ours, spreads, w, labels, zeros, seed)
+    c = ed.edit_effects(G, C, F, ours, spreads, w, labels, labels + 1, seed)
+    for key, value in ed.summarize_effects(g, "global_").items():
+        figures[key.replace("global_edit_strength", "edit_strength_global")] = value
+    for key, value in ed.summarize_effects(c, "").items():
+        figures[key.replace("edit_strength", "edit_strength_class")] = value
+    # Specificity: class c's directions applied to samples of another class.
+    other = (labels + torch.randint(1, num_classes, labels.shape, generator=torch.Generator().manual_seed(seed))
+             ) % num_classes
+    o = ed.edit_effects(G, C, F, ours, spreads, w, labels, other + 1, seed)
+    figures["class_preserved_other"] = o["kept"].float().mean().item()
+    figures["edit_strength_class_on_other"] = o["change"].mean().item()
+    figures["specificity_change_ratio"] = c["change"].mean().item() / max(o["change"].mean().item(), 1e-12)
+
+    baselines = {"global": ours[:1], **{k: v for k, v in sources.items() if k != "ours"}}
+    if "voynov" in sources:
+        own = load_model(weights_dir, "shift_predictor_voynov", device)
+        figures["voynov_rca_own"] = ed.reconstructor_accuracy(G, own, sources["voynov"], ed.spreads_of(
+            sources["voynov"], w_cov), w, zeros, eps_range, seed).float().mean().item()
+    for name, sets in baselines.items():
+        log(f"fresh shift predictor on the frozen '{name}' directions ({fresh_steps} steps)")
+        s = ed.spreads_of(sets, w_cov)
+        fresh = ed.train_fresh_predictor(G, C, sets[0], w_cov, fresh_steps, seed, eps_range=eps_range)
+        prefix = "global_fresh" if name == "global" else name
+        figures[f"{prefix}_rca"] = ed.reconstructor_accuracy(G, fresh, sets, s, w, zeros, eps_range,
+                                                             seed).float().mean().item()
+        if name != "global":
+            effects = ed.summarize_effects(ed.edit_effects(G, C, F, sets, s, w, labels, zeros, seed), f"{name}_")
+            figures.update({k: v for k, v in effects.items() if "_eps" not in k})
+
+    log("describing every direction")
+    descriptions: dict[str, Any] = {}
+    gen = torch.Generator().manual_seed(seed)
+    mixed = w[torch.randperm(len(w), generator=gen)[:describe_samples]]
+    for name, sets in sources.items():
+        s = ed.spreads_of(sets, w_cov)
+        for set_i in range(sets.shape[0]):
+            if name == "ours" and set_i > 0:
+                cls = set_i - 1
+                pool = w[labels == cls][:describe_samples]
+                if len(pool) == 0:
+                    continue
+                prefix = f"class:{{k}}@{class_names[cls]}"
+            else:
+                pool = mixed
+                prefix = f"{'global' if name == 'ours' else name}:{{k}}"
+            for k in range(sets.shape[2]):
+                descriptions[prefix.format(k=k)] = ed.describe_direction(
+                    G, C, sets[set_i, :, k], float(s[set_i, k]), pool, class_names)
+    return figures, descriptions

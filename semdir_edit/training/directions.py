@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from semdir_edit.checkpoint import (
@@ -31,15 +32,32 @@ from semdir_edit.models.shift_predictor import ShiftPredictor, shift_predictor_l
 from semdir_edit.training.common import RunFolder, TimeBudget, rng_state, seed_everything, set_rng_state
 
 
+class FrozenDirections(nn.Module):
+    """A fixed direction set (w_dim, K) seen through the deformators' interface, so a fresh shift predictor
+    can be trained on it with :class:`DirectionLoss` (Voynov's protocol for PCA, SeFa and random baselines)."""
+
+    def __init__(self, directions: torch.Tensor, w_cov: torch.Tensor) -> None:
+        super().__init__()
+        d = directions.float()
+        self.register_buffer("directions", d / d.norm(dim=0, keepdim=True).clamp_min(1e-12))
+        self.register_buffer("w_cov", w_cov.float())
+        self.k = d.shape[1]
+
+    def all_directions(self) -> torch.Tensor:
+        return self.directions[None]                                      # (1, w_dim, K): one set.
+
+
 class DirectionLoss:
     """The direction-discovery objective for one batch; knows nothing of optimisers."""
 
-    def __init__(self, G: Generator, C: Classifier, deformators: Deformators, predictor: ShiftPredictor,
-                 eps_range: tuple[float, float], shift_weight: float,
+    def __init__(self, G: Generator, C: Classifier, deformators: Deformators | FrozenDirections,
+                 predictor: ShiftPredictor, eps_range: tuple[float, float], shift_weight: float,
                  train_global: bool = True, train_class: bool = True) -> None:
         self.G, self.C, self.deformators, self.predictor = G, C, deformators, predictor
         self.eps_range, self.shift_weight = eps_range, shift_weight
         self.sets = [s for s, on in (("global", train_global), ("class", train_class)) if on]
+        if not self.sets:
+            raise ValueError("train at least one of the global and the class sets")
 
     def spread(self, directions: torch.Tensor) -> torch.Tensor:
         """sqrt(d^T Sigma d) for columns d of (..., w_dim, K) -> (..., K); differentiable."""
@@ -70,8 +88,13 @@ class DirectionLoss:
 
 def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, device: torch.device, *,
                      resume: bool = False, command: str = "", time_limit_min: float = 0.0,
-                     max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train deformators + predictor against the shipped G and classifier in ``weights_dir``."""
+                     max_steps: int | None = None, progress: bool = True,
+                     global_only: bool = False) -> dict[str, Any]:
+    """Train deformators + predictor against the shipped G and classifier in ``weights_dir``.
+
+    global_only: Voynov & Babenko's original method (one deformator, one predictor head), the baseline of
+    Kim & Lee; registered as ``deformators_voynov`` / ``shift_predictor_voynov``.
+    """
     dc = cfg.train_directions
     run = RunFolder(run_dir)
     seed_everything(dc.seed)
@@ -79,7 +102,7 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     C = load_model(weights_dir, "classifier", device)
     # Sizes left at 0 in the config come from the networks they serve.
     dcfg = dataclasses.replace(cfg.deformator, w_dim=cfg.deformator.w_dim or G.w_dim,
-                               num_classes=cfg.deformator.num_classes or C.cfg.num_classes)
+                               num_classes=0 if global_only else cfg.deformator.num_classes or C.cfg.num_classes)
     pcfg = dataclasses.replace(cfg.shift_predictor, k=cfg.shift_predictor.k or dcfg.k,
                                num_sets=cfg.shift_predictor.num_sets or dcfg.num_classes + 1,
                                img_channels=G.cfg.img_channels)
@@ -88,7 +111,8 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     predictor = ShiftPredictor(pcfg).to(device)
     opt_d = torch.optim.Adam(deformators.parameters(), lr=dc.lr)
     opt_p = torch.optim.Adam(predictor.parameters(), lr=dc.lr)
-    loss_fn = DirectionLoss(G, C, deformators, predictor, (dc.eps_min, dc.eps_max), dc.shift_weight)
+    loss_fn = DirectionLoss(G, C, deformators, predictor, (dc.eps_min, dc.eps_max), dc.shift_weight,
+                            train_class=not global_only)
     step, seconds = 0, 0.0
     if resume and run.state_path.exists():
         state = load_training_state(run.state_path, device)
@@ -140,6 +164,7 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     checkpoint()
     if step >= dc.steps:
         info = {"steps": step, "train_seconds": round(seconds), "device": str(device)}
-        register_model(weights_dir, "deformators", deformators, command=command, extra=info, commit=commit)
-        register_model(weights_dir, "shift_predictor", predictor, command=command, extra=info, commit=commit)
+        suffix = "_voynov" if global_only else ""
+        register_model(weights_dir, "deformators" + suffix, deformators, command=command, extra=info, commit=commit)
+        register_model(weights_dir, "shift_predictor" + suffix, predictor, command=command, extra=info, commit=commit)
     return {**stats, "step": step, "finished": step >= dc.steps}

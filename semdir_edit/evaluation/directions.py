@@ -1,0 +1,245 @@
+"""How good a set of latent directions is, measured as /work/shared/EVALUATION.md says.
+
+Sources compared on the same generator: ours (Kim & Lee: a global set and one class set per class),
+Voynov & Babenko's global-only set (when trained), GANSpace PCA, SeFa and random orthonormal
+directions. Every shift is ``eps * spread(d) * d`` (eps in units of W's spread along d), added to
+every W+ layer, as ``apply`` does.
+
+- RCA (reconstructor classification accuracy): the share of shifted pairs whose direction a shift
+  predictor names correctly. Ours with its jointly trained predictor over all (N+1)*K directions;
+  every source (ours included) also with a *fresh* predictor trained on the frozen directions with
+  the same budget (Voynov's protocol for sources that come without one).
+- Class preserved: the classifier's label of G(w) unchanged after an edit of |eps| in {1, 2, 3}.
+- Edit strength: perceptual distance between G(w) and the edit, per unit |eps| (0 = no direction).
+- Specificity (class sets): class c's directions applied to other classes' samples: how much they
+  change those images relative to class c's own, and whether the other class survives.
+- Descriptions: each direction's strongest correlate among measurable image attributes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import kornia
+import torch
+
+from semdir_edit.config import ShiftPredictorConfig
+from semdir_edit.editing.baselines import spread_along
+from semdir_edit.inversion.perceptual import PerceptualLoss
+from semdir_edit.models import Classifier, Generator
+from semdir_edit.models.shift_predictor import ShiftPredictor
+from semdir_edit.training.directions import DirectionLoss, FrozenDirections
+
+EDIT_EPS = (1.0, 2.0, 3.0)
+
+
+@dataclass
+class ClassSamples:
+    """Sampled codes with the classifier's label of each image."""
+
+    w: torch.Tensor        # (n, w_dim)
+    labels: torch.Tensor   # (n,)
+
+
+@torch.no_grad()
+def sample_by_class(G: Generator, C: Classifier, per_class: int, seed: int, draws_per_sample: int = 20
+                    ) -> ClassSamples:
+    """Up to ``per_class`` codes for every class, from at most ``draws_per_sample`` draws per wanted sample
+    (a class the generator rarely draws gets fewer)."""
+    device = G.mapping.w_avg.device
+    gen = torch.Generator().manual_seed(seed)
+    num_classes = C.cfg.num_classes
+    batch_size = min(500, 2 * per_class * num_classes)
+    max_batches = -(-draws_per_sample * per_class * num_classes // batch_size)
+    kept_w: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
+    counts = [0] * num_classes
+    for _ in range(max_batches):
+        w = G.mapping(torch.randn(batch_size, G.z_dim, generator=gen).to(device))
+        labels = C(G.synthesis(G.broadcast(w), noise_mode="const")).argmax(1)
+        for c in range(num_classes):
+            take = w[labels == c][: per_class - counts[c]]
+            kept_w[c].append(take.cpu())
+            counts[c] += len(take)
+        if min(counts) >= per_class:
+            break
+    w_all = torch.cat([torch.cat(ws) for ws in kept_w])
+    labels_all = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in enumerate(counts)])
+    return ClassSamples(w_all, labels_all)
+
+
+@torch.no_grad()
+def render_shifted(G: Generator, w: torch.Tensor, shift: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """G(w + shift) for (n, w_dim) codes and shifts, in batches, fixed noise -> (n, C, R, R) on the CPU."""
+    device = G.mapping.w_avg.device
+    out = []
+    for start in range(0, len(w), batch_size):
+        ws = (w[start:start + batch_size] + shift[start:start + batch_size]).to(device)
+        out.append(G.synthesis(G.broadcast(ws), noise_mode="const").clamp(-1, 1).cpu())
+    return torch.cat(out)
+
+
+def _random_shifts(n: int, k: int, eps_range: tuple[float, float], gen: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Direction indices and signed |eps| ~ U[eps_range], as in training."""
+    index = torch.randint(0, k, (n,), generator=gen)
+    lo, hi = eps_range
+    eps = (lo + (hi - lo) * torch.rand(n, generator=gen)) * (torch.randint(0, 2, (n,), generator=gen) * 2 - 1)
+    return index, eps
+
+
+@torch.no_grad()
+def reconstructor_accuracy(G: Generator, predictor: ShiftPredictor, sets: torch.Tensor, spreads: torch.Tensor,
+                           w: torch.Tensor, set_index: torch.Tensor, eps_range: tuple[float, float], seed: int,
+                           batch_size: int = 250) -> torch.Tensor:
+    """(n,) bool: did ``predictor`` name the direction (over all S*K) that moved each sample?
+
+    sets: (S, w_dim, K) directions; spreads: (S, K); set_index: (n,) which set moves each sample.
+    """
+    device = G.mapping.w_avg.device
+    predictor.eval()
+    K = sets.shape[2]
+    k, eps = _random_shifts(len(w), K, eps_range, torch.Generator().manual_seed(seed))
+    shift = sets[set_index, :, k] * (eps * spreads[set_index, k])[:, None]
+    correct = []
+    for start in range(0, len(w), batch_size):
+        sl = slice(start, start + batch_size)
+        original = render_shifted(G, w[sl], torch.zeros_like(w[sl])).to(device)
+        shifted = render_shifted(G, w[sl], shift[sl]).to(device)
+        logits, _ = predictor(original, shifted)
+        correct.append(logits.argmax(1).cpu() == set_index[sl] * K + k[sl])
+    return torch.cat(correct)
+
+
+def train_fresh_predictor(G: Generator, C: Classifier, directions: torch.Tensor, w_cov: torch.Tensor, steps: int,
+                          seed: int, width: int = 32, batch_size: int = 32, lr: float = 1e-4,
+                          eps_range: tuple[float, float] = (0.5, 6.0), shift_weight: float = 0.25) -> ShiftPredictor:
+    """A new shift predictor trained on frozen (w_dim, K) directions with the training objective."""
+    device = G.mapping.w_avg.device
+    torch.manual_seed(seed)
+    source = FrozenDirections(directions, w_cov).to(device)
+    predictor = ShiftPredictor(ShiftPredictorConfig(img_channels=G.cfg.img_channels, k=source.k, num_sets=1,
+                                                    width=width)).to(device)
+    opt = torch.optim.Adam(predictor.parameters(), lr=lr)
+    loss_fn = DirectionLoss(G, C, source, predictor, eps_range, shift_weight, train_class=False)
+    predictor.train()
+    for _ in range(steps):
+        loss, _ = loss_fn(batch_size)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return predictor.eval()
+
+
+@torch.no_grad()
+def edit_effects(G: Generator, C: Classifier, F: PerceptualLoss, sets: torch.Tensor, spreads: torch.Tensor,
+                 w: torch.Tensor, labels: torch.Tensor, set_index: torch.Tensor, seed: int,
+                 eps_values: tuple[float, ...] = EDIT_EPS, batch_size: int = 250) -> dict[str, torch.Tensor]:
+    """Edit every sample along one random direction of its set at +-each eps.
+
+    Returns ``kept`` (n, 2E) bool (classifier label unchanged), ``change`` (n, 2E) perceptual distance
+    per unit |eps|, and ``abs_eps`` (2E,), ordered +e1, -e1, +e2, -e2, ...
+    """
+    device = G.mapping.w_avg.device
+    K = sets.shape[2]
+    k = torch.randint(0, K, (len(w),), generator=torch.Generator().manual_seed(seed))
+    signed = torch.tensor([s * e for e in eps_values for s in (1.0, -1.0)])
+    d = sets[set_index, :, k] * spreads[set_index, k][:, None]                        # (n, w_dim), one spread long.
+    kept, change = [], []
+    for start in range(0, len(w), batch_size):
+        sl = slice(start, start + batch_size)
+        original = render_shifted(G, w[sl], torch.zeros_like(w[sl])).to(device)
+        kept_b, change_b = [], []
+        for e in signed:
+            edited = render_shifted(G, w[sl], e * d[sl]).to(device)
+            kept_b.append(C(edited).argmax(1).cpu() == labels[sl])
+            change_b.append(F(original, edited).cpu() / e.abs())
+        kept.append(torch.stack(kept_b, 1))
+        change.append(torch.stack(change_b, 1))
+    return {"kept": torch.cat(kept), "change": torch.cat(change), "abs_eps": signed.abs()}
+
+
+def summarize_effects(effects: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:
+    """Class preserved (overall and per |eps|) and edit strength as flat figures named ``<prefix>_…``."""
+    kept, abs_eps = effects["kept"].float(), effects["abs_eps"]
+    out = {f"{prefix}class_preserved": kept.mean().item(),
+           f"{prefix}edit_strength": effects["change"].mean().item()}
+    for e in sorted(set(abs_eps.tolist())):
+        out[f"{prefix}class_preserved_eps{e:g}"] = kept[:, abs_eps == e].mean().item()
+    return out
+
+
+def max_abs_cos(global_dirs: torch.Tensor, class_dirs: torch.Tensor) -> float:
+    """max |cos| between any global direction (w_dim, K) and any class direction (N, w_dim, K)."""
+    g = global_dirs / global_dirs.norm(dim=0, keepdim=True)
+    c = class_dirs / class_dirs.norm(dim=1, keepdim=True)
+    return torch.einsum("ik,nij->nkj", g.double(), c.double()).abs().max().item()
+
+
+# ----------------------------------------------------------------------------------------------- descriptions
+
+def image_attributes(images: torch.Tensor, logits: torch.Tensor, class_names: list[str]) -> dict[str, torch.Tensor]:
+    """Measurable attributes of (B, 1, R, R) images in [-1, 1] (bright article on dark): name -> (B,)."""
+    ink = (images.float().mean(1) + 1) / 2                                          # (B, R, R) in [0, 1]
+    B, R, _ = ink.shape
+    mass = ink.sum((1, 2)).clamp_min(1e-6)
+    coords = torch.arange(R, dtype=ink.dtype) / (R - 1)
+    on = ink > 0.25
+    rows, cols = on.any(2), on.any(1)                                               # (B, R) each
+
+    def extent(mask: torch.Tensor) -> torch.Tensor:
+        idx = torch.arange(R).expand(B, R)
+        first = torch.where(mask, idx, R).min(1).values
+        last = torch.where(mask, idx, -1).max(1).values
+        return ((last - first + 1).clamp_min(0)).float() / R
+
+    width, height = extent(cols), extent(rows)
+    edges = kornia.filters.sobel(ink[:, None]).mean((1, 2, 3))
+    attrs = {
+        "ink": ink.mean((1, 2)),
+        "width": width,
+        "height": height,
+        "aspect (w/h)": width / height.clamp_min(1 / R),
+        "x-position": (ink.sum(1) * coords).sum(1) / mass,
+        "y-position": (ink.sum(2) * coords).sum(1) / mass,
+        "left-right symmetry": 1 - (ink - ink.flip(2)).abs().sum((1, 2)) / (2 * mass),
+        "edge density": edges,
+    }
+    for c, name in enumerate(class_names):
+        attrs[f"logit {name}"] = logits[:, c].float()
+    return attrs
+
+
+def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    denom = (x.norm() * y.norm()).item()
+    return (x @ y).item() / denom if denom > 1e-12 else 0.0
+
+
+@torch.no_grad()
+def describe_direction(G: Generator, C: Classifier, direction: torch.Tensor, spread: float, w: torch.Tensor,
+                       class_names: list[str], eps_values: tuple[float, ...] = (-3, -2, -1, 1, 2, 3),
+                       min_r: float = 0.3) -> dict[str, Any]:
+    """Correlate eps with the change of each attribute over samples ``w``; label = the strongest (|r| >= min_r)."""
+    device = G.mapping.w_avg.device
+    base = render_shifted(G, w, torch.zeros_like(w))
+    base_attrs = image_attributes(base, C(base.to(device)).cpu(), class_names)
+    eps_all, deltas = [], {name: [] for name in base_attrs}
+    for e in eps_values:
+        edited = render_shifted(G, w, (e * spread * direction)[None].expand_as(w))
+        attrs = image_attributes(edited, C(edited.to(device)).cpu(), class_names)
+        eps_all.append(torch.full((len(w),), float(e)))
+        for name, value in attrs.items():
+            deltas[name].append(value - base_attrs[name])
+    eps_cat = torch.cat(eps_all)
+    r = {name: _pearson(eps_cat, torch.cat(values)) for name, values in deltas.items()}
+    ranked = sorted(r.items(), key=lambda kv: -abs(kv[1]))
+    top = [{"attribute": name, "r": round(value, 3)} for name, value in ranked[:3]]
+    name, value = ranked[0]
+    label = f"{name} {'+' if value > 0 else '-'}" if abs(value) >= min_r else "no measured attribute (|r| < 0.3)"
+    return {"label": label, "r": round(value, 3), "top": top}
+
+
+def spreads_of(sets: torch.Tensor, w_cov: torch.Tensor) -> torch.Tensor:
+    """(S, K) spread of W along every direction of (S, w_dim, K) sets."""
+    return torch.stack([spread_along(s, w_cov) for s in sets])

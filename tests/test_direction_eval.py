@@ -1,0 +1,111 @@
+"""`evaluate directions` on tiny trained weights, image attributes, `directions list|show`, the Voynov baseline."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+import torch
+
+from semdir_edit.checkpoint import read_manifest, register_model, update_descriptions
+from semdir_edit.config import ClassifierConfig, GeneratorConfig
+from semdir_edit.editing.bank import build_direction_bank
+from semdir_edit.editor import Editor
+from semdir_edit.evaluation.directions import _pearson, image_attributes
+from semdir_edit.evaluation.evaluate import evaluate_directions
+from semdir_edit.models import Classifier, Generator
+from semdir_edit.training.directions import train_directions
+
+from .test_cli import run_cli
+
+CLASSES = [f"c{i}" for i in range(10)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Tiny G and C, 40 steps of both direction trainings, and the direction bank."""
+    from semdir_edit.config import load_config
+    from tests.conftest import ROOT
+
+    path = tmp_path_factory.mktemp("w")
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8, 32: 8}))
+    with torch.no_grad():
+        G.mapping.w_avg.zero_()
+    C = Classifier(ClassifierConfig(channels=[8, 8, 16, 16])).eval()
+    register_model(path, "generator", G, command="test")
+    register_model(path, "classifier", C, command="test")
+    register_model(path, "direction_bank", build_direction_bank(G, C, k=3, n=500), command="test")
+    cfg = load_config(ROOT / "configs" / "tiny.yaml")
+    cfg.deformator.k = 3
+    cfg.train_directions.steps = 40
+    runs = tmp_path_factory.mktemp("runs")
+    train_directions(cfg, path, runs / "ours", torch.device("cpu"), progress=False)
+    train_directions(cfg, path, runs / "voynov", torch.device("cpu"), progress=False, global_only=True)
+    return path
+
+
+def test_evaluate_directions_figures_and_descriptions(trained):
+    figures, descriptions = evaluate_directions(trained, torch.device("cpu"), CLASSES, per_class=4, fresh_steps=3,
+                                                describe_samples=4, log=lambda m: None)
+    for key in ("rca_global", "rca_class_median", "class_preserved", "max_cos", "edit_strength_global",
+                "edit_strength_class", "global_fresh_rca", "voynov_rca", "voynov_rca_own", "pca_rca", "sefa_rca",
+                "random_rca", "pca_class_preserved", "class_preserved_eps3", "specificity_change_ratio"):
+        assert key in figures, key
+    assert figures["max_cos"] <= 1e-5
+    for key, value in figures.items():
+        if "rca" in key or "preserved" in key:
+            assert 0.0 <= value <= 1.0, (key, value)
+    assert figures["edit_strength_global"] > 0  # Directions that move nothing would be 0.
+    # Every direction of every source is described by a measured attribute and a correlation.
+    assert {"global:0", "global:2", "voynov:1", "pca:2", "sefa:0", "random:1"} <= set(descriptions)
+    assert any(k.startswith("class:0@") for k in descriptions)
+    assert all(-1.0 <= d["r"] <= 1.0 and d["label"] for d in descriptions.values())
+
+
+def test_image_attributes_measure_what_they_say():
+    img = torch.full((2, 1, 32, 32), -1.0)
+    img[0, :, 8:24, 4:12] = 1.0     # 8 wide, 16 high, left of centre.
+    img[1, :, 4:28, 4:28] = 1.0     # 24 x 24, centred, symmetric.
+    a = image_attributes(img, torch.zeros(2, 10), CLASSES)
+    assert a["width"][0] == pytest.approx(8 / 32) and a["height"][0] == pytest.approx(16 / 32)
+    assert a["aspect (w/h)"][1] == pytest.approx(1.0)
+    assert a["x-position"][0] < 0.4 < a["x-position"][1]
+    assert a["left-right symmetry"][1] == pytest.approx(1.0) and a["left-right symmetry"][0] < 0.1
+    assert a["ink"][1] > a["ink"][0]
+    assert _pearson(torch.arange(5.0), 2 * torch.arange(5.0)) == pytest.approx(1.0)
+    assert _pearson(torch.arange(5.0), torch.zeros(5)) == 0.0
+
+
+def test_directions_list_and_show_cli(trained, tmp_path):
+    result = run_cli("directions", "list", "-w", str(trained))
+    if "no direction descriptions" in result.stderr:
+        assert result.returncode == 2
+        update_descriptions(trained, {"global:0": {"label": "width +", "r": 0.9, "top": [
+            {"attribute": "width", "r": 0.9}, {"attribute": "ink", "r": 0.5}]}})
+        result = run_cli("directions", "list", "-w", str(trained))
+    assert result.returncode == 0, result.stderr
+    assert "global:0" in result.stdout and "width +" in result.stdout
+    out = tmp_path / "grid.png"
+    ed = Editor.from_pretrained(trained, device="cpu")
+    result = run_cli("directions", "show", "--source", "pca", "--eps", "-2:2:5", "--scale", "1", "-w", str(trained),
+                     "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert cv2.imread(str(out), cv2.IMREAD_GRAYSCALE).shape == (3 * 34 + 2, 5 * 34 + 2)
+    grid = ed.direction_grid(ed.sample_code(None, 0), "global", [-1.0, 0.0, 1.0])
+    assert grid.shape == (3, 3, 1, 32, 32)
+    assert torch.allclose(grid[0, 1], grid[2, 1])  # The middle column is the unedited image.
+    assert not torch.allclose(grid[0, 0], grid[0, 2])
+    result = run_cli("directions", "show", "--class", "Hat", "-w", str(trained), "-o", str(out))
+    assert result.returncode == 2 and "unknown class" in result.stderr
+
+
+def test_voynov_baseline_is_registered_and_applicable(trained):
+    manifest = read_manifest(trained)
+    assert manifest["models"]["deformators_voynov"]["config"]["num_classes"] == 0
+    ed = Editor.from_pretrained(trained, device="cpu")
+    ws = ed.sample_code(None, 1)[None]
+    images = ed.apply(ws, "voynov:2", [0.0, 2.0], class_index=0)
+    assert not torch.allclose(images[:, 0], images[:, 1])
+    json.dumps(manifest)  # The manifest stays plain JSON.
