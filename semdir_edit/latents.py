@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -16,7 +16,16 @@ from safetensors import SafetensorError, safe_open
 from semdir_edit.checkpoint import atomic_save_safetensors
 from semdir_edit.errors import UserError
 
+if TYPE_CHECKING:
+    from semdir_edit.editor import Inverted
+
 FORMAT = "semdir-edit latent v1"
+
+
+def latent_meta(res: Inverted, weights_id: str) -> dict[str, Any]:
+    """The metadata ``invert`` and ``batch`` store with an inverted code: weights id, method, steps, class, source."""
+    return {"weights_id": weights_id, "method": res.method, "steps": res.steps, "class_index": res.class_index,
+            "class_name": res.class_name, "confidence": res.confidence, "source": res.name}
 
 
 def save_latent(path: str | Path, ws: torch.Tensor, meta: dict[str, Any]) -> None:

@@ -102,3 +102,21 @@ def test_evaluate_inversion_reports_every_method(tiny_weights):
         assert figures[f"{method}_failed"] == 0
         assert 0 <= figures[f"{method}_class_preserved"] <= 1
         assert -1 <= figures[f"{method}_ssim"] <= 1 and figures[f"{method}_psnr"] > 0
+
+
+def test_inversion_curves_and_plot(tiny_weights, tmp_path):
+    from semdir_edit.config import DataConfig
+    from semdir_edit.evaluation.evaluate import inversion_curves, plot_curves
+
+    from .conftest import FASHION_MNIST
+
+    if not FASHION_MNIST.exists():
+        pytest.skip("Fashion-MNIST not installed")
+    figures, curves = inversion_curves(tiny_weights, DataConfig(), torch.device("cpu"), n=3, optimize_steps=6,
+                                       indomain_steps=4)
+    assert len(curves["optimize"]) == 7 and len(curves["indomain"]) == 5
+    steps = figures["indomain_steps_to_match_optimize6"]
+    assert steps == -1 or curves["indomain"][steps] >= curves["optimize"][-1]
+    assert curves["optimize"][-1] > curves["optimize"][0]  # Optimisation improves the mean PSNR.
+    plot_curves(curves, tmp_path / "curve.png", "test")
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from semdir_edit.cli.batch import batch_cmd
 from semdir_edit.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -303,6 +304,36 @@ def directions_show_cmd(
                f"{grid.shape[0]} directions x {len(eps_list)} eps)")
 
 
+@evaluate_app.command("inversion-curve")
+def evaluate_inversion_curve_cmd(
+    weights: Path = WeightsOpt,
+    config: Path = ConfigOpt,
+    data_dir: Path | None = DataDirOpt,
+    device: str = DeviceOpt,
+    n: int = typer.Option(64, "--n", min=1, help="First N test images."),
+    optimize_steps: int = typer.Option(500, "--optimize-steps", min=1),
+    indomain_steps: int = typer.Option(200, "--indomain-steps", min=1),
+    out: Path = typer.Option(Path("inversion-curve.png"), "--out", "-o", help="PNG of PSNR against steps."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
+    record: bool = typer.Option(True, "--record/--no-record", help="Write the figures into the weights manifest."),
+) -> None:
+    """Mean PSNR per step: plain optimisation from the mean code vs in-domain inversion from the encoder."""
+    from semdir_edit.checkpoint import update_figures
+    from semdir_edit.config import load_config
+    from semdir_edit.device import resolve_device
+    from semdir_edit.evaluation.evaluate import inversion_curves, plot_curves
+
+    cfg = load_config(config)
+    figures, curves = inversion_curves(weights, cfg.data, resolve_device(device), str(data_dir) if data_dir else None,
+                                       n=n, optimize_steps=optimize_steps, indomain_steps=indomain_steps)
+    plot_curves(curves, out, f"first {n} Fashion-MNIST test images, batched, fixed noise")
+    print_table(figures, "inversion PSNR per step")
+    write_json(json_out, figures)
+    if record:
+        update_figures(weights, "inversion_curve", {**figures, "command": command_line()})
+    typer.echo(f"wrote {out}")
+
+
 @app.command("invert")
 def invert_cmd(
     images: list[Path] = typer.Argument(..., help="Photos or domain images to invert."),
@@ -457,6 +488,9 @@ def apply_cmd(
     images = editor.apply(ws, spec, eps_list, class_index=class_index, layers=layers, keep_global=keep == "global")
     save_grid(out, images[0], nrow=len(eps_list), scale=scale, pad=2 if len(eps_list) > 1 else 0)
     typer.echo(f"wrote {out} ({spec}, eps {eps})")
+
+
+app.command("batch")(batch_cmd)
 
 
 def main() -> None:

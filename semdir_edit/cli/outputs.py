@@ -12,7 +12,7 @@ from semdir_edit.data.datasets import to_float
 from semdir_edit.editor import Inverted
 from semdir_edit.errors import UserError
 from semdir_edit.imageio import make_grid, save_grid, write_png
-from semdir_edit.latents import save_latent
+from semdir_edit.latents import latent_meta, save_latent
 
 
 def unique_stem(name: str, used: set[str]) -> str:
@@ -39,9 +39,7 @@ def write_inversion(out: Path, res: Inverted, weights_id: str, used: set[str]) -
     save_grid(out / f"{stem}.recon.png", recon, nrow=1, pad=0)
     write_png(out / f"{stem}.side.png", make_grid(torch.cat([domain, recon]), nrow=2), scale=4)
     summary = {**res.summary(), "weights_id": weights_id, "source": res.name}
-    meta = {k: summary[k] for k in ("weights_id", "method", "steps", "class_index", "class_name", "confidence",
-                                    "source")}
-    save_latent(out / f"{stem}.latent.safetensors", res.ws, meta)
+    save_latent(out / f"{stem}.latent.safetensors", res.ws, latent_meta(res, weights_id))
     files = {kind: str(out / f"{stem}.{kind}") for kind in ("domain.png", "recon.png", "side.png",
                                                              "latent.safetensors")}
     summary["files"] = files

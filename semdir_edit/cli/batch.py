@@ -1,0 +1,42 @@
+"""`semdir-edit batch`: edit a whole folder (see :mod:`semdir_edit.editing.batch`).
+
+Only typer is imported here: the CLI's start-up must not pay for torch when another command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def batch_cmd(
+    in_dir: Path = typer.Argument(..., help="Folder of photos or domain images (png, jpg, bmp, gif, webp, tiff)."),
+    out_dir: Path = typer.Argument(..., help="Output folder: mirrors IN_DIR's layout, plus manifest.jsonl."),
+    direction: str = typer.Option(..., "--direction", "-d", help="global:K | class:K | class:K@<class> | pca:K | "
+                                  "sefa:K | random:K | to:<class>."),
+    eps: str = typer.Option("2", "--eps", help="A step (2) or a traversal start:stop:count (-3:3:7)."),
+    method: str = typer.Option("indomain", "--method", "-m", help="indomain | encoder | optimize | conventional."),
+    steps: int | None = typer.Option(None, "--steps", min=0, help="Optimisation steps (default 100)."),
+    layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, max=4096, help="Images inverted together."),
+    workers: int | None = typer.Option(None, "--workers", min=0, max=64, help="Loader processes that decode "
+                                       "and convert images (default 0 on CPU, up to 4 on a GPU)."),
+    weights: Path = typer.Option(Path("weights/fashion_mnist"), "--weights", "-w",
+                                 help="Weights folder (with manifest.json)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
+) -> None:
+    """Invert, classify and edit every image of a folder; resumable (a rerun skips what is done).
+
+    Writes <name>.edited.png (or <name>.strip.png for an eps range) and <name>.latent.safetensors per input, and
+    one line per input in OUT_DIR/manifest.jsonl. A bad file is reported and recorded; the run goes on.
+    """
+    from semdir_edit.editing.batch import run_batch
+    from semdir_edit.editor import Editor
+
+    editor = Editor.from_pretrained(weights, device)
+    summary = run_batch(editor, in_dir, out_dir, direction, eps=eps, method=method, steps=steps, layers=layers,
+                        recursive=recursive, batch_size=batch_size, workers=workers, progress=True)
+    skipped = f", {summary['skipped']} skipped (done before)" if summary["skipped"] else ""
+    typer.echo(f"{summary['ok']} ok, {summary['errors']} errors{skipped}; manifest {summary['manifest']}")

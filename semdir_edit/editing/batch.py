@@ -1,0 +1,550 @@
+"""Batch editing: invert, classify and edit every image of a folder, resumably.
+
+``OUT_DIR`` mirrors ``IN_DIR``: input ``a/b.png`` gives ``a/b.edited.png`` (one eps) or ``a/b.strip.png`` (a
+traversal), and ``a/b.latent.safetensors``. ``OUT_DIR/manifest.jsonl`` holds one line per processed input (its
+sha256, status, class, PSNR / SSIM, outputs, and a hash of the options that shape the outputs). A rerun skips the
+inputs whose last line says ok for the same bytes and options, so an interrupted run just continues.
+
+Crash safety: every output is written to a temp file and renamed; a manifest line is appended (one write, then
+fsync) only after its outputs exist; a torn last line is ignored and cut off by the next run, which also removes
+temp files a killed run left behind. A lock file (``flock``) keeps a second run away from the same ``OUT_DIR``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from semdir_edit.data.photo import load_domain_image
+from semdir_edit.editing.directions import DirectionSpec, match_class, parse_direction, parse_eps, parse_layers
+from semdir_edit.editor import Editor, Failed, Inverted
+from semdir_edit.errors import UserError
+from semdir_edit.imageio import save_grid
+from semdir_edit.inversion.invert import METHODS
+from semdir_edit.latents import latent_meta, save_latent
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+MANIFEST = "manifest.jsonl"
+LOCK = ".semdir-batch.lock"
+MAX_FILE_BYTES = 1 << 30  # Inputs are read whole (hash and decode the same bytes); refuse absurd ones up front.
+# Temp files of checkpoint._temp_beside for our own outputs (".<name>.<random>.tmp"): what a SIGKILL leaves behind.
+_STALE_TEMP = re.compile(r"^\..+\.(edited\.png|strip\.png|latent\.safetensors)\.[^./]+\.tmp$")
+
+
+@dataclass
+class LoadResult:
+    """One input after the loader: a domain image, or why there is none (``error``), or ``skipped`` (done before)."""
+
+    index: int
+    rel: str
+    sha256: str | None = None
+    image: torch.Tensor | None = None  # (1, R, R) uint8
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    skipped: bool = False
+
+
+# ----------------------------------------------------------------------------------------------- finding inputs
+
+def find_images(in_dir: str | Path, recursive: bool = False, exclude: str | Path | None = None) -> list[str]:
+    """Image files under ``in_dir`` (by extension, any case) as sorted POSIX paths relative to it.
+
+    ``recursive`` descends sub-folders, following folder symlinks but visiting each folder once (no symlink loops).
+    ``exclude``: a folder to leave out (the output folder, when it lies inside the input folder).
+    """
+    root = Path(in_dir)
+    try:
+        root_stat = root.stat()
+    except FileNotFoundError:
+        raise UserError(f"input folder not found: {root}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read input folder {root}: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(root_stat.st_mode):
+        raise UserError(f"{root} is not a folder")
+    skip: set[tuple[int, int]] = set()
+    if exclude is not None:
+        try:
+            ex = os.stat(exclude)
+            skip.add((ex.st_dev, ex.st_ino))
+        except OSError:
+            pass  # Does not exist yet: nothing to leave out.
+    seen = {(root_stat.st_dev, root_stat.st_ino)}
+    found: list[str] = []
+    stack = [PurePosixPath()]
+    while stack:
+        rel_dir = stack.pop()
+        folder = root / rel_dir
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            if rel_dir == PurePosixPath():
+                raise UserError(f"cannot read input folder {root}: {exc.strerror or exc}") from None
+            tqdm.write(f"warning: skipping folder {folder}: {exc.strerror or exc}", file=sys.stderr)
+            continue
+        for entry in entries:
+            rel = rel_dir / entry.name
+            try:
+                is_dir = entry.is_dir()  # Follows symlinks.
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not recursive:
+                    continue
+                try:
+                    st = entry.stat()
+                except OSError:
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key in seen or key in skip:  # A symlink loop, a folder reached twice, or the output folder.
+                    continue
+                seen.add(key)
+                stack.append(rel)
+            elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+                # Broken links, FIFOs etc. are kept: the loader reports them as bad files instead of hiding them.
+                found.append(str(rel))
+    return sorted(found)
+
+
+def output_stems(rels: list[str]) -> dict[str, str]:
+    """Input relative path -> output stem (relative, no suffix): ``a/b.png`` -> ``a/b``.
+
+    Inputs that share a stem (``b.png`` and ``b.jpg``) keep their extension (``b.png``, ``b.jpg``) so that no two
+    inputs write the same file; the choice depends only on the listing, so a rerun picks the same names.
+    """
+    counts: dict[str, int] = {}
+    for rel in rels:
+        stem = str(PurePosixPath(rel).with_suffix(""))
+        counts[stem] = counts.get(stem, 0) + 1
+    used: set[str] = set()
+    stems: dict[str, str] = {}
+    for rel in sorted(rels):
+        stem = str(PurePosixPath(rel).with_suffix(""))
+        candidate = stem if counts[stem] == 1 else rel
+        while candidate in used or (candidate != stem and candidate in counts):
+            candidate += "~"
+        used.add(candidate)
+        stems[rel] = candidate
+    return stems
+
+
+# ----------------------------------------------------------------------------------------------- loading
+
+def _read_input(path: Path, label: str) -> bytes:
+    """The bytes of one input file; every failure is a one-line UserError naming it (a FIFO is never opened)."""
+    try:
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise UserError(f"{label}: is a folder, not an image file")
+        if not stat.S_ISREG(info.st_mode):
+            raise UserError(f"{label}: not a regular file")
+        if info.st_size == 0:
+            raise UserError(f"{label}: the file is empty")
+        if info.st_size > MAX_FILE_BYTES:
+            raise UserError(f"{label}: the file is {info.st_size:,} bytes, more than the limit of {MAX_FILE_BYTES:,}")
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise UserError(f"{label}: file not found (or a broken link)") from None
+    except PermissionError:
+        raise UserError(f"{label}: permission denied") from None
+    except OSError as exc:
+        raise UserError(f"{label}: cannot read the file ({exc.strerror or exc})") from None
+
+
+class ImageFolder(Dataset):
+    """Reads, hashes and converts one input per item; never raises, a bad file becomes a record with ``error``.
+
+    ``done`` maps relative paths to the sha256 of inputs already edited with the same options: those are hashed
+    but not decoded, and come back ``skipped``.
+    """
+
+    def __init__(self, root: str | Path, rels: list[str], resolution: int, done: dict[str, str] | None = None,
+                 preprocess: bool = True) -> None:
+        self.root = Path(root)
+        self.rels = rels
+        self.resolution = resolution
+        self.done = done or {}
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.rels)
+
+    def __getitem__(self, index: int) -> LoadResult:
+        rel = self.rels[index]
+        try:
+            data = _read_input(self.root / rel, rel)
+        except UserError as exc:
+            return LoadResult(index, rel, error=str(exc))
+        digest = hashlib.sha256(data).hexdigest()
+        if self.done.get(rel) == digest:
+            return LoadResult(index, rel, digest, skipped=True)
+        try:
+            image, notes = load_domain_image(data, self.resolution, preprocess=self.preprocess, name=rel)
+        except UserError as exc:
+            return LoadResult(index, rel, digest, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 — a decoder bug on one file must not end the run.
+            reason = " ".join(str(exc).split())[:200]
+            return LoadResult(index, rel, digest, error=f"{rel}: cannot load the image ({type(exc).__name__}: "
+                                                        f"{reason})")
+        return LoadResult(index, rel, digest, image=image, notes=notes)
+
+
+def collate_records(items: list[LoadResult]) -> list[LoadResult]:
+    """Keep every record, failures included (``default_collate`` would fail on a record without an image)."""
+    return list(items)
+
+
+def _worker_init(_: int) -> None:
+    # Each worker converts one image at a time: thread pools per worker would only fight over the cores.
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------- manifest and lock
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no NaN / Infinity: store them as null."""
+    return value if value is None or math.isfinite(value) else None
+
+
+def read_manifest_lines(path: str | Path) -> list[dict[str, Any]]:
+    """Every complete, valid record of a manifest; a torn last line (a killed run) and junk lines are ignored."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    records = []
+    for line in data.split(b"\n")[:-1]:  # The piece after the last newline is a torn line (or empty).
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(record, dict) and isinstance(record.get("path"), str):
+            records.append(record)
+    return records
+
+
+class Manifest:
+    """``manifest.jsonl`` opened for appending: each record is one complete line, written and fsync'ed at once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o666)
+            self._cut_torn_tail()
+        except OSError as exc:
+            raise UserError(f"cannot open {path}: {exc.strerror or exc}") from None
+
+    def _cut_torn_tail(self) -> None:
+        # A run killed mid-write may leave a line without its newline; the next append would glue onto it.
+        size = os.fstat(self.fd).st_size
+        if size == 0:
+            return
+        chunk, end = 4096, size
+        while end > 0:
+            start = max(0, end - chunk)
+            block = os.pread(self.fd, end - start, start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        else:
+            keep = 0
+        if keep != size:
+            os.ftruncate(self.fd, keep)
+            os.fsync(self.fd)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append one record; raises UserError when the disk refuses (the run cannot go on without its log)."""
+        line = (json.dumps(record, sort_keys=False) + "\n").encode()
+        try:
+            view = memoryview(line)
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+            os.fsync(self.fd)
+        except OSError as exc:
+            raise UserError(f"cannot write {self.path}: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _lock(out_dir: Path) -> int:
+    """Take ``OUT_DIR``'s lock without waiting; another run holding it is a user error."""
+    path = out_dir / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(f"cannot create the lock file {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise UserError(f"{out_dir} is in use by another batch run (lock {path}); wait for it to finish") from None
+        raise UserError(f"cannot lock {path}: {exc.strerror or exc}") from None
+    return fd
+
+
+def _remove_stale_temps(out_dir: Path) -> int:
+    """Delete temp files our writers left when a run was killed (only ours: we hold the lock)."""
+    removed = 0
+    for folder, _, files in os.walk(out_dir):
+        for name in files:
+            if _STALE_TEMP.match(name):
+                try:
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
+
+
+# ----------------------------------------------------------------------------------------------- options
+
+@dataclass
+class BatchOptions:
+    """The resolved options; ``key()`` is the hash of those that shape the outputs."""
+
+    direction: DirectionSpec
+    eps: list[float]
+    method: str
+    steps: int
+    layers: range
+    weights_id: str
+    inversion: dict[str, Any]  # Inversion hyper-parameters other than steps (from the Editor's config).
+
+    def figures(self) -> dict[str, Any]:
+        return {"direction": str(self.direction), "eps": self.eps, "method": self.method, "steps": self.steps,
+                "layers": [self.layers.start, self.layers.stop - 1], "weights_id": self.weights_id,
+                "inversion": self.inversion}
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.figures(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def resolve_options(editor: Editor, direction: str | DirectionSpec, eps: str | float | list[float], method: str,
+                    steps: int | None, layers: str | range | None) -> BatchOptions:
+    """Parse and check every option against the weights before any image is touched (UserError on a bad one)."""
+    spec = parse_direction(direction) if isinstance(direction, str) else direction
+    if isinstance(eps, str):
+        eps_list = parse_eps(eps)
+    else:
+        eps_list = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
+    if not eps_list or not all(math.isfinite(e) for e in eps_list):
+        raise UserError("--eps must be finite numbers")
+    if method not in METHODS:
+        raise UserError(f"unknown method '{method}' (use {', '.join(METHODS)})")
+    steps = editor.inversion.steps if steps is None else steps
+    if steps < 0:
+        raise UserError("--steps must be >= 0")
+    if method not in ("indomain", "optimize"):
+        steps = 0  # The encoders take no steps: --steps must not change the options' hash.
+    # Load what the run needs now, so a missing network stops it before the first image.
+    G = editor.G
+    editor.C  # noqa: B018 — loads the classifier.
+    if method in ("indomain", "encoder"):
+        editor.model("encoder")
+    elif method == "conventional":
+        editor.model("encoder_conventional")
+    layer_range = layers if isinstance(layers, range) else parse_layers(layers, G.num_ws)
+    # Check the direction (index range, class names, its networks); class-relative ones with a stand-in class.
+    if spec.kind == "to":
+        match_class(spec.class_name or "", editor.class_names)
+        editor.model("direction_bank")
+    elif spec.kind == "class" and spec.class_name is None:
+        editor.direction(spec, class_index=0)
+    else:
+        editor.direction(spec)
+    inv = editor.inversion
+    inversion = {"lr": inv.lr, "lambda_perceptual": inv.lambda_perceptual, "lambda_dom": inv.lambda_dom,
+                 "perceptual": inv.perceptual} if method in ("indomain", "optimize") else {}
+    return BatchOptions(spec, eps_list, method, steps, layer_range, editor.weights_id, inversion)
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+def _record(rel: str, sha: str | None, options_key: str, *, error: str | None = None,
+            res: Inverted | None = None, outputs: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "path": rel,
+        "sha256": sha,
+        "status": "error" if error else "ok",
+        "error": error,
+        "class_index": res.class_index if res else None,
+        "class_name": res.class_name if res else None,
+        "confidence": _finite(res.confidence) if res else None,
+        "psnr": _finite(res.psnr) if res else None,
+        "ssim": _finite(res.ssim) if res else None,
+        "outputs": outputs or [],
+        "options": options_key,
+        "notes": res.notes if res else [],
+    }
+
+
+def _edit_chunk(editor: Editor, items: list[LoadResult], opts: BatchOptions
+                ) -> Iterator[tuple[LoadResult, Inverted | None, torch.Tensor | None, str | None]]:
+    """Invert, classify and edit loaded inputs on the device -> (item, inversion, edited (E, C, R, R), error)."""
+    results = editor.invert(torch.stack([it.image for it in items]), method=opts.method, steps=opts.steps,
+                            names=[it.rel for it in items])
+    edited: dict[int, torch.Tensor] = {}
+    errors: dict[int, str] = {}
+    by_class: dict[int, list[int]] = {}
+    for i, res in enumerate(results):
+        if isinstance(res, Failed):
+            errors[i] = res.message
+        else:
+            by_class.setdefault(res.class_index, []).append(i)
+    # Class and boundary directions depend on the class: one apply per class present in the chunk.
+    for class_index, members in by_class.items():
+        ws = torch.stack([results[i].ws for i in members])
+        try:
+            images = editor.apply(ws, opts.direction, opts.eps, class_index=class_index, layers=opts.layers).cpu()
+        except UserError as exc:  # E.g. to:<class> on an image already of that class.
+            for i in members:
+                errors[i] = f"{items[i].rel}: cannot edit ({exc})"
+            continue
+        for j, i in enumerate(members):
+            edited[i] = images[j]
+    for i, item in enumerate(items):
+        res = results[i]
+        yield item, res if isinstance(res, Inverted) else None, edited.get(i), errors.get(i)
+
+
+def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction: str | DirectionSpec,
+              eps: str | float | list[float] = 2.0, method: str = "indomain", steps: int | None = None,
+              layers: str | range | None = None, recursive: bool = False, batch_size: int = 16,
+              workers: int | None = None, progress: bool = True,
+              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Edit every image under ``in_dir`` into ``out_dir`` (layout mirrored) and log each in ``manifest.jsonl``.
+
+    Inputs already done with the same bytes and options (ok in the manifest, outputs present) are skipped. A bad
+    input is logged (``log``, default stderr) and recorded as an error; the run goes on. Raises UserError for what
+    stops everything: a missing input folder, bad options, no images, another run holding ``out_dir``.
+    workers: DataLoader processes that decode and convert images (None = 0 on CPU, up to 4 on a GPU).
+    Returns a summary: inputs, ok, errors, skipped, options (hash), manifest (path), seconds.
+    """
+    t0 = time.perf_counter()
+    say = log or (lambda message: tqdm.write(message, file=sys.stderr))
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    if workers is not None and workers < 0:
+        raise UserError("--workers must be >= 0")
+    if out_dir.exists() and out_dir.resolve() == in_dir.resolve():
+        raise UserError("the output folder must differ from the input folder")
+    rels = find_images(in_dir, recursive, exclude=out_dir)
+    if not rels:
+        raise UserError(f"no images found in {in_dir} ({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}"
+                        f"{'' if recursive else '; use --recursive for sub-folders'})")
+    opts = resolve_options(editor, direction, eps, method, steps, layers)
+    key = opts.key()
+    stems = output_stems(rels)
+    suffix = "edited.png" if len(opts.eps) == 1 else "strip.png"
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
+    lock_fd = _lock(out_dir)
+    try:
+        _remove_stale_temps(out_dir)
+        done: dict[str, str] = {}
+        for rec in read_manifest_lines(out_dir / MANIFEST):  # Later lines win: the last attempt counts.
+            ok = (rec.get("status") == "ok" and rec.get("options") == key and isinstance(rec.get("sha256"), str)
+                  and all((out_dir / o).is_file() for o in rec.get("outputs") or []))
+            if ok:
+                done[rec["path"]] = rec["sha256"]
+            else:
+                done.pop(rec["path"], None)
+        manifest = Manifest(out_dir / MANIFEST)
+        try:
+            counts = _run(editor, in_dir, out_dir, rels, stems, suffix, opts, key, done, manifest, batch_size,
+                          workers, progress, say)
+        finally:
+            manifest.close()
+    finally:
+        os.close(lock_fd)  # Closing releases the flock.
+    return {"inputs": len(rels), **counts, "options": key, "manifest": str(out_dir / MANIFEST),
+            "seconds": time.perf_counter() - t0}
+
+
+def _run(editor: Editor, in_dir: Path, out_dir: Path, rels: list[str], stems: dict[str, str], suffix: str,
+         opts: BatchOptions, key: str, done: dict[str, str], manifest: Manifest, batch_size: int,
+         workers: int | None, progress: bool, say: Callable[[str], None]) -> dict[str, int]:
+    counts = {"ok": 0, "errors": 0, "skipped": 0}
+    if workers is None:
+        workers = 0 if editor.device.type == "cpu" else min(4, max(1, (os.cpu_count() or 2) - 1))
+    dataset = ImageFolder(in_dir, rels, editor.G.cfg.resolution, done)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=collate_records, worker_init_fn=_worker_init if workers else None)
+    bar = tqdm(total=len(rels), unit="img", desc="batch", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+
+    def tick() -> None:
+        bar.set_postfix(errors=counts["errors"], skipped=counts["skipped"], refresh=False)
+        bar.update(1)
+
+    def finish(record: dict[str, Any]) -> None:
+        manifest.append(record)
+        counts["ok" if record["status"] == "ok" else "errors"] += 1
+        if record["status"] != "ok":
+            say(f"error: {record['error']}")
+        tick()
+
+    def flush(chunk: list[LoadResult]) -> None:
+        for item, res, images, error in _edit_chunk(editor, chunk, opts):
+            if error is not None or res is None or images is None:
+                finish(_record(item.rel, item.sha256, key, error=error or f"{item.rel}: not edited", res=res))
+                continue
+            res.notes = item.notes + res.notes
+            stem = stems[item.rel]
+            # The edit first, the latent last: a latent on disk means the image's outputs are all there.
+            edited_rel, latent_rel = f"{stem}.{suffix}", f"{stem}.latent.safetensors"
+            save_grid(out_dir / edited_rel, images, nrow=len(opts.eps), pad=2 if len(opts.eps) > 1 else 0)
+            save_latent(out_dir / latent_rel, res.ws, latent_meta(res, opts.weights_id))
+            finish(_record(item.rel, item.sha256, key, res=res, outputs=[edited_rel, latent_rel]))
+
+    pending: list[LoadResult] = []
+    try:
+        for records in loader:
+            for item in records:
+                if item.skipped:
+                    counts["skipped"] += 1
+                    tick()
+                elif item.error is not None:
+                    finish(_record(item.rel, item.sha256, key, error=item.error))
+                else:
+                    pending.append(item)
+            while len(pending) >= batch_size:
+                flush(pending[:batch_size])
+                pending = pending[batch_size:]
+        if pending:
+            flush(pending)
+    finally:
+        bar.close()
+    return counts
