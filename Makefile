@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 DATA := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup dataset demo test lint clean
+.PHONY: setup dataset demo docs test lint clean
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,15 @@ demo: setup dataset
 	$(BIN)/semdir-edit apply out/invert/sneaker.latent.safetensors --direction pca:0 --eps -3:3:7 -o out/sneaker-pca0.png
 	$(BIN)/semdir-edit apply out/invert/tshirt.latent.safetensors --direction to:Pullover --eps 0:3:4 -o out/tshirt-to-pullover.png
 	@echo "demo outputs in out/"
+
+# README pictures of the directions: one grid per class (rows = its K class directions, columns = eps -3..3),
+# the global set on three articles, and the baselines on the same article.
+DOC_CLASSES := T-shirt Trouser Pullover Dress Coat Sandal Shirt Sneaker Bag Ankle
+docs: setup
+	mkdir -p docs/directions
+	for c in $(DOC_CLASSES); do $(BIN)/semdir-edit directions show --class $$c -o docs/directions/class-$$c.png || exit 1; done
+	for s in 0 1 2; do $(BIN)/semdir-edit directions show --source global --seed $$s -o docs/directions/global-$$s.png || exit 1; done
+	for s in pca sefa random; do $(BIN)/semdir-edit directions show --source $$s -o docs/directions/$$s-0.png || exit 1; done
 
 lint: setup
 	$(BIN)/ruff check semdir_edit tests

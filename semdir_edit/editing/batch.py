@@ -65,7 +65,8 @@ class LoadResult:
 def find_images(in_dir: str | Path, recursive: bool = False, exclude: str | Path | None = None) -> list[str]:
     """Image files under ``in_dir`` (by extension, any case) as sorted POSIX paths relative to it.
 
-    ``recursive`` descends sub-folders, following folder symlinks but visiting each folder once (no symlink loops).
+    ``recursive`` descends sub-folders, following folder symlinks but visiting each folder once (no symlink loops);
+    folders reachable without a symlink are visited first, so a linked folder is listed under its real path.
     ``exclude``: a folder to leave out (the output folder, when it lies inside the input folder).
     """
     root = Path(in_dir)
@@ -84,11 +85,16 @@ def find_images(in_dir: str | Path, recursive: bool = False, exclude: str | Path
             skip.add((ex.st_dev, ex.st_ino))
         except OSError:
             pass  # Does not exist yet: nothing to leave out.
-    seen = {(root_stat.st_dev, root_stat.st_ino)}
+    seen: set[tuple[int, int]] = set()
     found: list[str] = []
-    stack = [PurePosixPath()]
-    while stack:
-        rel_dir = stack.pop()
+    # Folders to visit, (relative path, (device, inode)): reached through real folders only, or through a link.
+    real: list[tuple[PurePosixPath, tuple[int, int]]] = [(PurePosixPath(), (root_stat.st_dev, root_stat.st_ino))]
+    linked: list[tuple[PurePosixPath, tuple[int, int]]] = []
+    while real or linked:
+        rel_dir, key = real.pop() if real else linked.pop()
+        if key in seen:  # A symlink loop, or a folder reached twice.
+            continue
+        seen.add(key)
         folder = root / rel_dir
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -110,11 +116,9 @@ def find_images(in_dir: str | Path, recursive: bool = False, exclude: str | Path
                     st = entry.stat()
                 except OSError:
                     continue
-                key = (st.st_dev, st.st_ino)
-                if key in seen or key in skip:  # A symlink loop, a folder reached twice, or the output folder.
-                    continue
-                seen.add(key)
-                stack.append(rel)
+                sub = (st.st_dev, st.st_ino)
+                if sub not in seen and sub not in skip:  # The output folder is left out.
+                    (linked if entry.is_symlink() else real).append((rel, sub))
             elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
                 # Broken links, FIFOs etc. are kept: the loader reports them as bad files instead of hiding them.
                 found.append(str(rel))
@@ -291,6 +295,7 @@ class Manifest:
             raise UserError(f"cannot write {self.path}: {exc.strerror or exc}") from None
 
     def close(self) -> None:
+        """Close the file (every line is already on disk)."""
         os.close(self.fd)
 
 
@@ -340,11 +345,13 @@ class BatchOptions:
     inversion: dict[str, Any]  # Inversion hyper-parameters other than steps (from the Editor's config).
 
     def figures(self) -> dict[str, Any]:
+        """The options as JSON-able values (what the hash covers)."""
         return {"direction": str(self.direction), "eps": self.eps, "method": self.method, "steps": self.steps,
                 "layers": [self.layers.start, self.layers.stop - 1], "weights_id": self.weights_id,
                 "inversion": self.inversion}
 
     def key(self) -> str:
+        """Short hash of :meth:`figures`: the manifest's ``options``."""
         return hashlib.sha256(json.dumps(self.figures(), sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -395,7 +402,7 @@ def _record(rel: str, sha: str | None, options_key: str, *, error: str | None = 
         "path": rel,
         "sha256": sha,
         "status": "error" if error else "ok",
-        "error": error,
+        "error": " ".join(error.split()) if error else None,  # One line, whatever the source of the message.
         "class_index": res.class_index if res else None,
         "class_name": res.class_name if res else None,
         "confidence": _finite(res.confidence) if res else None,
@@ -523,7 +530,7 @@ def _run(editor: Editor, in_dir: Path, out_dir: Path, rels: list[str], stems: di
                 continue
             res.notes = item.notes + res.notes
             stem = stems[item.rel]
-            # The edit first, the latent last: a latent on disk means the image's outputs are all there.
+            # Outputs first (each atomic), the manifest line last: a line on disk means its outputs are complete.
             edited_rel, latent_rel = f"{stem}.{suffix}", f"{stem}.latent.safetensors"
             save_grid(out_dir / edited_rel, images, nrow=len(opts.eps), pad=2 if len(opts.eps) > 1 else 0)
             save_latent(out_dir / latent_rel, res.ws, latent_meta(res, opts.weights_id))

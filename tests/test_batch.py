@@ -1,0 +1,303 @@
+"""`semdir-edit batch` and ``run_batch`` on tiny networks: layout, manifest, bad files, resume, kill, lock."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from semdir_edit.checkpoint import register_model
+from semdir_edit.config import ClassifierConfig, GeneratorConfig
+from semdir_edit.editing.bank import build_direction_bank
+from semdir_edit.editing.batch import LOCK, Manifest, find_images, output_stems, read_manifest_lines, run_batch
+from semdir_edit.editor import Editor
+from semdir_edit.errors import UserError
+from semdir_edit.latents import load_latent
+from semdir_edit.models import Classifier, Generator
+
+from .conftest import ROOT
+from .test_cli import assert_user_error
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FAST = ["--method", "optimize", "--steps", "2", "--device", "cpu"]
+# One torch thread per CLI process: these networks are tiny, and thread pools only fight over a busy machine's cores.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "semdir_edit", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=ENV)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("w")
+    torch.manual_seed(0)
+    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8, 32: 8}))
+    C = Classifier(ClassifierConfig(channels=[8, 8, 16, 16])).eval()
+    register_model(path, "generator", G, command="test")
+    register_model(path, "classifier", C, command="test")
+    register_model(path, "direction_bank", build_direction_bank(G, C, k=3, n=500), command="test")
+    return path
+
+
+@pytest.fixture(scope="module")
+def editor(weights):
+    return Editor.from_pretrained(weights, device="cpu")
+
+
+def domain_image(path: Path, seed: int) -> Path:
+    """A 28x28 'article' (bright block on black): used as it is, no photo conversion."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((28, 28), np.uint8)
+    top, left = rng.integers(2, 8, size=2)
+    img[top:top + 18, left:left + 14] = rng.integers(120, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), img)
+    return path
+
+
+def photo(path: Path) -> Path:
+    """A small product photo: a dark article on white (goes through the photo conversion)."""
+    img = np.full((60, 40, 3), 250, np.uint8)
+    cv2.rectangle(img, (8, 10), (30, 50), (30, 40, 160), -1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), img)
+    return path
+
+
+def records_by_path(out: Path) -> dict[str, list[dict]]:
+    by_path: dict[str, list[dict]] = {}
+    for rec in read_manifest_lines(out / "manifest.jsonl"):
+        by_path.setdefault(rec["path"], []).append(rec)
+    return by_path
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_batch_cli_mirrors_tree_reports_bad_file_and_rerun_skips(weights, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    domain_image(src / "a.png", 0)
+    domain_image(src / "sub" / "b.PNG", 1)
+    photo(src / "sub" / "deep" / "c.jpg")
+    domain_image(src / "sub" / "deep" / "d.png", 2)
+    (src / "sub" / "bad.png").write_bytes(np.random.default_rng(0).bytes(200))
+    (src / "sub" / "notes.txt").write_text("not an image")
+    os.symlink("..", src / "sub" / "loop")  # A symlink loop: must be skipped, not followed forever.
+    good = ["a.png", "sub/b.PNG", "sub/deep/c.jpg", "sub/deep/d.png"]
+
+    # Workers > 0: decoding happens in loader processes, and the bad file must not kill them.
+    args = ["batch", str(src), str(out), "-d", "pca:0", "--eps", "2", "--recursive", "--batch-size", "2",
+            "--workers", "2", "-w", str(weights), *FAST]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "4 ok, 1 errors" in result.stdout
+    bad_lines = [ln for ln in result.stderr.splitlines() if "bad.png" in ln]
+    assert len(bad_lines) == 1 and "error: sub/bad.png:" in bad_lines[0]
+
+    by_path = records_by_path(out)
+    assert sorted(by_path) == sorted([*good, "sub/bad.png"])
+    assert all(len(v) == 1 for v in by_path.values())
+    bad = by_path["sub/bad.png"][0]
+    assert bad["status"] == "error" and "sub/bad.png" in bad["error"] and bad["outputs"] == []
+    assert bad["sha256"] == sha256(src / "sub" / "bad.png")
+    options = {rec["options"] for recs in by_path.values() for rec in recs}
+    assert len(options) == 1
+    for rel in good:
+        rec = by_path[rel][0]
+        assert rec["status"] == "ok" and rec["error"] is None
+        assert rec["sha256"] == sha256(src / rel)
+        assert CLASSES[rec["class_index"]] == rec["class_name"] and 0 < rec["confidence"] <= 1
+        assert isinstance(rec["psnr"], float) and -1 <= rec["ssim"] <= 1
+        stem = rel.rsplit(".", 1)[0]
+        assert rec["outputs"] == [f"{stem}.edited.png", f"{stem}.latent.safetensors"]
+        edited = cv2.imread(str(out / rec["outputs"][0]), cv2.IMREAD_GRAYSCALE)
+        assert edited.shape == (32, 32)
+        ws, meta = load_latent(out / rec["outputs"][1], weights_id=Editor.from_pretrained(weights).weights_id)
+        assert ws.shape == (8, 16)
+        assert (meta["method"], meta["steps"], meta["class_index"], meta["class_name"]) == \
+            ("optimize", 2, rec["class_index"], rec["class_name"])
+        assert meta["confidence"] == pytest.approx(rec["confidence"]) and meta["source"] == rel
+    assert not any(p.name.endswith(".tmp") for p in out.rglob("*"))
+
+    # The same command again (loading in the main process this time): nothing is redone; the bad file is retried.
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name != "manifest.jsonl"}
+    result = run_cli("batch", str(src), str(out), "-d", "pca:0", "--eps", "2", "--recursive", "--workers", "0",
+                     "-w", str(weights), *FAST)
+    assert result.returncode == 0, result.stderr
+    assert "0 ok, 1 errors, 4 skipped" in result.stdout
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    by_path = records_by_path(out)
+    assert all(len(by_path[rel]) == 1 for rel in good) and len(by_path["sub/bad.png"]) == 2
+
+
+def test_run_batch_api_strip_changed_input_and_options(editor, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    domain_image(src / "x.png", 3)
+    domain_image(src / "y.png", 4)
+    domain_image(src / "y.bmp", 5)  # Same stem as y.png: both keep their extension in the outputs.
+    domain_image(src / "nested" / "z.png", 6)  # Not recursive: left alone.
+    kwargs = dict(method="optimize", steps=2, progress=False, log=lambda _: None)
+
+    summary = run_batch(editor, src, out, "random:1", eps="-3:3:3", **kwargs)
+    assert (summary["inputs"], summary["ok"], summary["errors"], summary["skipped"]) == (3, 3, 0, 0)
+    by_path = records_by_path(out)
+    assert sorted(by_path) == ["x.png", "y.bmp", "y.png"]
+    assert by_path["y.png"][0]["outputs"] == ["y.png.strip.png", "y.png.latent.safetensors"]
+    assert by_path["y.bmp"][0]["outputs"] == ["y.bmp.strip.png", "y.bmp.latent.safetensors"]
+    strip = cv2.imread(str(out / "x.strip.png"), cv2.IMREAD_GRAYSCALE)
+    assert strip.shape == (36, 3 * 34 + 2)  # Three eps side by side, as `apply` writes a strip.
+
+    # A changed input is redone, the others are skipped.
+    domain_image(src / "x.png", 99)
+    summary = run_batch(editor, src, out, "random:1", eps="-3:3:3", **kwargs)
+    assert (summary["ok"], summary["skipped"]) == (1, 2)
+    # A deleted output makes its input due again.
+    (out / "y.bmp.latent.safetensors").unlink()
+    summary = run_batch(editor, src, out, "random:1", eps="-3:3:3", **kwargs)
+    assert (summary["ok"], summary["skipped"]) == (1, 2)
+    # Other options that shape the outputs: everything is redone; options that do not (batch size): nothing.
+    summary = run_batch(editor, src, out, "random:1", eps=2.0, **kwargs)
+    assert (summary["ok"], summary["skipped"]) == (3, 0) and (out / "x.edited.png").is_file()
+    summary = run_batch(editor, src, out, "random:1", eps="2", batch_size=1, **kwargs)
+    assert (summary["ok"], summary["skipped"]) == (0, 3)
+    by_path = records_by_path(out)
+    assert len(by_path["x.png"]) == 3 and by_path["x.png"][-1]["outputs"][0] == "x.edited.png"
+
+
+def test_an_image_that_cannot_be_edited_is_an_error_record(weights, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    for i in range(3):
+        domain_image(src / f"{i}.png", i)
+    editor = Editor.from_pretrained(weights, device="cpu")  # Its own networks: the bank is changed below.
+    editor.model("direction_bank").boundary_weight.zero_()  # No class boundaries: to:<class> cannot edit.
+    messages: list[str] = []
+    summary = run_batch(editor, src, out, "to:Coat", method="optimize", steps=1, progress=False, log=messages.append)
+    assert (summary["ok"], summary["errors"]) == (0, 3) and len(messages) == 3
+    for recs in records_by_path(out).values():
+        rec = recs[0]
+        assert rec["status"] == "error" and "cannot edit" in rec["error"] and rec["outputs"] == []
+        assert rec["class_name"] == CLASSES[rec["class_index"]]  # Inverted and classified, then refused.
+
+
+def test_user_errors_stop_the_run(editor, weights, tmp_path):
+    assert_user_error(run_cli("batch", str(tmp_path / "missing"), str(tmp_path / "out"), "-d", "pca:0",
+                              "-w", str(weights), "--device", "cpu"), "input folder not found")
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    domain_image(src / "sub" / "a.png", 0)
+    quiet = dict(method="optimize", steps=1, progress=False)
+    with pytest.raises(UserError, match="no images found .*--recursive"):
+        run_batch(editor, src, tmp_path / "out", "pca:0", **quiet)
+    with pytest.raises(UserError, match="invalid --direction"):
+        run_batch(editor, src, tmp_path / "out", "bogus:1", recursive=True, **quiet)
+    with pytest.raises(UserError, match="out of range"):
+        run_batch(editor, src, tmp_path / "out", "pca:7", recursive=True, **quiet)
+    with pytest.raises(UserError, match="invalid --eps"):
+        run_batch(editor, src, tmp_path / "out", "pca:0", eps="1:2", recursive=True, **quiet)
+    with pytest.raises(UserError, match="invalid --layers"):
+        run_batch(editor, src, tmp_path / "out", "pca:0", layers="5-2", recursive=True, **quiet)
+    with pytest.raises(UserError, match="must differ"):
+        run_batch(editor, src, src, "pca:0", recursive=True, **quiet)
+    with pytest.raises(UserError, match="encoder"):  # The method's network is missing from the weights.
+        run_batch(editor, src, tmp_path / "out", "pca:0", recursive=True, method="encoder", progress=False)
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_second_run_on_the_same_output_is_refused(weights, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    domain_image(src / "a.png", 0)
+    out.mkdir()
+    with open(out / LOCK, "w") as held:  # Stands for a running batch: it holds the lock for its whole run.
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run_cli("batch", str(src), str(out), "-d", "pca:0", "-w", str(weights), *FAST)
+    assert_user_error(result, "in use by another batch run")
+    assert not (out / "manifest.jsonl").exists()
+
+
+def test_kill_mid_run_then_resume_does_each_input_once(weights, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    rels = [f"{'ab'[i % 2]}/img{i:02d}.png" for i in range(16)]
+    for i, rel in enumerate(rels):
+        domain_image(src / rel, i)
+    args = ["batch", str(src), str(out), "-d", "pca:1", "--recursive", "--batch-size", "1", "-w", str(weights),
+            "--method", "optimize", "--steps", "10", "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "semdir_edit", *args], cwd=ROOT, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if read_manifest_lines(out / "manifest.jsonl"):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be killed: use more images"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    done_before = len(read_manifest_lines(out / "manifest.jsonl"))
+    assert 1 <= done_before < len(rels)
+    # What a kill at a worse moment leaves: a torn manifest line and an output's temp file.
+    with open(out / "manifest.jsonl", "ab") as f:
+        f.write(b'{"path": "a/img00.png", "sha256": "')
+    (out / "b" / ".img15.edited.png.k1ll3d.tmp").parent.mkdir(exist_ok=True)
+    (out / "b" / ".img15.edited.png.k1ll3d.tmp").write_bytes(b"\x89PNG half")
+
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert f"{len(rels) - done_before} ok, 0 errors, {done_before} skipped" in result.stdout
+    raw = (out / "manifest.jsonl").read_bytes()
+    assert raw.endswith(b"\n") and b'"sha256": "\n' not in raw  # The torn line was cut off, not glued onto.
+    by_path = records_by_path(out)
+    assert sorted(by_path) == sorted(rels)
+    assert all(len(recs) == 1 and recs[0]["status"] == "ok" for recs in by_path.values())
+    for recs in by_path.values():
+        edited, latent = recs[0]["outputs"]
+        assert cv2.imread(str(out / edited), cv2.IMREAD_GRAYSCALE).shape == (32, 32)
+        load_latent(out / latent)
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_find_images_skips_loops_and_the_output_folder(tmp_path):
+    src = tmp_path / "in"
+    domain_image(src / "a.PNG", 0)
+    domain_image(src / "s" / "b.jpeg", 1)
+    domain_image(src / "out" / "old.edited.png", 2)  # An output folder inside the input folder.
+    (src / "s" / "c.TIFF").write_bytes(b"x")
+    (src / "s" / "readme.md").write_text("x")
+    os.symlink(src, src / "s" / "up")
+    os.symlink(src / "s", src / "s2")  # The same folder twice: visited once.
+    assert find_images(src) == ["a.PNG"]
+    # The folder is listed under its real path, not under the link that sorts after it.
+    assert find_images(src, recursive=True, exclude=src / "out") == ["a.PNG", "s/b.jpeg", "s/c.TIFF"]
+    os.rename(src / "s2", src / "r")  # A link that sorts first: still the real path.
+    assert find_images(src, recursive=True, exclude=src / "out") == ["a.PNG", "s/b.jpeg", "s/c.TIFF"]
+    with pytest.raises(UserError, match="not found"):
+        find_images(tmp_path / "nope")
+    assert output_stems(["a/b.png", "a/b.jpg", "a/c.png", "b.png"]) == {
+        "a/b.jpg": "a/b.jpg", "a/b.png": "a/b.png", "a/c.png": "a/c", "b.png": "b"}
+
+
+def test_manifest_cuts_a_torn_line_and_reads_complete_ones(tmp_path):
+    path = tmp_path / "manifest.jsonl"
+    path.write_bytes(b'{"path": "a.png", "status": "ok"}\nnot json\n{"path": "b.png", "sta')
+    assert [r["path"] for r in read_manifest_lines(path)] == ["a.png"]
+    m = Manifest(path)
+    m.append({"path": "c.png", "status": "ok"})
+    m.close()
+    assert [r["path"] for r in read_manifest_lines(path)] == ["a.png", "c.png"]
+    assert json.loads(path.read_bytes().splitlines()[-1])["path"] == "c.png"
