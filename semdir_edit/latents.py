@@ -28,6 +28,11 @@ def latent_meta(res: Inverted, weights_id: str) -> dict[str, Any]:
             "class_name": res.class_name, "confidence": res.confidence, "source": res.name}
 
 
+def _text(value: str) -> str:
+    """Valid UTF-8 for the metadata: a non-UTF-8 file name (surrogate-escaped by Python) keeps its bytes as escapes."""
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def save_latent(path: str | Path, ws: torch.Tensor, meta: dict[str, Any]) -> None:
     """Write ``ws`` (num_ws, w_dim) and ``meta`` (must hold ``weights_id``) atomically."""
     if ws.ndim != 2:
@@ -35,7 +40,7 @@ def save_latent(path: str | Path, ws: torch.Tensor, meta: dict[str, Any]) -> Non
     if "weights_id" not in meta:
         raise ValueError("latent metadata needs a weights_id")
     path = Path(path)
-    strings = {"format": FORMAT, **{k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}}
+    strings = {"format": FORMAT, **{k: _text(v) if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}}
     try:
         atomic_save_safetensors(path, {"ws": ws.detach().float().cpu().contiguous()}, strings)
     except OSError as exc:

@@ -495,6 +495,9 @@ app.command("batch")(batch_cmd)
 
 def main() -> None:
     """Console-script entry: run the app, turning user errors into one line and exit code 2."""
+    for stream in (sys.stdout, sys.stderr):  # File names that are not UTF-8 must print, not crash.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         app()
     except UserError as exc:

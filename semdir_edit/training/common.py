@@ -22,6 +22,9 @@ class RunFolder:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "samples").mkdir(exist_ok=True)
+        # A killed run can leave the temp file of an unfinished atomic write; the real file is intact.
+        for stale in [*self.path.glob(".*.tmp"), *(self.path / "samples").glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)
 
     @property
     def state_path(self) -> Path:
