@@ -30,6 +30,9 @@ demo: setup dataset
 	$(BIN)/semdir-edit invert docs/examples/*.jpg -o out/invert
 	$(BIN)/semdir-edit apply out/invert/sneaker.latent.safetensors --direction pca:0 --eps -3:3:7 -o out/sneaker-pca0.png
 	$(BIN)/semdir-edit apply out/invert/tshirt.latent.safetensors --direction to:Pullover --eps 0:3:4 -o out/tshirt-to-pullover.png
+	$(BIN)/semdir-edit apply out/invert/dress.latent.safetensors --direction class:0 --eps -3:3:7 -o out/dress-class0.png
+	$(BIN)/semdir-edit directions show --class Sneaker -o out/sneaker-directions.png
+	$(BIN)/semdir-edit batch docs/examples out/batch --direction global:0 --eps -3:3:7 --method encoder
 	@echo "demo outputs in out/"
 
 # README pictures of the directions: one grid per class (rows = its K class directions, columns = eps -3..3),
