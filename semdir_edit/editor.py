@@ -263,19 +263,21 @@ class Editor:
         raise UserError(f"unknown direction source '{kind}' (use global, class, voynov, pca, sefa, random)")
 
     @torch.no_grad()
-    def sample_code(self, class_index: int | None = None, seed: int = 0, tries: int = 4000) -> torch.Tensor:
-        """A generated W+ code (num_ws, w_dim) — of the given class when one is named — from a seeded search."""
+    def sample_code(self, class_index: int | None = None, seed: int = 0, draws: int = 1000) -> torch.Tensor:
+        """A generated W+ code (num_ws, w_dim): the first of a seeded draw, or — when a class is named — the
+        sample the classifier is most sure is of that class among ``draws`` seeded draws."""
         gen = torch.Generator().manual_seed(seed)
-        for _ in range(0, tries, 200):
-            w = self.G.mapping(torch.randn(200, self.G.z_dim, generator=gen).to(self.device))
-            ws = self.G.broadcast(w)
-            if class_index is None:
-                return ws[0].cpu()
-            labels, conf = self.classify(self.G.synthesis(ws, noise_mode="const"))
-            hits = ((labels == class_index) & (conf > 0.9)).nonzero()
-            if len(hits):
-                return ws[int(hits[0])].cpu()
-        raise UserError(f"the generator drew no confident {self.class_names[class_index]} in {tries} samples")
+        z = torch.randn(draws if class_index is not None else 1, self.G.z_dim, generator=gen).to(self.device)
+        ws = self.G.broadcast(self.G.mapping(z))
+        if class_index is None:
+            return ws[0].cpu()
+        probs = torch.cat([self.C(self.G.synthesis(ws[i:i + 250], noise_mode="const")).float().softmax(1)
+                           for i in range(0, len(ws), 250)])
+        labels = probs.argmax(1)
+        score = torch.where(labels == class_index, probs[:, class_index], torch.tensor(-1.0, device=probs.device))
+        if score.max() < 0:
+            raise UserError(f"the generator drew no {self.class_names[class_index]} in {draws} samples")
+        return ws[int(score.argmax())].cpu()
 
     @torch.no_grad()
     def direction_grid(self, ws: torch.Tensor, kind: str, eps: list[float], class_index: int | None = None,
