@@ -15,18 +15,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from semdir_edit.checkpoint import register_model
-from semdir_edit.config import ClassifierConfig, GeneratorConfig
-from semdir_edit.editing.bank import build_direction_bank
 from semdir_edit.editing.batch import LOCK, Manifest, find_images, output_stems, read_manifest_lines, run_batch
 from semdir_edit.editor import Editor
 from semdir_edit.errors import UserError
 from semdir_edit.latents import load_latent
-from semdir_edit.models import Classifier, Generator
 
-from .conftest import ROOT
+from .conftest import ROOT, make_edit_weights
 from .test_cli import assert_user_error
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -42,14 +37,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("w")
-    torch.manual_seed(0)
-    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8, 32: 8}))
-    C = Classifier(ClassifierConfig(channels=[8, 8, 16, 16])).eval()
-    register_model(path, "generator", G, command="test")
-    register_model(path, "classifier", C, command="test")
-    register_model(path, "direction_bank", build_direction_bank(G, C, k=3, n=500), command="test")
-    return path
+    return make_edit_weights(tmp_path_factory.mktemp("w"), bank_samples=500)
 
 
 @pytest.fixture(scope="module")

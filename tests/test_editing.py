@@ -8,9 +8,6 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from semdir_edit.checkpoint import register_model
-from semdir_edit.config import ClassifierConfig, GeneratorConfig
-from semdir_edit.editing.bank import build_direction_bank
 from semdir_edit.editing.directions import (
     DirectionSpec,
     match_class,
@@ -22,8 +19,8 @@ from semdir_edit.editing.directions import (
 from semdir_edit.editor import Editor
 from semdir_edit.errors import UserError
 from semdir_edit.latents import save_latent
-from semdir_edit.models import Classifier, Generator
 
+from .conftest import make_edit_weights
 from .test_cli import run_cli
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -99,14 +96,7 @@ def test_shift_codes_touches_only_chosen_layers():
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("w")
-    torch.manual_seed(0)
-    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8, 32: 8}))
-    C = Classifier(ClassifierConfig(channels=[8, 8, 16, 16])).eval()
-    register_model(path, "generator", G, command="test")
-    register_model(path, "classifier", C, command="test")
-    register_model(path, "direction_bank", build_direction_bank(G, C, k=3, n=500), command="test")
-    return path
+    return make_edit_weights(tmp_path_factory.mktemp("w"))
 
 
 def test_editor_apply(weights):

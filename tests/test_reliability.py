@@ -27,15 +27,12 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import save_file
 
-from semdir_edit.checkpoint import load_training_state, register_model, weights_id
-from semdir_edit.config import ClassifierConfig, GeneratorConfig
+from semdir_edit.checkpoint import load_training_state, weights_id
 from semdir_edit.data.photo import load_domain_image
-from semdir_edit.editing.bank import build_direction_bank
 from semdir_edit.errors import UserError
 from semdir_edit.latents import load_latent, save_latent
-from semdir_edit.models import Classifier, Generator
 
-from .conftest import ROOT, requires_dataset
+from .conftest import ROOT, make_edit_weights, requires_dataset
 from .test_cli import run_cli
 
 
@@ -122,14 +119,7 @@ def _bomb_png(w: int, h: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    path = tmp_path_factory.mktemp("w")
-    torch.manual_seed(0)
-    G = Generator(GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8, 32: 8}))
-    C = Classifier(ClassifierConfig(channels=[8, 8, 16, 16])).eval()
-    register_model(path, "generator", G, command="test")
-    register_model(path, "classifier", C, command="test")
-    register_model(path, "direction_bank", build_direction_bank(G, C, k=3, n=300), command="test")
-    return path
+    return make_edit_weights(tmp_path_factory.mktemp("w"), bank_samples=300)
 
 
 @pytest.fixture(scope="module")
