@@ -96,13 +96,7 @@ def load_image(
             raise UserError(f"{label}: the file is empty")
         return _decode(io.BytesIO(bytes(source)), label, max_pixels)
     try:
-        info = os.stat(source)  # Before opening: opening a FIFO would block.
-        if stat.S_ISDIR(info.st_mode):
-            raise UserError(f"{label}: is a folder, not an image file")
-        if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"{label}: not a regular file")
-        if info.st_size == 0:
-            raise UserError(f"{label}: the file is empty")
+        check_regular_file(source, label)
         with open(source, "rb") as f:
             return _decode(f, label, max_pixels)
     except FileNotFoundError:
@@ -113,6 +107,19 @@ def load_image(
         raise UserError(f"{label}: permission denied") from None
     except OSError as exc:
         raise UserError(f"{label}: cannot read the file ({_one_line(exc.strerror or exc)})") from None
+
+
+def check_regular_file(path: str | os.PathLike, label: str) -> os.stat_result:
+    """stat() an input before opening it (opening a FIFO would block); folders, devices and empty files are refused
+    with a one-line UserError. OSErrors of stat() itself (missing file, permissions) are left to the caller."""
+    info = os.stat(path)
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{label}: is a folder, not an image file")
+    if not stat.S_ISREG(info.st_mode):
+        raise UserError(f"{label}: not a regular file")
+    if info.st_size == 0:
+        raise UserError(f"{label}: the file is empty")
+    return info
 
 
 def to_domain(

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from semdir_edit.data.photo import load_domain_image
+from semdir_edit.data.photo import check_regular_file, load_domain_image
 from semdir_edit.editing.directions import DirectionSpec, match_class, parse_direction, parse_eps, parse_layers
 from semdir_edit.editor import Editor, Failed, Inverted
 from semdir_edit.errors import UserError
@@ -152,13 +152,7 @@ def output_stems(rels: list[str]) -> dict[str, str]:
 def _read_input(path: Path, label: str) -> bytes:
     """The bytes of one input file; every failure is a one-line UserError naming it (a FIFO is never opened)."""
     try:
-        info = os.stat(path)
-        if stat.S_ISDIR(info.st_mode):
-            raise UserError(f"{label}: is a folder, not an image file")
-        if not stat.S_ISREG(info.st_mode):
-            raise UserError(f"{label}: not a regular file")
-        if info.st_size == 0:
-            raise UserError(f"{label}: the file is empty")
+        info = check_regular_file(path, label)
         if info.st_size > MAX_FILE_BYTES:
             raise UserError(f"{label}: the file is {info.st_size:,} bytes, more than the limit of {MAX_FILE_BYTES:,}")
         with open(path, "rb") as f:
