@@ -164,11 +164,9 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     correct_g = ed.reconstructor_accuracy(G, predictor, ours, spreads, w, zeros, eps_range, seed)
     correct_c = ed.reconstructor_accuracy(G, predictor, ours, spreads, w, labels + 1, eps_range, seed + 1)
     figures["rca_global"] = correct_g.float().mean().item()
-    per_class_rca = [correct_c[labels == c].float().mean().item() for c in range(num_classes) if (labels == c).any()]
-    for c in range(num_classes):
-        if (labels == c).any():
-            figures[f"rca_class_{c}"] = correct_c[labels == c].float().mean().item()
-    figures["rca_class_median"] = float(torch.tensor(per_class_rca).median())
+    per_class_rca = {c: correct_c[labels == c].float().mean().item() for c in range(num_classes) if (labels == c).any()}
+    figures.update({f"rca_class_{c}": value for c, value in per_class_rca.items()})
+    figures["rca_class_median"] = float(torch.tensor(list(per_class_rca.values())).median())
 
     log("edits along our global and class directions")
     g = ed.edit_effects(G, C, F, ours, spreads, w, labels, zeros, seed)
