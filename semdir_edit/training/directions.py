@@ -109,7 +109,7 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     deformators = Deformators(dcfg).to(device)
     deformators.w_cov.copy_(w_covariance(sample_w(G, dc.spread_samples, dc.seed)).float())
     predictor = ShiftPredictor(pcfg).to(device)
-    opt_d = torch.optim.Adam(deformators.parameters(), lr=dc.lr)
+    opt_d = torch.optim.Adam(deformators.parameters(), lr=dc.lr_deformator or dc.lr)
     opt_p = torch.optim.Adam(predictor.parameters(), lr=dc.lr)
     loss_fn = DirectionLoss(G, C, deformators, predictor, (dc.eps_min, dc.eps_max), dc.shift_weight,
                             train_class=not global_only)
