@@ -1,27 +1,34 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   installs the package and runs the main job on the shipped weights
 #   make test   installs the package (with test tools) and runs the tests
-# Both install Fashion-MNIST from Debian's package dataset-fashion-mnist (needs root or sudo).
+# Both install Fashion-MNIST from Debian's package dataset-fashion-mnist (needs root or sudo); `make test` also
+# installs Debian's chromium for the browser editor's end-to-end test (Playwright drives /usr/bin/chromium).
 
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup dataset demo docs test lint clean
+.PHONY: setup dataset chromium demo docs ui-screenshot test lint clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,ui]'
 	touch $@
 
 dataset: $(DATA)
 
 $(DATA):
 	$(SUDO) apt-get install -y dataset-fashion-mnist || ($(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist)
+
+# The browser test's browser: Debian's chromium (Playwright's own browser download is not reachable from CI).
+chromium: /usr/bin/chromium
+
+/usr/bin/chromium:
+	$(SUDO) apt-get install -y chromium || ($(SUDO) apt-get update && $(SUDO) apt-get install -y chromium)
 
 demo: setup dataset
 	$(BIN)/semdir-edit generate --n 64 --seed 0 -o out/samples.png
@@ -44,10 +51,14 @@ docs: setup
 	for s in 0 1 2; do $(BIN)/semdir-edit directions show --source global --seed $$s -o docs/directions/global-$$s.png || exit 1; done
 	for s in pca sefa random; do $(BIN)/semdir-edit directions show --source $$s -o docs/directions/$$s-0.png || exit 1; done
 
+# The README's screenshot of the browser editor (the browser test, saving its screenshot).
+ui-screenshot: setup chromium
+	SEMDIR_UI_SCREENSHOT=docs/ui.png $(BIN)/pytest -q tests/test_ui_browser.py
+
 lint: setup
 	$(BIN)/ruff check semdir_edit tests
 
-test: setup dataset lint
+test: setup dataset chromium lint
 	$(BIN)/pytest -q
 
 clean:

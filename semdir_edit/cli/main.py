@@ -492,6 +492,25 @@ def apply_cmd(
 
 app.command("batch")(batch_cmd)
 
+@app.command("ui")
+def ui_cmd(
+    weights: Path = WeightsOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (another than 127.0.0.1 is "
+                             "reachable by others: there is no authentication)."),
+    port: int = typer.Option(7860, "--port", min=1, max=65535),
+    method: str | None = typer.Option(None, "--method", "-m", help="Default inversion method (default indomain)."),
+    data_dir: Path | None = DataDirOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Interactive editor in the browser: upload a photo, move sliders along the directions, download results."""
+    from semdir_edit.ui import require_ui_packages
+
+    require_ui_packages()
+    from semdir_edit.ui.server import serve
+
+    serve(weights, host=host, port=port, device=device, method=method, data_dir=data_dir)
+
+
 
 def main() -> None:
     """Console-script entry: run the app, turning user errors into one line and exit code 2."""

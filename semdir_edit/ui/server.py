@@ -1,0 +1,492 @@
+"""The browser editor's server: ``create_app(editor)`` -> a FastAPI app serving one static page and a JSON/PNG API.
+
+Flow: the page sends an image (the raw file as the request body: held in memory, never written, never a path)
+or asks for a random test image / generated sample; the server inverts it once and keeps the W+ code in a
+session (:mod:`semdir_edit.ui.sessions`). Every slider move then posts the current shifts
+``{"global:0": 1.5, "to:Coat": 2, ...}``; the server adds ``eps * spread * direction`` of each to the stored
+code (on the chosen layers) and runs only the generator, answering with a PNG.
+
+Errors are JSON ``{"error": "<one line>"}``: a UserError (bad image, bad direction, bad eps) is a 400, an unknown
+session a 404, a too-large upload a 413, a malformed request a 422. The networks are shared by all sessions,
+so every use of them holds one lock.
+
+API (all under ``/api``):
+    GET  /info                            class names, directions and their descriptions, limits
+    POST /sessions/upload?name=&method=   body = the image file -> session JSON (runs the inversion)
+    POST /sessions/random?source=test|sample&seed=&method=   -> session JSON
+    GET  /sessions/{id}                   session JSON again
+    POST /sessions/{id}/edit              {"shifts": {...}, "layers": "2-5", "scale": 1} -> PNG
+    POST /sessions/{id}/strip             same + {"direction": "global:0", "eps_min", "eps_max", "count"} -> PNG
+    GET  /sessions/{id}/latent            the inverted code as a .latent.safetensors file
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import math
+import re
+import secrets
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cv2
+import torch
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from semdir_edit.config import DataConfig
+from semdir_edit.data.datasets import ImageSet, load_split, to_float
+from semdir_edit.editing.directions import MAX_STRIP, parse_direction, parse_layers, shift_codes
+from semdir_edit.editor import Editor, Failed, Inverted
+from semdir_edit.errors import UserError
+from semdir_edit.imageio import make_grid
+from semdir_edit.inversion.invert import METHODS
+from semdir_edit.latents import latent_meta, save_latent
+from semdir_edit.ui.sessions import Session, SessionNotFound, SessionStore
+
+log = logging.getLogger("semdir_edit.ui")
+
+MAX_UPLOAD_BYTES = 20_000_000       # Photos from phones are a few MB; anything bigger is refused with a 413.
+EPS_LIMIT = 10.0                     # |eps| per direction, in units of W's spread (sliders span -3..3).
+MAX_SHIFTS = 64                      # Directions summed in one edit (the page sends at most 2K + 1).
+MAX_STRIP_COUNT = 21                 # Images in a traversal strip from the page (the CLI allows MAX_STRIP).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Torch threads for every network call of the server. One 32x32 image is too small to gain from several threads,
+# and on a CPU busy with other work extra threads are much slower (measured on the 2-core machine under load:
+# a generator step 9 ms with 1 thread vs 250 ms with 2; an in-domain inversion 8.5 s vs 57 s).
+TORCH_THREADS = 1
+LATENT_SUFFIX = ".latent.safetensors"
+
+
+class EditRequest(BaseModel):
+    """One slider state: eps per direction spec, the W+ layer range ("2-5", None = all) and the PNG scale."""
+
+    shifts: dict[str, float] = Field(default_factory=dict)
+    layers: str | None = None
+    scale: int = Field(1, ge=1, le=16)
+
+
+class StripRequest(EditRequest):
+    """A traversal strip along ``direction`` (the other shifts stay as they are) at ``count`` evenly spaced eps."""
+
+    direction: str
+    eps_min: float = -3.0
+    eps_max: float = 3.0
+    count: int = Field(7, ge=2, le=min(MAX_STRIP_COUNT, MAX_STRIP))
+    scale: int = Field(4, ge=1, le=16)
+
+
+def png_bytes(images: torch.Tensor, nrow: int = 1, scale: int = 1, pad: int = 0) -> bytes:
+    """Images (N, C, R, R) in [-1, 1] -> PNG bytes of one grid (``nrow`` per row), enlarged by ``scale``."""
+    grid = make_grid(images, nrow, pad=pad)
+    if scale > 1:
+        grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    ok, buf = cv2.imencode(".png", grid)
+    if not ok:  # Only on an OpenCV failure; not the user's fault.
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def safe_name(name: str | None, default: str = "image") -> str:
+    """A client-given file name -> a harmless label for messages: its last path part, odd characters as "_"."""
+    base = re.split(r"[\\/]", name or "")[-1]
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._")[:80]
+    return base or default
+
+
+def safe_stem(name: str | None, default: str = "image") -> str:
+    """A client-given file name -> a harmless stem for downloads (as :func:`safe_name`, without the suffix)."""
+    return re.sub(r"\.[A-Za-z0-9]{1,5}$", "", safe_name(name, default)).strip("._") or default
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch threads (see TORCH_THREADS), restoring the previous number afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class EditorService:
+    """Everything the routes do, without HTTP: inversion into sessions, edits, strips, latent files.
+
+    All network work goes through :meth:`models`: one lock (the networks are shared by all sessions, and the
+    thread count is process-wide) and TORCH_THREADS threads.
+    """
+
+    def __init__(self, editor: Editor, method: str | None = None, steps: int | None = None,
+                 data_dir: str | Path | None = None, max_sessions: int = 32, session_ttl_s: float = 3600.0,
+                 max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
+        self.editor = editor
+        self.max_upload_bytes = max_upload_bytes
+        self.method = method or editor.inversion.method
+        self.steps = editor.inversion.steps if steps is None else steps
+        self.data = DataConfig(path=str(data_dir)) if data_dir else DataConfig()
+        self.sessions = SessionStore(max_sessions, session_ttl_s)
+        self.lock = threading.Lock()
+        self._test_set: ImageSet | None = None
+        self._directions: dict[tuple[str, int], tuple[torch.Tensor, float]] = {}
+        self._info: dict[str, Any] | None = None
+
+    @contextlib.contextmanager
+    def models(self, inference: bool = True) -> Iterator[Editor]:
+        """Hold the networks: the lock, TORCH_THREADS torch threads, and no autograd unless ``inference`` is False
+        (the optimising inversion methods need gradients). Not torch.inference_mode: tensors it creates (also
+        those a network caches) could not take part in a later inversion's autograd."""
+        with self.lock, torch_threads(TORCH_THREADS), torch.set_grad_enabled(not inference):
+            yield self.editor
+
+    # ---------------------------------------------------------------------------------------------- info
+
+    def slider_groups(self) -> list[str]:
+        """Direction sources the page shows as sliders: the learned global and class sets, or (weights without
+        deformators, e.g. test weights) the PCA directions instead."""
+        models = self.editor.manifest.get("models", {})
+        if "deformators" in models:
+            return ["global", "class"]
+        return ["pca"] if "direction_bank" in models else []
+
+    def info(self) -> dict[str, Any]:
+        """What the page needs to build its controls (computed once)."""
+        if self._info is None:
+            with self.models() as ed:
+                groups = self.slider_groups()
+                k = {g: int(ed.direction_set(g, 0).shape[1]) for g in groups}
+                self._info = {
+                    "weights": str(ed.weights_dir), "class_names": ed.class_names, "num_ws": int(ed.G.num_ws),
+                    "groups": groups, "k": k, "boundary": "direction_bank" in ed.manifest.get("models", {}),
+                    "descriptions": ed.descriptions(), "method": self.method, "steps": self.steps,
+                    "methods": list(METHODS), "max_upload_bytes": self.max_upload_bytes, "eps_limit": EPS_LIMIT,
+                    "strip_max": MAX_STRIP_COUNT, "latent_suffix": LATENT_SUFFIX,
+                }
+        return self._info
+
+    # ------------------------------------------------------------------------------------------ sessions
+
+    def invert_upload(self, data: bytes, name: str | None, method: str | None, steps: int | None) -> Session:
+        """Invert uploaded bytes with the CLI's loader (its UserErrors are the messages) -> a new session."""
+        with self.models(inference=False) as ed:
+            (res,) = ed.invert([data], method=method or self.method, steps=self.steps if steps is None else steps,
+                               names=[safe_name(name, "upload")])
+        return self._add_inverted(res, safe_stem(name, "upload"), "upload")
+
+    def invert_test_image(self, seed: int | None, method: str | None, steps: int | None) -> Session:
+        """Invert a random Fashion-MNIST test image (seeded when ``seed`` is given) -> a new session."""
+        with self.models(inference=False) as ed:
+            if self._test_set is None:
+                self._test_set = load_split(self.data, "test")  # UserError with the install hint when missing.
+            images = self._test_set
+            index = (seed if seed is not None else secrets.randbelow(1 << 30)) % len(images)
+            label = images.class_names[int(images.labels[index])]
+            stem = f"test-{index}"
+            (res,) = ed.invert(images.images[index:index + 1], method=method or self.method,
+                                        steps=self.steps if steps is None else steps, preprocess=False,
+                                        names=[stem])
+        session = self._add_inverted(res, stem, "test")
+        session.notes.append(f"Fashion-MNIST test image #{index}, labelled {label}")
+        return session
+
+    def new_sample(self, seed: int | None) -> Session:
+        """A random generated code (exact, nothing to invert) -> a new session."""
+        seed = seed if seed is not None else secrets.randbelow(1 << 30)
+        with self.models() as ed:
+            ws = ed.sample_code(None, seed).to(ed.device)
+            image = ed.G.synthesis(ws[None], noise_mode="const").clamp(-1, 1)
+            idx, conf = ed.classify(image)
+        class_index = int(idx[0])
+        png = png_bytes(image)
+        meta = {"weights_id": ed.weights_id, "method": "sample", "steps": 0, "class_index": class_index,
+                "class_name": ed.class_names[class_index], "confidence": float(conf[0]), "source": f"seed {seed}"}
+        return self.sessions.add(Session(
+            name=f"sample-{seed}", source="sample", ws=ws, class_index=class_index,
+            class_name=ed.class_names[class_index], confidence=float(conf[0]), psnr=None, ssim=None,
+            method="sample", steps=0, seconds=0.0, notes=[f"generated sample, seed {seed}"], domain_png=png,
+            reconstruction_png=png, latent_meta=meta))
+
+    def _add_inverted(self, res: Inverted | Failed, stem: str, source: str) -> Session:
+        if isinstance(res, Failed):
+            raise UserError(res.message)
+        return self.sessions.add(Session(
+            name=stem, source=source, ws=res.ws.to(self.editor.device), class_index=res.class_index,
+            class_name=res.class_name, confidence=res.confidence, psnr=res.psnr, ssim=res.ssim, method=res.method,
+            steps=res.steps, seconds=res.seconds, notes=list(res.notes),
+            domain_png=png_bytes(to_float(res.domain)[None]), reconstruction_png=png_bytes(res.reconstruction[None]),
+            latent_meta=latent_meta(res, self.editor.weights_id)))
+
+    @staticmethod
+    def describe(session: Session) -> dict[str, Any]:
+        """The session as JSON for the page (images as data URLs: they are a few hundred bytes)."""
+        def data_url(png: bytes) -> str:
+            return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+        return {"session": session.id, "name": session.name, "source": session.source,
+                "class_index": session.class_index, "class_name": session.class_name,
+                "confidence": session.confidence, "psnr": session.psnr, "ssim": session.ssim,
+                "method": session.method, "steps": session.steps, "seconds": session.seconds,
+                "notes": session.notes, "latent_name": session.name + LATENT_SUFFIX,
+                "domain": data_url(session.domain_png), "reconstruction": data_url(session.reconstruction_png)}
+
+    # ------------------------------------------------------------------------------------------- editing
+
+    def _direction(self, spec: str, class_index: int) -> tuple[torch.Tensor, float]:
+        """A direction spec -> (unit vector on the device, spread), resolved by the Editor and cached."""
+        key = (str(parse_direction(spec)), class_index)
+        if key not in self._directions:
+            vector, spread = self.editor.direction(key[0], class_index)
+            self._directions[key] = (vector.to(self.editor.device), spread)
+        return self._directions[key]
+
+    def edited_code(self, session: Session, shifts: dict[str, float], layers: str | None) -> torch.Tensor:
+        """The stored code plus the sum of ``eps * spread * direction`` over the shifts, on ``layers``.
+
+        Call inside :meth:`models`. The sum is one shift of eps 1 along the summed vector, so ``shift_codes``
+        (the CLI's function) applies it exactly as ``apply`` applies one direction.
+        """
+        if len(shifts) > MAX_SHIFTS:
+            raise UserError(f"too many directions in one edit ({len(shifts)} > {MAX_SHIFTS})")
+        total = torch.zeros_like(session.ws[0])
+        for spec, eps in shifts.items():
+            if not math.isfinite(eps) or abs(eps) > EPS_LIMIT:
+                raise UserError(f"eps {eps} for '{spec}' is out of range (-{EPS_LIMIT:g}..{EPS_LIMIT:g})")
+            if eps != 0:
+                vector, spread = self._direction(spec, session.class_index)
+                total = total + eps * spread * vector
+        layer_range = parse_layers(layers, session.ws.shape[0])
+        return shift_codes(session.ws[None], total, [1.0], 1.0, layer_range)[0, 0]
+
+    def edit_png(self, session_id: str, request: EditRequest) -> bytes:
+        """One slider step: shifted code -> generator -> PNG. Only the generator runs."""
+        session = self.sessions.get(session_id)
+        with self.models() as ed:
+            ws = self.edited_code(session, request.shifts, request.layers)
+            image = ed.G.synthesis(ws[None], noise_mode="const").clamp(-1, 1)
+        return png_bytes(image, scale=request.scale)
+
+    def strip_png(self, session_id: str, request: StripRequest) -> bytes:
+        """A traversal strip along one direction, on top of the other shifts (as ``apply --eps a:b:n`` does)."""
+        session = self.sessions.get(session_id)
+        for value in (request.eps_min, request.eps_max):
+            if not math.isfinite(value) or abs(value) > EPS_LIMIT:
+                raise UserError(f"strip eps {value} is out of range (-{EPS_LIMIT:g}..{EPS_LIMIT:g})")
+        spec = str(parse_direction(request.direction))
+        others = {k: v for k, v in request.shifts.items() if str(parse_direction(k)) != spec}
+        n = request.count
+        eps = [request.eps_min + (request.eps_max - request.eps_min) * i / (n - 1) for i in range(n)]
+        with self.models() as ed:
+            base = self.edited_code(session, others, request.layers)
+            vector, spread = self._direction(spec, session.class_index)
+            layer_range = parse_layers(request.layers, session.ws.shape[0])
+            codes = shift_codes(base[None], vector, eps, spread, layer_range)[0]
+            images = ed.G.synthesis(codes, noise_mode="const").clamp(-1, 1)
+        return png_bytes(images, nrow=n, scale=request.scale, pad=2)
+
+    def latent_bytes(self, session_id: str) -> tuple[bytes, str]:
+        """The session's (unedited) code as a latent file for ``semdir-edit apply`` -> (bytes, file name).
+
+        Written by ``latents.save_latent`` into a private temporary folder and read back, so the file is
+        byte-for-byte what ``invert`` writes.
+        """
+        session = self.sessions.get(session_id)
+        with tempfile.TemporaryDirectory(prefix="semdir-ui-") as tmp:
+            path = Path(tmp) / (session.name + LATENT_SUFFIX)
+            save_latent(path, session.ws.cpu(), session.latent_meta)
+            return path.read_bytes(), path.name
+
+
+# ------------------------------------------------------------------------------------------------------ app
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _static(name: str) -> str:
+    return (resources.files("semdir_edit.ui") / "static" / name).read_text(encoding="utf-8")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with a 413 as soon as it passes ``limit`` bytes (never buffered beyond it)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"the file is too large ({int(declared) / 1e6:.1f} MB; the limit is "
+                                 f"{limit / 1e6:.0f} MB)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"the file is too large (the limit is {limit / 1e6:.0f} MB)")
+    return bytes(body)
+
+
+def create_app(editor: Editor, *, method: str | None = None, steps: int | None = None,
+               data_dir: str | Path | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               max_sessions: int = 32, session_ttl_s: float = 3600.0,
+               allowed_hosts: list[str] | None = None) -> FastAPI:
+    """The browser editor as a FastAPI app around one :class:`Editor` (see the module docstring for the API).
+
+    method / steps: inversion defaults (the editor's inversion config otherwise). data_dir: Fashion-MNIST for
+    "random test image". allowed_hosts: Host headers to accept (the CLI passes the loopback names when it binds
+    to loopback, so that a web page cannot reach the editor through DNS rebinding); None = any.
+    """
+    service = EditorService(editor, method, steps, data_dir, max_sessions, session_ttl_s, max_upload_bytes)
+    app = FastAPI(title="semdir-edit", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+    if allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    page, script = _static("index.html"), _static("app.js")
+
+    @app.exception_handler(UserError)
+    async def user_error(_: Request, exc: UserError) -> JSONResponse:
+        return _error(400, " ".join(str(exc).split()))
+
+    @app.exception_handler(SessionNotFound)
+    async def no_session(_: Request, exc: SessionNotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        return _error(422, f"invalid request: {where + ': ' if where else ''}{first.get('msg', 'malformed')}")
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")  # The traceback goes to the server's log, never to the page.
+        return _error(500, f"internal error ({type(exc).__name__}); see the server's log")
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/app.js")
+    def app_js() -> Response:
+        return Response(script, media_type="text/javascript")
+
+    @app.get("/api/info")
+    def info() -> dict[str, Any]:
+        return service.info()
+
+    @app.post("/api/sessions/upload")
+    async def upload(request: Request, name: str | None = Query(None, max_length=512),
+                     method: str | None = Query(None), steps: int | None = Query(None, ge=0, le=1000)
+                     ) -> dict[str, Any]:
+        if request.headers.get("content-type", "").startswith("multipart/"):
+            raise HTTPException(415, "send the image file itself as the request body, not a form")
+        data = await _read_body(request, service.max_upload_bytes)
+        session = await run_in_threadpool(service.invert_upload, data, name, method, steps)
+        return service.describe(session)
+
+    @app.post("/api/sessions/random")
+    def random_image(source: str = Query("test", pattern="^(test|sample)$"), seed: int | None = Query(None, ge=0),
+                     method: str | None = Query(None), steps: int | None = Query(None, ge=0, le=1000)
+                     ) -> dict[str, Any]:
+        session = (service.new_sample(seed) if source == "sample"
+                   else service.invert_test_image(seed, method, steps))
+        return service.describe(session)
+
+    @app.get("/api/sessions/{session_id}")
+    def get_session(session_id: str) -> dict[str, Any]:
+        return service.describe(service.sessions.get(session_id))
+
+    @app.post("/api/sessions/{session_id}/edit")
+    def edit(session_id: str, body: EditRequest) -> Response:
+        return Response(service.edit_png(session_id, body), media_type="image/png",
+                        headers={"Cache-Control": "no-store"})
+
+    @app.post("/api/sessions/{session_id}/strip")
+    def strip(session_id: str, body: StripRequest) -> Response:
+        return Response(service.strip_png(session_id, body), media_type="image/png",
+                        headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/sessions/{session_id}/latent")
+    def latent(session_id: str) -> Response:
+        data, filename = service.latent_bytes(session_id)
+        return Response(data, media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+    return app
+
+
+def measure_edit_ms(editor: Editor, repeats: int = 50, warmup: int = 5) -> float:
+    """Median milliseconds of one slider step through the app: POST edit request -> PNG bytes received.
+
+    Runs in-process with FastAPI's TestClient on a generated sample (no inversion), moving the first slider
+    back and forth so that every request computes a new image. ``semdir-edit bench`` reports it as ``ui_edit_ms``.
+    """
+    import warnings
+
+    with warnings.catch_warnings():  # Newer Starlette warns that its TestClient's httpx backend is deprecated.
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    app = create_app(editor)
+    with TestClient(app) as client:
+        response = client.post("/api/sessions/random", params={"source": "sample", "seed": 0})
+        response.raise_for_status()
+        session = response.json()["session"]
+        groups = app.state.service.slider_groups()
+        if not groups:
+            raise UserError(f"{editor.weights_dir} has no directions to edit along")
+        spec = f"{groups[0]}:0"
+        times = []
+        for i in range(warmup + repeats):
+            eps = ((i % 13) - 6) / 2  # -3 .. 3 in steps of 0.5, as a dragged slider.
+            t0 = time.perf_counter()
+            response = client.post(f"/api/sessions/{session}/edit", json={"shifts": {spec: eps}})
+            content = response.content
+            elapsed = (time.perf_counter() - t0) * 1000
+            if response.status_code != 200 or not content.startswith(b"\x89PNG"):
+                raise RuntimeError(f"edit request failed: {response.status_code} {response.text[:200]}")
+            if i >= warmup:
+                times.append(elapsed)
+    return statistics.median(times)
+
+
+def serve(weights_dir: str | Path, host: str = "127.0.0.1", port: int = 7860, device: str = "auto",
+          method: str | None = None, steps: int | None = None, data_dir: str | Path | None = None) -> None:
+    """Load the networks, print the address and run uvicorn until Ctrl+C (what ``semdir-edit ui`` does)."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:  # A one-line error now rather than uvicorn's log after the networks have loaded.
+            probe.bind((host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another --port") from None
+    editor = Editor.from_pretrained(weights_dir, device)
+    if method is not None and method not in METHODS:
+        raise UserError(f"unknown method '{method}' (use {', '.join(METHODS)})")
+    loopback = host in LOOPBACK_HOSTS
+    # Host-header check against DNS rebinding (Starlette's check cannot parse "[::1]:port", so not for ::1).
+    hosts = ["127.0.0.1", "localhost"] if host in ("127.0.0.1", "localhost") else None
+    app = create_app(editor, method=method, steps=steps, data_dir=data_dir, allowed_hosts=hosts)
+    app.state.service.info()  # Loads G, C and the directions now, so the first request is quick.
+    editor.C  # noqa: B018 — loaded now for the same reason.
+    if not loopback:
+        print(f"warning: listening on {host}: anyone who can reach this machine on port {port} can use the editor "
+              "(there is no authentication)", flush=True)
+    # A wildcard address is not one to open: show this machine's loopback address instead.
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    print(f"semdir-edit ui: open http://{shown}:{port}/ in a browser (Ctrl+C to stop)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

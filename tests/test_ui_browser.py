@@ -1,0 +1,131 @@
+"""End to end in a real headless browser: `semdir-edit ui` on the shipped weights, driven by Playwright.
+
+Uses Debian's chromium (/usr/bin/chromium; `make chromium` installs it) because Playwright's own browser download
+is not reachable from CI. Set SEMDIR_UI_SCREENSHOT=docs/ui.png to also write the README's screenshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHIPPED = ROOT / "weights" / "fashion_mnist"
+PHOTO = ROOT / "docs" / "examples" / "sneaker.jpg"
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (make chromium installs it)"),
+    pytest.mark.skipif(not (SHIPPED / "manifest.json").exists(), reason="shipped weights missing"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    """`semdir-edit ui` in a subprocess (the real command) on a free port; the URL once it answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "semdir_edit", "ui", "--port", str(port), "--method", "encoder",
+                             "--device", "cpu"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url + "api/info", timeout=5) as response:
+                    json.load(response)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    pytest.fail(f"semdir-edit ui did not start:\n{proc.stdout.read()}")
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_upload_move_slider_download(server_url, tmp_path):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(server_url)
+            page.wait_for_function("document.querySelectorAll('#method option').length > 0")
+            page.set_input_files("#file", str(PHOTO))
+            # The inversion runs once; class and figures appear when it is done.
+            page.wait_for_function("document.getElementById('class').textContent !== '–'", timeout=120_000)
+            assert page.locator("#error").text_content() == ""
+            assert "Sneaker" in page.locator("#class").text_content()
+            assert "PSNR" in page.locator("#quality").text_content()
+            assert page.locator("#groups .slider").count() == 16  # K = 8 global + 8 class-specific.
+            assert page.locator("#groups .slider label").first.text_content().startswith("global:0")
+            before = page.locator("#edited-img").screenshot()
+
+            # Drag the first slider to the right in small steps (many input events, throttled by the page).
+            slider = page.locator("#groups .slider input").first
+            box = slider.bounding_box()
+            y = box["y"] + box["height"] / 2
+            page.mouse.move(box["x"] + box["width"] / 2, y)
+            page.mouse.down()
+            page.mouse.move(box["x"] + box["width"] * 0.95, y, steps=15)
+            page.mouse.up()
+            page.wait_for_function("Number(document.getElementById('edited-img').dataset.seq || 0) > 0")
+            page.wait_for_timeout(500)  # Let the last throttled request land.
+            value = float(slider.input_value())
+            assert value > 2
+            after = page.locator("#edited-img").screenshot()
+            assert after != before, "the edited image did not change"
+            command = page.locator("#command").text_content()
+            assert "--direction global:0" in command and "sneaker.latent.safetensors" in command
+
+            # A class-boundary edit on top, then the downloads.
+            page.locator("#target").select_option("Ankle boot")
+            page.locator("#boundary-slider input").fill("2")
+            with page.expect_download() as download:
+                page.click("#download-png")
+            assert download.value.suggested_filename == "sneaker.edited.png"
+            with page.expect_download() as download:
+                page.click("#download-latent")
+            assert download.value.suggested_filename == "sneaker.latent.safetensors"
+            with page.expect_download() as download:
+                page.click("#download-strip")
+            assert download.value.suggested_filename == "sneaker.strip.png"
+            page.wait_for_function("document.getElementById('strip').naturalWidth > 0")
+            assert page.locator("#error").text_content() == ""
+
+            page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
+            if os.environ.get("SEMDIR_UI_SCREENSHOT"):
+                shutil.copy(tmp_path / "ui.png", os.environ["SEMDIR_UI_SCREENSHOT"])
+
+            # A bad upload: a readable message on the page, the current image stays.
+            bad = tmp_path / "notes.png"
+            bad.write_text("not an image")
+            page.set_input_files("#file", str(bad))
+            page.wait_for_function("document.getElementById('error').textContent !== ''")
+            assert "notes.png" in page.locator("#error").text_content()
+            assert "Sneaker" in page.locator("#class").text_content()
+        finally:
+            browser.close()
