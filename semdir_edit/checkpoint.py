@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from semdir_edit.config import (
@@ -113,16 +113,12 @@ def git_commit() -> str:
 # ----------------------------------------------------------------------------- weights (safetensors)
 
 def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write a safetensors file via a temp file + rename (never a half-written file)."""
-    path = Path(path)
-    fd, tmp = _temp_beside(path)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a safetensors file via a temp file + rename (never a half-written file).
+
+    Serialised in memory first: safetensors' own file writer reports a full disk as a SafetensorError, which
+    callers would not recognise as the OSError it is.
+    """
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 def save_weights(model: nn.Module, kind: str, path: str | Path) -> str:

@@ -279,3 +279,47 @@ def test_kill_during_training_loses_nothing(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert weights_id(weights_dir)  # The finished run registered its weights.
     assert not list(run.glob(".*.tmp"))  # Temp files of killed writes were cleared when the run resumed.
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 48 KiB tmpfs (root only): what a full disk does to a run, for real rather than mocked."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_full_disk_stops_batch_cleanly_and_the_rerun_resumes(weights, small_disk, tmp_path):
+    src, out = tmp_path / "in", small_disk / "out"
+    src.mkdir()
+    for i in range(12):
+        img = np.zeros((28, 28), np.uint8)
+        img[4 + i % 5:22, 6:20 + i % 4] = 100 + 10 * i
+        cv2.imwrite(str(src / f"img{i:02d}.png"), img)
+    args = ("batch", str(src), str(out), "-d", "pca:0", "--eps", "-2:2:5", "--method", "optimize", "--steps", "1",
+            "--batch-size", "2", "-w", str(weights))
+    full = _run(*args)
+    stderr = _text(full.stderr)
+    assert full.returncode == 2, stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert "No space left on device" in stderr.strip().splitlines()[-1]
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    done = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert 0 < len(done) < 12  # Some fitted, not all.
+    for rec in done:  # Each line written means its outputs are complete.
+        strip, latent = rec["outputs"]
+        assert cv2.imread(str(out / strip), cv2.IMREAD_GRAYSCALE) is not None
+        load_latent(out / latent)
+
+    subprocess.run(["mount", "-o", "remount,size=4m", str(small_disk)], check=True)  # Space freed.
+    again = _run(*args)
+    assert again.returncode == 0, _text(again.stderr)[-2000:]
+    assert f"{12 - len(done)} ok, 0 errors, {len(done)} skipped" in _text(again.stdout)
+    lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["path"] for r in lines) == [f"img{i:02d}.png" for i in range(12)]  # Nothing done twice.
