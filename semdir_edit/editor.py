@@ -133,11 +133,12 @@ class Editor:
 
     def invert(self, sources: list[str | Path | bytes] | torch.Tensor, method: str | None = None,
                steps: int | None = None, preprocess: bool = True,
-               names: list[str] | None = None) -> list[Inverted | Failed]:
+               names: list[str] | None = None, perceptual: bool = True) -> list[Inverted | Failed]:
         """Invert photos (paths or bytes) or domain images ((B, 1, R, R) uint8) in one batch.
 
         Inputs that cannot be loaded, or whose optimisation diverges, come back as :class:`Failed`;
-        the others as :class:`Inverted`, in input order.
+        the others as :class:`Inverted`, in input order. ``perceptual=False`` skips the perceptual distance of
+        the reconstructions (``Inverted.perceptual`` is then NaN) for callers that do not report it.
         """
         method = method or self.inversion.method
         if method not in METHODS:
@@ -167,12 +168,12 @@ class Editor:
                 results.append(None)
         if not domains:
             return [r for r in results if r is not None]
-        out = self._invert_batch(torch.stack(domains), method, steps, labels, notes)
+        out = self._invert_batch(torch.stack(domains), method, steps, labels, notes, perceptual)
         it = iter(out)
         return [r if r is not None else next(it) for r in results]
 
     def _invert_batch(self, domains: torch.Tensor, method: str, steps: int, labels: list[str],
-                      notes: list[list[str]]) -> list[Inverted | Failed]:
+                      notes: list[list[str]], perceptual: bool = True) -> list[Inverted | Failed]:
         x = to_float(domains).to(self.device)
         E = None
         if method in ("indomain", "encoder"):
@@ -182,8 +183,10 @@ class Editor:
         t0 = time.perf_counter()
         outputs = []
         bs = max(1, self.inversion.batch_size)
+        # Only the optimising methods need F; for the encoders it would only add a term to losses we do not use.
+        F = self.perceptual() if method in ("indomain", "optimize") else None
         for start in range(0, len(x), bs):
-            outputs.append(invert(method, self.G, x[start:start + bs], E=E, F=self.perceptual(), steps=steps,
+            outputs.append(invert(method, self.G, x[start:start + bs], E=E, F=F, steps=steps,
                                   lr=self.inversion.lr, lambda_perceptual=self.inversion.lambda_perceptual,
                                   lambda_dom=self.inversion.lambda_dom))
         seconds = (time.perf_counter() - t0) / len(x)
@@ -194,7 +197,7 @@ class Editor:
         with torch.no_grad():
             p = psnr(to_unit_range(recon), to_unit_range(x)).cpu()
             s = ssim(to_unit_range(recon), to_unit_range(x)).cpu()
-            d = self.perceptual()(recon, x).cpu()
+            d = self.perceptual()(recon, x).cpu() if perceptual else torch.full((len(x),), torch.nan)
         idx, conf = self.classify(x)
         names = self.class_names
         results: list[Inverted | Failed] = []

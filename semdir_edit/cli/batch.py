@@ -31,12 +31,16 @@ def batch_cmd(
 
     Writes <name>.edited.png (or <name>.strip.png for an eps range) and <name>.latent.safetensors per input, and
     one line per input in OUT_DIR/manifest.jsonl. A bad file is reported and recorded; the run goes on.
+    Under `torchrun --nproc_per_node=N -m semdir_edit batch ...` the N processes share the inputs (one GPU each).
     """
+    from semdir_edit import distributed
     from semdir_edit.editing.batch import run_batch
     from semdir_edit.editor import Editor
 
-    editor = Editor.from_pretrained(weights, device)
-    summary = run_batch(editor, in_dir, out_dir, direction, eps=eps, method=method, steps=steps, layers=layers,
-                        recursive=recursive, batch_size=batch_size, workers=workers, progress=True)
-    skipped = f", {summary['skipped']} skipped (done before)" if summary["skipped"] else ""
-    typer.echo(f"{summary['ok']} ok, {summary['errors']} errors{skipped}; manifest {summary['manifest']}")
+    with distributed.session(device) as dev:
+        editor = Editor.from_pretrained(weights, dev)
+        summary = run_batch(editor, in_dir, out_dir, direction, eps=eps, method=method, steps=steps, layers=layers,
+                            recursive=recursive, batch_size=batch_size, workers=workers, progress=True)
+        if distributed.is_main():  # One summary for the whole run.
+            skipped = f", {summary['skipped']} skipped (done before)" if summary["skipped"] else ""
+            typer.echo(f"{summary['ok']} ok, {summary['errors']} errors{skipped}; manifest {summary['manifest']}")

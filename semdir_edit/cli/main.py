@@ -16,7 +16,10 @@ from semdir_edit.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="GAN inversion and real-image editing along global and class-specific directions.")
-train_app = typer.Typer(no_args_is_help=True, help="Train the project's networks.")
+train_app = typer.Typer(no_args_is_help=True, help="Train the project's networks. Under `torchrun "
+                        "--nproc_per_node=N -m semdir_edit train ...` gan, encoder and directions train with "
+                        "DistributedDataParallel; the config's batch_size is then the global batch, split over the "
+                        "N processes.")
 app.add_typer(train_app, name="train")
 evaluate_app = typer.Typer(no_args_is_help=True, help="Measure shipped weights; figures go into the manifest.")
 app.add_typer(evaluate_app, name="evaluate")
@@ -161,17 +164,21 @@ def train_gan_cmd(
     steps: int | None = typer.Option(None, "--steps", help="Override train_gan.steps."),
 ) -> None:
     """Train the StyleGAN2-style generator and discriminator."""
+    from semdir_edit import distributed
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
     from semdir_edit.training.gan import train_gan
 
     cfg = load_config(config)
     if steps is not None:
         cfg.train_gan.steps = steps
-    result = train_gan(cfg, out or Path("runs") / f"{cfg.name}-gan", resolve_device(device), resume=resume,
-                       data_dir=str(data_dir) if data_dir else None, weights_dir=weights or Path("weights") / cfg.name,
-                       command=command_line(), time_limit_min=time_limit)
-    typer.echo(f"step {result['step']}: {'finished' if result['finished'] else 'stopped; continue with --resume'}")
+    with distributed.session(device) as dev:
+        result = train_gan(cfg, out or Path("runs") / f"{cfg.name}-gan", dev, resume=resume,
+                           data_dir=str(data_dir) if data_dir else None,
+                           weights_dir=weights or Path("weights") / cfg.name, command=command_line(),
+                           time_limit_min=time_limit)
+        if distributed.is_main():
+            typer.echo(f"step {result['step']}: "
+                       f"{'finished' if result['finished'] else 'stopped; continue with --resume'}")
 
 
 @train_app.command("classifier")
@@ -388,8 +395,8 @@ def train_encoder_cmd(
     steps: int | None = typer.Option(None, "--steps", help="Override train_encoder.steps."),
 ) -> None:
     """Train the domain-guided (or the conventional) encoder against the shipped generator."""
+    from semdir_edit import distributed
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
     from semdir_edit.training.encoder import train_encoder
 
     if kind not in ("domain_guided", "conventional"):
@@ -397,10 +404,13 @@ def train_encoder_cmd(
     cfg = load_config(config)
     if steps is not None:
         cfg.train_encoder.steps = steps
-    result = train_encoder(cfg, weights, out or Path("runs") / f"{cfg.name}-encoder-{kind}", resolve_device(device),
-                           kind=kind, resume=resume, data_dir=str(data_dir) if data_dir else None,
-                           command=command_line(), time_limit_min=time_limit)
-    typer.echo(f"step {result['step']}: {'finished' if result['finished'] else 'stopped; continue with --resume'}")
+    with distributed.session(device) as dev:
+        result = train_encoder(cfg, weights, out or Path("runs") / f"{cfg.name}-encoder-{kind}", dev,
+                               kind=kind, resume=resume, data_dir=str(data_dir) if data_dir else None,
+                               command=command_line(), time_limit_min=time_limit)
+        if distributed.is_main():
+            typer.echo(f"step {result['step']}: "
+                       f"{'finished' if result['finished'] else 'stopped; continue with --resume'}")
 
 
 @train_app.command("directions")
@@ -416,17 +426,20 @@ def train_directions_cmd(
                                      "(registered as deformators_voynov)."),
 ) -> None:
     """Train the N+1 deformators and the shift predictor against the shipped generator and classifier."""
+    from semdir_edit import distributed
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
     from semdir_edit.training.directions import train_directions
 
     cfg = load_config(config)
     if steps is not None:
         cfg.train_directions.steps = steps
     default_out = Path("runs") / f"{cfg.name}-directions{'-voynov' if global_only else ''}"
-    result = train_directions(cfg, weights, out or default_out, resolve_device(device), resume=resume,
-                              command=command_line(), time_limit_min=time_limit, global_only=global_only)
-    typer.echo(f"step {result['step']}: {'finished' if result['finished'] else 'stopped; continue with --resume'}")
+    with distributed.session(device) as dev:
+        result = train_directions(cfg, weights, out or default_out, dev, resume=resume, command=command_line(),
+                                  time_limit_min=time_limit, global_only=global_only)
+        if distributed.is_main():
+            typer.echo(f"step {result['step']}: "
+                       f"{'finished' if result['finished'] else 'stopped; continue with --resume'}")
 
 
 @train_app.command("baselines")
@@ -492,6 +505,7 @@ def apply_cmd(
 
 app.command("batch")(batch_cmd)
 
+
 @app.command("ui")
 def ui_cmd(
     weights: Path = WeightsOpt,
@@ -511,7 +525,6 @@ def ui_cmd(
     serve(weights, host=host, port=port, device=device, method=method, data_dir=data_dir)
 
 
-
 def main() -> None:
     """Console-script entry: run the app, turning user errors into one line and exit code 2."""
     for stream in (sys.stdout, sys.stderr):  # File names that are not UTF-8 must print, not crash.
@@ -521,6 +534,10 @@ def main() -> None:
         app()
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # The machine refused (disk full, read-only, permissions) somewhere not wrapped.
+        where = f" ({exc.filename})" if exc.filename else ""
+        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

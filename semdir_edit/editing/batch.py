@@ -8,6 +8,12 @@ inputs whose last line says ok for the same bytes and options, so an interrupted
 Crash safety: every output is written to a temp file and renamed; a manifest line is appended (one write, then
 fsync) only after its outputs exist; a torn last line is ignored and cut off by the next run, which also removes
 temp files a killed run left behind. A lock file (``flock``) keeps a second run away from the same ``OUT_DIR``.
+
+Under torchrun (``torchrun --nproc_per_node=N -m semdir_edit batch ...``) rank 0 takes the lock and reads the
+manifest; each rank edits its share of the sorted inputs (every N-th) and appends to its own part,
+``manifest.rank<R>.jsonl``; after the last rank is done, rank 0 folds the parts into ``manifest.jsonl`` (in input
+order) and deletes them. Parts left by a killed run are folded in when the next run starts, so it resumes as usual.
+``OUT_DIR`` must be on a file system that every rank sees.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from semdir_edit import distributed
+from semdir_edit.checkpoint import atomic_write_bytes
 from semdir_edit.data.photo import check_regular_file, load_domain_image
 from semdir_edit.editing.directions import DirectionSpec, match_class, parse_direction, parse_eps, parse_layers
 from semdir_edit.editor import Editor, Failed, Inverted
@@ -38,13 +46,16 @@ from semdir_edit.errors import UserError
 from semdir_edit.imageio import save_grid
 from semdir_edit.inversion.invert import METHODS
 from semdir_edit.latents import latent_meta, save_latent
+from semdir_edit.writer import BackgroundWriter
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 MANIFEST = "manifest.jsonl"
+_PART = re.compile(r"^manifest\.rank(\d+)\.jsonl$")  # One rank's part of the manifest (torchrun).
 LOCK = ".semdir-batch.lock"
 MAX_FILE_BYTES = 1 << 30  # Inputs are read whole (hash and decode the same bytes); refuse absurd ones up front.
 # Temp files of checkpoint._temp_beside for our own outputs (".<name>.<random>.tmp"): what a SIGKILL leaves behind.
-_STALE_TEMP = re.compile(r"^\..+\.(edited\.png|strip\.png|latent\.safetensors)\.[^./]+\.tmp$")
+_STALE_TEMP = re.compile(r"^\..+\.(edited\.png|strip\.png|latent\.safetensors)\.[^./]+\.tmp$|"
+                         r"^\.manifest\.jsonl\.[^./]+\.tmp$")
 
 
 @dataclass
@@ -278,7 +289,7 @@ class Manifest:
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one record; raises UserError when the disk refuses (the run cannot go on without its log)."""
-        line = (json.dumps(record, sort_keys=False) + "\n").encode()
+        line = _line(record)
         try:
             view = memoryview(line)
             while view:
@@ -291,6 +302,66 @@ class Manifest:
     def close(self) -> None:
         """Close the file (every line is already on disk)."""
         os.close(self.fd)
+
+
+def manifest_part(rank: int) -> str:
+    """File name of rank ``rank``'s part of the manifest in a distributed run."""
+    return f"manifest.rank{rank}.jsonl"
+
+
+def merge_manifest_parts(out_dir: str | Path) -> int:
+    """Fold the ranks' parts of the manifest (``manifest.rank<R>.jsonl``) into ``manifest.jsonl``; delete them.
+
+    Their records are appended sorted by input path (then rank, then line), which is the order in which a single
+    process would have written them; torn and junk lines are dropped. The manifest is rewritten atomically (temp
+    file + rename) before the parts are deleted: a kill in between leaves the parts to be merged again, which
+    only repeats identical lines (the last line of a path counts). Returns the number of records merged.
+    Call it with the lock held.
+    """
+    out_dir = Path(out_dir)
+    try:
+        parts = sorted((int(m.group(1)), entry.path) for entry in os.scandir(out_dir)
+                       if (m := _PART.match(entry.name)) and entry.is_file())
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise UserError(f"cannot read {out_dir}: {exc.strerror or exc}") from None
+    if not parts:
+        return 0
+    records = [(rec["path"], r, i, rec) for r, part in parts for i, rec in enumerate(read_manifest_lines(part))]
+    records.sort(key=lambda t: t[:3])
+    path = out_dir / MANIFEST
+    try:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        data = data[:data.rfind(b"\n") + 1]  # A torn last line (a killed single-process run) is cut off.
+        if records:
+            atomic_write_bytes(path, data + b"".join(_line(rec) for *_, rec in records))
+        for _, part in parts:
+            os.unlink(part)
+    except OSError as exc:
+        raise UserError(f"cannot merge the manifest parts into {path}: {exc.strerror or exc}") from None
+    return len(records)
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    """One manifest line (the same bytes whether written by :class:`Manifest` or by a merge)."""
+    return (json.dumps(record, sort_keys=False) + "\n").encode()
+
+
+def _done_inputs(out_dir: Path, key: str) -> dict[str, str]:
+    """Relative path -> sha256 of the inputs the manifest says are done with options ``key`` (outputs present)."""
+    done: dict[str, str] = {}
+    for rec in read_manifest_lines(out_dir / MANIFEST):  # Later lines win: the last attempt counts.
+        ok = (rec.get("status") == "ok" and rec.get("options") == key and isinstance(rec.get("sha256"), str)
+              and all((out_dir / o).is_file() for o in rec.get("outputs") or []))
+        if ok:
+            done[rec["path"]] = rec["sha256"]
+        else:
+            done.pop(rec["path"], None)
+    return done
 
 
 def _lock(out_dir: Path) -> int:
@@ -412,7 +483,7 @@ def _edit_chunk(editor: Editor, items: list[LoadResult], opts: BatchOptions
                 ) -> Iterator[tuple[LoadResult, Inverted | None, torch.Tensor | None, str | None]]:
     """Invert, classify and edit loaded inputs on the device -> (item, inversion, edited (E, C, R, R), error)."""
     results = editor.invert(torch.stack([it.image for it in items]), method=opts.method, steps=opts.steps,
-                            names=[it.rel for it in items])
+                            names=[it.rel for it in items], perceptual=False)  # The manifest does not record it.
     edited: dict[int, torch.Tensor] = {}
     errors: dict[int, str] = {}
     by_class: dict[int, list[int]] = {}
@@ -420,8 +491,10 @@ def _edit_chunk(editor: Editor, items: list[LoadResult], opts: BatchOptions
         if isinstance(res, Failed):
             errors[i] = res.message
         else:
-            by_class.setdefault(res.class_index, []).append(i)
-    # Class and boundary directions depend on the class: one apply per class present in the chunk.
+            # Class and boundary directions depend on the class: one apply per class present in the chunk. Any
+            # other direction edits the whole chunk in one apply (grouped under the first image's class).
+            group = res.class_index if opts.direction.needs_class else next(iter(by_class), res.class_index)
+            by_class.setdefault(group, []).append(i)
     for class_index, members in by_class.items():
         ws = torch.stack([results[i].ws for i in members])
         try:
@@ -448,7 +521,8 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
     input is logged (``log``, default stderr) and recorded as an error; the run goes on. Raises UserError for what
     stops everything: a missing input folder, bad options, no images, another run holding ``out_dir``.
     workers: DataLoader processes that decode and convert images (None = 0 on CPU, up to 4 on a GPU).
-    Returns a summary: inputs, ok, errors, skipped, options (hash), manifest (path), seconds.
+    Under torchrun (see :mod:`semdir_edit.distributed`), call it on every rank: each edits its share of the inputs.
+    Returns a summary: inputs, ok, errors, skipped (over all ranks), options (hash), manifest (path), seconds.
     """
     t0 = time.perf_counter()
     say = log or (lambda message: tqdm.write(message, file=sys.stderr))
@@ -468,29 +542,39 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
     stems = output_stems(rels)
     suffix = "edited.png" if len(opts.eps) == 1 else "strip.png"
 
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
-    lock_fd = _lock(out_dir)
-    try:
-        _remove_stale_temps(out_dir)
-        done: dict[str, str] = {}
-        for rec in read_manifest_lines(out_dir / MANIFEST):  # Later lines win: the last attempt counts.
-            ok = (rec.get("status") == "ok" and rec.get("options") == key and isinstance(rec.get("sha256"), str)
-                  and all((out_dir / o).is_file() for o in rec.get("outputs") or []))
-            if ok:
-                done[rec["path"]] = rec["sha256"]
-            else:
-                done.pop(rec["path"], None)
-        manifest = Manifest(out_dir / MANIFEST)
+    lock_fd: int | None = None
+
+    def prepare() -> dict[str, str]:
+        # The only process, or rank 0 for all: take the lock, clean up after a killed run, read what is done.
+        nonlocal lock_fd
         try:
-            counts = _run(editor, in_dir, out_dir, rels, stems, suffix, opts, key, done, manifest, batch_size,
-                          workers, progress, say)
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from None
+        lock_fd = _lock(out_dir)
+        _remove_stale_temps(out_dir)
+        merge_manifest_parts(out_dir)  # Parts of a killed distributed run: their inputs are done.
+        return _done_inputs(out_dir, key)
+
+    world = distributed.world_size()
+    try:
+        done = distributed.main_first(prepare)
+        # Under torchrun each rank edits every world-th input into its own part of the manifest.
+        mine = distributed.shard(rels)
+        manifest = Manifest(out_dir / (MANIFEST if world == 1 else manifest_part(distributed.rank())))
+        try:
+            counts = _run(editor, in_dir, out_dir, mine, stems, suffix, opts, key, done, manifest, batch_size,
+                          workers, progress and distributed.is_main(), say)
         finally:
             manifest.close()
+        if world > 1:
+            distributed.barrier()  # Every part is complete.
+            if distributed.is_main():
+                merge_manifest_parts(out_dir)
+            counts = {k: sum(c[k] for c in distributed.all_gather_object(counts)) for k in counts}
     finally:
-        os.close(lock_fd)  # Closing releases the flock.
+        if lock_fd is not None:
+            os.close(lock_fd)  # Closing releases the flock.
     return {"inputs": len(rels), **counts, "options": key, "manifest": str(out_dir / MANIFEST),
             "seconds": time.perf_counter() - t0}
 
@@ -517,35 +601,47 @@ def _run(editor: Editor, in_dir: Path, out_dir: Path, rels: list[str], stems: di
             say(f"error: {record['error']}")
         tick()
 
+    def skip() -> None:
+        counts["skipped"] += 1
+        tick()
+
+    def write(item: LoadResult, res: Inverted, images: torch.Tensor) -> None:
+        stem = stems[item.rel]
+        # Outputs first (each atomic), the manifest line last: a line on disk means its outputs are complete.
+        edited_rel, latent_rel = f"{stem}.{suffix}", f"{stem}.latent.safetensors"
+        save_grid(out_dir / edited_rel, images, nrow=len(opts.eps), pad=2 if len(opts.eps) > 1 else 0)
+        save_latent(out_dir / latent_rel, res.ws, latent_meta(res, opts.weights_id))
+        finish(_record(item.rel, item.sha256, key, res=res, outputs=[edited_rel, latent_rel]))
+
+    # Every per-input ending (outputs, manifest line, counts, progress) runs on one writer thread, in input order,
+    # while the device works on the next chunk.
+    writer = BackgroundWriter(max_pending=2 * batch_size)
+
     def flush(chunk: list[LoadResult]) -> None:
         for item, res, images, error in _edit_chunk(editor, chunk, opts):
             if error is not None or res is None or images is None:
-                finish(_record(item.rel, item.sha256, key, error=error or f"{item.rel}: not edited", res=res))
+                writer.submit(finish, _record(item.rel, item.sha256, key, error=error or f"{item.rel}: not edited",
+                                              res=res))
                 continue
             res.notes = item.notes + res.notes
-            stem = stems[item.rel]
-            # Outputs first (each atomic), the manifest line last: a line on disk means its outputs are complete.
-            edited_rel, latent_rel = f"{stem}.{suffix}", f"{stem}.latent.safetensors"
-            save_grid(out_dir / edited_rel, images, nrow=len(opts.eps), pad=2 if len(opts.eps) > 1 else 0)
-            save_latent(out_dir / latent_rel, res.ws, latent_meta(res, opts.weights_id))
-            finish(_record(item.rel, item.sha256, key, res=res, outputs=[edited_rel, latent_rel]))
+            writer.submit(write, item, res, images)
 
     pending: list[LoadResult] = []
     try:
-        for records in loader:
-            for item in records:
-                if item.skipped:
-                    counts["skipped"] += 1
-                    tick()
-                elif item.error is not None:
-                    finish(_record(item.rel, item.sha256, key, error=item.error))
-                else:
-                    pending.append(item)
-            while len(pending) >= batch_size:
-                flush(pending[:batch_size])
-                pending = pending[batch_size:]
-        if pending:
-            flush(pending)
+        with writer:
+            for records in loader:
+                for item in records:
+                    if item.skipped:
+                        writer.submit(skip)
+                    elif item.error is not None:
+                        writer.submit(finish, _record(item.rel, item.sha256, key, error=item.error))
+                    else:
+                        pending.append(item)
+                while len(pending) >= batch_size:
+                    flush(pending[:batch_size])
+                    pending = pending[batch_size:]
+            if pending:
+                flush(pending)
     finally:
         bar.close()
     return counts

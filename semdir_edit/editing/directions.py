@@ -28,6 +28,11 @@ class DirectionSpec:
     k: int | None = None
     class_name: str | None = None
 
+    @property
+    def needs_class(self) -> bool:
+        """Whether the vector depends on the edited image's class (``class:k`` without ``@<class>``, ``to:<class>``)."""
+        return self.kind == "to" or (self.kind == "class" and self.class_name is None)
+
     def __str__(self) -> str:
         if self.kind == "to":
             return f"to:{self.class_name}"

@@ -99,16 +99,18 @@ def _check_images(G: Generator, x: torch.Tensor) -> tuple[torch.Tensor, torch.Te
 
 
 def _objective(G: Generator, x: torch.Tensor, ws: torch.Tensor, F: PerceptualLoss | None, E: Encoder | None,
-               lambda_perceptual: float, lambda_dom: float) -> tuple[torch.Tensor, Terms, torch.Tensor]:
+               lambda_perceptual: float, lambda_dom: float, F_target: list[torch.Tensor] | torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, Terms, torch.Tensor]:
     """Per-image objective (B,), its unweighted terms, and the reconstruction G(w) (B, C, R, R).
 
     ||x - G(w)||^2 + lambda_perceptual * F(x, G(w)) [+ lambda_dom * ||w - E(G(w))||^2 when E is given].
+    F_target: ``F.target(x)``, so that x's features are not recomputed at every step (None = compute them).
     """
     rec = G.synthesis(ws, noise_mode="const")                                   # (B, C, R, R)
     terms = {"pixel": (rec - x).square().mean(dim=(1, 2, 3))}
     loss = terms["pixel"]
     if F is not None:
-        terms["perceptual"] = F(x, rec)
+        terms["perceptual"] = F.distance(F_target if F_target is not None else F.target(x), rec)
         loss = loss + lambda_perceptual * terms["perceptual"]
     if E is not None:
         # The domain regulariser: w must be what the domain-guided encoder reads back from G(w).
@@ -132,10 +134,11 @@ def _run(method: str, G: Generator, x: torch.Tensor, finite_input: torch.Tensor,
     fail_step = torch.where(ok, -1, 0)                  # The step at which an image went bad; -1 = never.
     last_good = ws.detach().clone()
     curve, mse_curve = [], []
+    F_target = F.target(x) if F is not None else None  # x is fixed: its features are computed once.
     for step in range(steps + 1):
         last = step == steps
         with torch.set_grad_enabled(not last):
-            loss, terms, rec = _objective(G, x, ws, F, E_dom, lambda_perceptual, lambda_dom)
+            loss, terms, rec = _objective(G, x, ws, F, E_dom, lambda_perceptual, lambda_dom, F_target)
         # Flag images whose objective or code stopped being finite; keep their last finite code.
         finite = torch.isfinite(loss.detach()) & torch.isfinite(ws.detach()).flatten(1).all(dim=1)
         fail_step = torch.where(ok & ~finite, step, fail_step)

@@ -84,6 +84,34 @@ class PerceptualLoss(nn.Module):
         x0, x1 = self._to_rgb(x0), self._to_rgb(x1)
         return self.net(x0, x1).reshape(x0.shape[0])               # LPIPS returns (B, 1, 1, 1).
 
+    def target(self, x0: torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
+        """What :meth:`distance` needs of a fixed first image batch, computed once and without gradient.
+
+        An inversion compares every step's reconstruction with the same target: its feature maps need computing
+        only once. ``distance(target(x0), x1)`` equals ``forward(x0, x1)`` exactly (the same operations); the lpips
+        backbones keep the images (lpips has no entry point for precomputed features).
+        """
+        if x0.ndim != 4:
+            raise ValueError(f"need a (B, C, R, R) batch, got {tuple(x0.shape)}")
+        with torch.no_grad():
+            if self.backbone == "classifier":
+                return [lpips.normalize_tensor(f) for f in self.net.feature_maps(x0)]
+            return x0
+
+    def distance(self, target: list[torch.Tensor] | torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+        """(B,) distance from a :meth:`target` to images ``x1`` (B, C, R, R); differentiable in ``x1``."""
+        if self.backbone != "classifier":
+            return self(target, x1)
+        maps = self.net.feature_maps(x1)
+        if len(maps) != len(target) or maps[0].shape != target[0].shape:
+            raise ValueError(f"the target was made for batches of {tuple(target[0].shape)} features, got "
+                             f"{tuple(maps[0].shape)}")
+        # perceptual_distance's sum, term by term, with the target's side precomputed.
+        dist = x1.new_zeros(x1.shape[0])
+        for t0, f1 in zip(target, maps, strict=True):
+            dist = dist + (t0 - lpips.normalize_tensor(f1)).square().sum(dim=1).mean(dim=(1, 2))
+        return dist
+
     def _to_rgb(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)

@@ -4,12 +4,16 @@ Per step: sample w = mapping(z); the frozen classifier names the class c of G(w)
 (|eps| ~ U[eps_min, eps_max], random sign, in units of W's spread along the direction); shift w by
 A_G(eps e_k) and by A_c(eps e_k); the predictor must tell, from (G(w), G(w + shift)), which of the
 (N+1)*K directions moved the image (cross-entropy) and by how much (L1). G and C stay frozen.
+
+Under torchrun, the deformators and the predictor are wrapped in DistributedDataParallel;
+``train_directions.batch_size`` is the global batch, split over the processes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from semdir_edit import distributed
 from semdir_edit.checkpoint import (
     git_commit,
     load_model,
@@ -29,7 +34,14 @@ from semdir_edit.editing.baselines import sample_w, w_covariance
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.deformator import Deformators
 from semdir_edit.models.shift_predictor import ShiftPredictor, shift_predictor_loss
-from semdir_edit.training.common import RunFolder, TimeBudget, rng_state, seed_everything, set_rng_state
+from semdir_edit.training.common import (
+    RunFolder,
+    TimeBudget,
+    checkpoint_rng,
+    rng_state,
+    seed_everything,
+    start_rng,
+)
 
 
 class FrozenDirections(nn.Module):
@@ -47,13 +59,31 @@ class FrozenDirections(nn.Module):
         return self.directions[None]                                      # (1, w_dim, K): one set.
 
 
+class AllDirections(nn.Module):
+    """``forward()`` = ``deformators.all_directions()``: a forward for DistributedDataParallel to wrap (DDP
+    averages the gradients of what goes through its wrapper's forward)."""
+
+    def __init__(self, deformators: Deformators) -> None:
+        super().__init__()
+        self.deformators = deformators
+
+    def forward(self) -> torch.Tensor:
+        return self.deformators.all_directions()
+
+
 class DirectionLoss:
-    """The direction-discovery objective for one batch; knows nothing of optimisers."""
+    """The direction-discovery objective for one batch; knows nothing of optimisers.
+
+    ``all_directions``: how to get the (N+1, w_dim, K) directions (default ``deformators.all_directions``; under
+    torchrun the DDP wrapper of :class:`AllDirections`); ``predictor`` may be a DDP wrapper too.
+    """
 
     def __init__(self, G: Generator, C: Classifier, deformators: Deformators | FrozenDirections,
-                 predictor: ShiftPredictor, eps_range: tuple[float, float], shift_weight: float,
-                 train_global: bool = True, train_class: bool = True) -> None:
+                 predictor: ShiftPredictor | nn.Module, eps_range: tuple[float, float], shift_weight: float,
+                 train_global: bool = True, train_class: bool = True,
+                 all_directions: Callable[[], torch.Tensor] | None = None) -> None:
         self.G, self.C, self.deformators, self.predictor = G, C, deformators, predictor
+        self.all_directions = all_directions or deformators.all_directions
         self.eps_range, self.shift_weight = eps_range, shift_weight
         self.sets = [s for s, on in (("global", train_global), ("class", train_class)) if on]
         if not self.sets:
@@ -71,7 +101,7 @@ class DirectionLoss:
             w = G.mapping(torch.randn(batch_size, G.z_dim, device=device))
             img = G.synthesis(G.broadcast(w), noise_mode="const")
             c = self.C(img).argmax(1)                                     # Class of each sample.
-        directions = self.deformators.all_directions()                    # (N+1, w_dim, K)
+        directions = self.all_directions()                                # (N+1, w_dim, K)
         spreads = self.spread(directions)                                 # (N+1, K)
         set_index = torch.cat([torch.zeros_like(c) if s == "global" else c + 1 for s in self.sets])
         n = len(set_index)
@@ -94,9 +124,12 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
 
     global_only: Voynov & Babenko's original method (one deformator, one predictor head), the baseline of
     Kim & Lee; registered as ``deformators_voynov`` / ``shift_predictor_voynov``.
+    Under torchrun, call it on every rank (see :mod:`semdir_edit.training.common`).
     """
     dc = cfg.train_directions
-    run = RunFolder(run_dir)
+    main = distributed.is_main()
+    run = RunFolder(run_dir, writer=main)
+    batch = distributed.per_rank_batch(dc.batch_size, "train_directions.batch_size")
     seed_everything(dc.seed)
     G = load_model(weights_dir, "generator", device)
     C = load_model(weights_dir, "classifier", device)
@@ -111,35 +144,42 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     predictor = ShiftPredictor(pcfg).to(device)
     opt_d = torch.optim.Adam(deformators.parameters(), lr=dc.lr_deformator or dc.lr)
     opt_p = torch.optim.Adam(predictor.parameters(), lr=dc.lr)
-    loss_fn = DirectionLoss(G, C, deformators, predictor, (dc.eps_min, dc.eps_max), dc.shift_weight,
-                            train_class=not global_only)
-    step, seconds = 0, 0.0
+    # Under torchrun: gradients averaged over the ranks; the predictor's batch-norm statistics copied from rank 0.
+    loss_fn = DirectionLoss(G, C, deformators, distributed.ddp(predictor, device, broadcast_buffers=True),
+                            (dc.eps_min, dc.eps_max), dc.shift_weight, train_class=not global_only,
+                            all_directions=distributed.ddp(AllDirections(deformators), device))
+    step, seconds, state = 0, 0.0, None
     if resume and run.state_path.exists():
         state = load_training_state(run.state_path, device)
         for name, module in (("deformators", deformators), ("predictor", predictor), ("opt_d", opt_d),
                              ("opt_p", opt_p)):
             module.load_state_dict(state[name])
         step, seconds = int(state["step"]), float(state["seconds"])
-        set_rng_state(state["rng"])
+    start_rng(dc.seed, state, step)
     commit = git_commit()
-    run.write_options({"config": to_dict(cfg), "command": command, "git_commit": commit, "device": str(device),
-                       "resumed_at": step})
+    if main:
+        run.write_options({"config": to_dict(cfg), "command": command, "git_commit": commit, "device": str(device),
+                           "processes": distributed.world_size(), "resumed_at": step})
     total = dc.steps if max_steps is None else min(dc.steps, max_steps)
     budget = TimeBudget(time_limit_min)
     stats: dict[str, Any] = {}
-    bar = tqdm(total=total, initial=step, disable=not progress, desc="train directions", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, disable=not (progress and main), desc="train directions",
+               dynamic_ncols=True)
     t0 = time.monotonic()
 
-    def checkpoint() -> None:
-        save_training_state(run.state_path, {
-            "deformators": deformators.state_dict(), "predictor": predictor.state_dict(),
-            "opt_d": opt_d.state_dict(), "opt_p": opt_p.state_dict(),
-            "step": step, "seconds": seconds, "rng": rng_state()})
+    def checkpoint(gather: bool = True) -> None:
+        # gather=False (Ctrl-C, when the ranks may be anywhere): rank 0's stream only; the ranks restart theirs.
+        rng = checkpoint_rng() if gather else {"rng": rng_state()}
+        if main:
+            save_training_state(run.state_path, {
+                "deformators": deformators.state_dict(), "predictor": predictor.state_dict(),
+                "opt_d": opt_d.state_dict(), "opt_p": opt_p.state_dict(),
+                "step": step, "seconds": seconds, **rng})
 
     try:
         while step < total and not budget.exceeded():
             predictor.train()
-            loss, batch_stats = loss_fn(dc.batch_size)
+            loss, batch_stats = loss_fn(batch)
             opt_d.zero_grad(set_to_none=True)
             opt_p.zero_grad(set_to_none=True)
             loss.backward()
@@ -150,20 +190,22 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
             if step % 50 == 0 or step == total:
                 now = time.monotonic()
                 seconds, t0 = seconds + now - t0, now
-                stats = {"step": step, "seconds": round(seconds, 1), "loss": round(loss.item(), 4),
-                         **{k: round(v, 4) for k, v in batch_stats.items()}}
+                losses = distributed.mean({"loss": loss.item(), **batch_stats})  # Over all ranks.
+                stats = {"step": step, "seconds": round(seconds, 1), **{k: round(v, 4) for k, v in losses.items()}}
                 bar.set_postfix(acc=stats["accuracy"], ce=stats["ce"])
-                run.append_stats(stats)
+                if main:
+                    run.append_stats(stats)
             if step % dc.checkpoint_every == 0:
                 checkpoint()
     except KeyboardInterrupt:
-        checkpoint()
+        checkpoint(gather=False)
         raise
     bar.close()
     seconds += time.monotonic() - t0
     checkpoint()
-    if step >= dc.steps:
-        info = {"steps": step, "train_seconds": round(seconds), "device": str(device)}
+    if main and step >= dc.steps:
+        info = {"steps": step, "train_seconds": round(seconds), "device": str(device),
+                "processes": distributed.world_size()}
         suffix = "_voynov" if global_only else ""
         register_model(weights_dir, "deformators" + suffix, deformators, command=command, extra=info, commit=commit)
         register_model(weights_dir, "shift_predictor" + suffix, predictor, command=command, extra=info, commit=commit)

@@ -12,6 +12,9 @@ Hyper-parameters of genforce/idinvert (``train_encoder.py``, ``training/loss_enc
 and D, lr 1e-4 with exponential decay (rate 0.8 every steps/4, not staircase), lambda_adv = 0.08, R1 gamma = 10 every
 step, one E step then one D step per iteration; lambda_vgg rescaled for our F (see ``EncoderTrainConfig``).
 Everything runs in full precision: the reconstruction loss is what this network is for.
+
+Under torchrun, E and D are wrapped in DistributedDataParallel; ``train_encoder.batch_size`` is the global batch,
+split over the processes (so E's batch-norm statistics are per process, as usual with DDP).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from semdir_edit import distributed
 from semdir_edit.checkpoint import (
     git_commit,
     load_model,
@@ -40,7 +44,14 @@ from semdir_edit.imageio import save_grid
 from semdir_edit.inversion.perceptual import PerceptualLoss
 from semdir_edit.models import Discriminator, Generator
 from semdir_edit.models.encoder import Encoder
-from semdir_edit.training.common import RunFolder, TimeBudget, rng_state, seed_everything, set_rng_state
+from semdir_edit.training.common import (
+    RunFolder,
+    TimeBudget,
+    checkpoint_rng,
+    rng_state,
+    seed_everything,
+    start_rng,
+)
 
 KINDS = {"domain_guided": "encoder", "conventional": "encoder_conventional"}  # Training kind -> registered model kind.
 Stats = dict[str, torch.Tensor]  # Detached scalars, read (synchronising with the GPU) only when logged.
@@ -66,11 +77,15 @@ class DomainGuidedEncoderLoss:
     """Eq. 2/3 on real images: the encoder's and the discriminator's losses; knows nothing of optimisers.
 
     F: the perceptual network (per-image distances, averaged over the batch). G is frozen; D is trained.
+    ``E`` and ``D_train`` (default ``D``): what the forwards that train E and D go through (DDP wrappers under
+    torchrun); the encoder's loss runs the bare ``D``, which the trainer freezes for that step.
     """
 
-    def __init__(self, G: Generator, E: Encoder, D: Discriminator, F: PerceptualLoss, lambda_perceptual: float,
-                 lambda_adv: float, r1_gamma: float) -> None:
+    def __init__(self, G: Generator, E: Encoder | torch.nn.Module, D: Discriminator, F: PerceptualLoss,
+                 lambda_perceptual: float, lambda_adv: float, r1_gamma: float,
+                 D_train: torch.nn.Module | None = None) -> None:
         self.G, self.E, self.D, self.F = G, E, D, F
+        self.D_train = D_train or D
         self.lambda_perceptual, self.lambda_adv, self.r1_gamma = lambda_perceptual, lambda_adv, r1_gamma
 
     def encoder_loss(self, real: torch.Tensor) -> tuple[torch.Tensor, Stats, torch.Tensor]:
@@ -86,8 +101,8 @@ class DomainGuidedEncoderLoss:
     def discriminator_loss(self, real: torch.Tensor, x_rec: torch.Tensor) -> tuple[torch.Tensor, Stats]:
         """Logistic loss softplus(D(x_rec)) + softplus(-D(x)) + gamma/2 ||grad_x D(x)||^2 on real x (every step)."""
         real = real.detach().requires_grad_(self.r1_gamma > 0)
-        real_logits = self.D(real)
-        loss = F.softplus(self.D(x_rec)).mean() + F.softplus(-real_logits).mean()
+        real_logits = self.D_train(real)
+        loss = F.softplus(self.D_train(x_rec)).mean() + F.softplus(-real_logits).mean()
         stats = {"loss_D": loss.detach()}
         if self.r1_gamma > 0:
             (grad,) = torch.autograd.grad(real_logits.sum(), real, create_graph=True)
@@ -119,16 +134,20 @@ def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, dev
         (Eq. 1, generated pairs; needs the generator; registered as "encoder_conventional").
     Resumable like ``train_gan``: ``training-state.pt`` in ``run_dir`` every ``checkpoint_every`` steps, on Ctrl-C
     and at the time limit; ``resume=True`` continues from it. ``max_steps`` stops early (no registration).
-    Returns the last logged stats.
+    Under torchrun, call it on every rank (see :mod:`semdir_edit.training.common`). Returns the last logged stats.
     """
     if kind not in KINDS:
         raise UserError(f"unknown encoder training kind '{kind}' (use {', '.join(KINDS)})")
     tc = cfg.train_encoder
-    run = RunFolder(run_dir)
+    main = distributed.is_main()
+    run = RunFolder(run_dir, writer=main)
+    batch = distributed.per_rank_batch(tc.batch_size, "train_encoder.batch_size")
     seed_everything(tc.seed)
     domain_guided = kind == "domain_guided"
     G = load_model(weights_dir, "generator", device)                           # Frozen, eval mode.
     E = Encoder(encoder_config(cfg.encoder, G), w_avg=G.mapping.w_avg).to(device).train()
+    # Under torchrun: gradients averaged over the ranks; batch-norm running statistics copied from rank 0.
+    E_train = distributed.ddp(E, device, broadcast_buffers=True)
     betas = (0.9, 0.99)
     opt_E = torch.optim.Adam(E.parameters(), lr=tc.lr, betas=betas, eps=1e-8)
     D = opt_D = None
@@ -138,17 +157,17 @@ def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, dev
         opt_D = torch.optim.Adam(D.parameters(), lr=tc.lr, betas=betas, eps=1e-8)
         C = load_model(weights_dir, "classifier", device) if tc.perceptual == "classifier" else None
         loss: ConventionalEncoderLoss | DomainGuidedEncoderLoss = DomainGuidedEncoderLoss(
-            G, E, D, PerceptualLoss(C, backbone=tc.perceptual).to(device), tc.lambda_perceptual, tc.lambda_adv,
-            tc.r1_gamma)
+            G, E_train, D, PerceptualLoss(C, backbone=tc.perceptual).to(device), tc.lambda_perceptual, tc.lambda_adv,
+            tc.r1_gamma, D_train=distributed.ddp(D, device))
         sample_x = to_float(images[:16])                                       # Fixed real images to reconstruct.
     else:
-        loss = ConventionalEncoderLoss(G, E, device)
+        loss = ConventionalEncoderLoss(G, E_train, device)
         with torch.no_grad():
             z = torch.randn(16, G.z_dim, generator=torch.Generator().manual_seed(tc.seed)).to(device)
             sample_x = G.synthesis(G.broadcast(G.mapping(z)), noise_mode="const")
     generator_id = weights_id(weights_dir)
 
-    step, seconds = 0, 0.0
+    step, seconds, state = 0, 0.0, None
     if resume and run.state_path.exists():
         state = load_training_state(run.state_path, device)
         if state.get("kind") != kind or state.get("generator_id") != generator_id:
@@ -160,14 +179,20 @@ def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, dev
             D.load_state_dict(state["D"])
             opt_D.load_state_dict(state["opt_D"])
         step, seconds = int(state["step"]), float(state["seconds"])
-        set_rng_state(state["rng"])
+    start_rng(tc.seed, state, step)
     commit = git_commit()
-    run.write_options({"config": to_dict(cfg), "kind": kind, "weights_dir": str(weights_dir), "command": command,
-                       "git_commit": commit, "device": str(device), "resumed_at": step})
+    if main:
+        run.write_options({"config": to_dict(cfg), "kind": kind, "weights_dir": str(weights_dir),
+                           "command": command, "git_commit": commit, "device": str(device),
+                           "processes": distributed.world_size(), "resumed_at": step})
 
-    def checkpoint() -> None:
+    def checkpoint(gather: bool = True) -> None:
+        # gather=False (Ctrl-C, when the ranks may be anywhere): rank 0's stream only; the ranks restart theirs.
+        rng = checkpoint_rng() if gather else {"rng": rng_state()}
+        if not main:
+            return
         state = {"kind": kind, "generator_id": generator_id, "E": E.state_dict(), "opt_E": opt_E.state_dict(),
-                 "step": step, "seconds": seconds, "rng": rng_state()}
+                 "step": step, "seconds": seconds, **rng}
         if domain_guided:
             state.update(D=D.state_dict(), opt_D=opt_D.state_dict())
         save_training_state(run.state_path, state)
@@ -183,7 +208,8 @@ def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, dev
     total = tc.steps if max_steps is None else min(tc.steps, max_steps)
     decay_steps = tc.lr_decay_steps or max(tc.steps // 4, 1)
     budget = TimeBudget(time_limit_min)
-    bar = tqdm(total=total, initial=step, disable=not progress, desc=f"train encoder ({kind})", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, disable=not (progress and main), desc=f"train encoder ({kind})",
+               dynamic_ncols=True)
     stats: dict[str, Any] = {}
     t0 = time.monotonic()
     try:
@@ -196,11 +222,11 @@ def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, dev
 
             # E step.
             if domain_guided:
-                real = to_float(images[torch.randint(len(images), (tc.batch_size,), device=device)])
+                real = to_float(images[torch.randint(len(images), (batch,), device=device)])
                 D.requires_grad_(False)                 # D is only a critic here: no gradients into it.
                 e_loss, step_stats, x_rec = loss.encoder_loss(real)
             else:
-                e_loss, step_stats = loss.encoder_loss(tc.batch_size)
+                e_loss, step_stats = loss.encoder_loss(batch)
             opt_E.zero_grad(set_to_none=True)
             e_loss.backward()
             opt_E.step()
@@ -220,24 +246,27 @@ def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, dev
                 now = time.monotonic()
                 seconds += now - t0
                 t0 = now
+                losses = distributed.mean({k: v.item() for k, v in step_stats.items()})  # Over all ranks.
                 stats = {"step": step, "kimg": step * tc.batch_size / 1000, "seconds": round(seconds, 1),
-                         "lr": lr, **{k: round(v.item(), 5) for k, v in step_stats.items()}}
+                         "lr": lr, **{k: round(v, 5) for k, v in losses.items()}}
                 bar.set_postfix(E=stats["loss_E"])
-                run.append_stats(stats)
-            if step % tc.sample_every == 0 or step == total:
+                if main:
+                    run.append_stats(stats)
+            if main and (step % tc.sample_every == 0 or step == total):
                 save_samples()
             if step % tc.checkpoint_every == 0:
                 checkpoint()
     except KeyboardInterrupt:
-        checkpoint()
+        checkpoint(gather=False)
         bar.close()
         raise
     bar.close()
     seconds += time.monotonic() - t0
     checkpoint()
-    if step >= tc.steps:
+    if main and step >= tc.steps:
         E.eval()
         info = {"training": kind, "steps": step, "kimg": step * tc.batch_size / 1000,
-                "train_seconds": round(seconds), "device": str(device), "generator_id": generator_id}
+                "train_seconds": round(seconds), "device": str(device), "generator_id": generator_id,
+                "processes": distributed.world_size()}
         register_model(weights_dir, KINDS[kind], E, command=command, extra=info, commit=commit)
     return {**stats, "step": step, "seconds": round(seconds, 1), "finished": step >= tc.steps}

@@ -3,6 +3,9 @@
 Karras et al., "Analyzing and Improving the Image Quality of StyleGAN" (CVPR 2020); lazy
 regularisation and the EMA schedule follow NVlabs/stylegan2-ada-pytorch. Path-length
 regularisation is left out: at 32x32 it costs more than it gives.
+
+Under torchrun, G's mapping and synthesis networks and D are each wrapped in DistributedDataParallel (as
+stylegan2-ada-pytorch does); ``train_gan.batch_size`` is the global batch, split over the processes.
 """
 
 from __future__ import annotations
@@ -16,13 +19,21 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from semdir_edit import distributed
 from semdir_edit.checkpoint import git_commit, load_training_state, register_model, save_training_state
 from semdir_edit.config import Config, to_dict
 from semdir_edit.data import load_split
 from semdir_edit.device import autocast
 from semdir_edit.imageio import save_grid
 from semdir_edit.models import Discriminator, Generator
-from semdir_edit.training.common import RunFolder, TimeBudget, rng_state, seed_everything, set_rng_state
+from semdir_edit.training.common import (
+    RunFolder,
+    TimeBudget,
+    checkpoint_rng,
+    rng_state,
+    seed_everything,
+    start_rng,
+)
 
 
 def make_augment(enabled: bool) -> torch.nn.Module:
@@ -39,24 +50,38 @@ def make_augment(enabled: bool) -> torch.nn.Module:
 
 
 class StyleGAN2Loss:
-    """Computes the G and D losses for one batch; knows nothing of optimisers."""
+    """Computes the G and D losses for one batch; knows nothing of optimisers.
+
+    ``mapping``, ``synthesis``, ``D_train``: what the forwards that train G and D go through - under torchrun the
+    DDP wrappers of ``G.mapping``, ``G.synthesis`` and ``D`` (default: the networks themselves). G's loss runs the
+    bare ``D``, which the trainer freezes for that step.
+    """
 
     def __init__(self, G: Generator, D: Discriminator, augment: torch.nn.Module, r1_gamma: float,
-                 mixing_prob: float, device: torch.device) -> None:
+                 mixing_prob: float, device: torch.device, *, mapping: torch.nn.Module | None = None,
+                 synthesis: torch.nn.Module | None = None, D_train: torch.nn.Module | None = None) -> None:
         self.G, self.D, self.augment = G, D, augment
         self.r1_gamma, self.mixing_prob, self.device = r1_gamma, mixing_prob, device
+        self.mapping = mapping or G.mapping
+        self.synthesis = synthesis or G.synthesis
+        self.D_train = D_train or D
 
     def run_G(self, z: torch.Tensor, update_w_avg: bool) -> torch.Tensor:
-        ws = self.G.broadcast(self.G.mapping(z, update_w_avg=update_w_avg))
-        # Style mixing regularisation: from a random layer on, styles come from a second code.
-        if self.mixing_prob > 0 and torch.rand(()) < self.mixing_prob:
+        ws = self.G.broadcast(self.mapping(z, update_w_avg=update_w_avg))
+        # Style mixing regularisation: with probability mixing_prob the styles from a random layer on come from a
+        # second code. That code is mapped on every step, mixed or not (as stylegan2-ada-pytorch does): under DDP
+        # every rank must run the same forwards, whatever its own random draws.
+        if self.mixing_prob > 0:
             cutoff = int(torch.randint(1, self.G.num_ws, ()))
-            ws2 = self.G.broadcast(self.G.mapping(torch.randn_like(z)))
+            if torch.rand(()) >= self.mixing_prob:
+                cutoff = self.G.num_ws  # No mixing this time.
+            ws2 = self.G.broadcast(self.mapping(torch.randn_like(z)))
             ws = self.G.mix_styles(ws, ws2, cutoff)
-        return self.G.synthesis(ws)
+        return self.synthesis(ws)
 
-    def run_D(self, img: torch.Tensor) -> torch.Tensor:
-        return self.D(self.augment(img)).float()
+    def run_D(self, img: torch.Tensor, train: bool = False) -> torch.Tensor:
+        """D's logits for ``img`` (augmented); ``train``: through ``D_train``, for a loss that trains D."""
+        return (self.D_train if train else self.D)(self.augment(img)).float()
 
     def generator_loss(self, batch_size: int) -> torch.Tensor:
         with autocast(self.device):
@@ -67,13 +92,15 @@ class StyleGAN2Loss:
         with torch.no_grad(), autocast(self.device):
             fake = self.run_G(torch.randn(real.shape[0], self.G.z_dim, device=self.device), update_w_avg=False)
         with autocast(self.device):
-            return F.softplus(self.run_D(fake)).mean() + F.softplus(-self.run_D(real)).mean()
+            return F.softplus(self.run_D(fake, train=True)).mean() + F.softplus(-self.run_D(real, train=True)).mean()
 
     def r1_penalty(self, real: torch.Tensor) -> torch.Tensor:
         """gamma/2 * E ||grad_x D(x)||^2 on real images (Mescheder et al. 2018), in full precision."""
         real = real.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(self.run_D(real).sum(), real, create_graph=True)
-        return grad.square().sum(dim=(1, 2, 3)).mean() * (self.r1_gamma / 2)
+        logits = self.run_D(real, train=True)
+        (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+        # + 0 * logits: the penalty alone gives D's last bias no gradient, and DDP waits for every parameter's.
+        return grad.square().sum(dim=(1, 2, 3)).mean() * (self.r1_gamma / 2) + logits.sum() * 0
 
 
 @torch.no_grad()
@@ -91,10 +118,12 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
 
     Resumable: a checkpoint (``training-state.pt``) is written every ``checkpoint_every`` steps, on
     Ctrl-C and when the time limit is reached; ``resume=True`` continues from it.
-    Returns the last logged stats.
+    Under torchrun, call it on every rank (see :mod:`semdir_edit.training.common`). Returns the last logged stats.
     """
     tc = cfg.train_gan
-    run = RunFolder(run_dir)
+    main = distributed.is_main()
+    run = RunFolder(run_dir, writer=main)
+    batch = distributed.per_rank_batch(tc.batch_size, "train_gan.batch_size")
     seed_everything(tc.seed)
     data = load_split(cfg.data, "train", data_dir)
     images = data.images.to(device)
@@ -105,35 +134,43 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
     # Lazy R1 is applied every r1_interval steps: rescale D's Adam so the effective schedule matches.
     c = tc.r1_interval / (tc.r1_interval + 1) if tc.r1_gamma > 0 else 1.0
     opt_D = torch.optim.Adam(D.parameters(), lr=tc.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
-    loss = StyleGAN2Loss(G, D, make_augment(tc.augment).to(device), tc.r1_gamma, tc.mixing_prob, device)
 
-    step, seconds = 0, 0.0
+    step, seconds, state = 0, 0.0, None
     if resume and run.state_path.exists():
         state = load_training_state(run.state_path, device)
         for name, module in (("G", G), ("D", D), ("G_ema", G_ema), ("opt_G", opt_G), ("opt_D", opt_D)):
             module.load_state_dict(state[name])
         step, seconds = int(state["step"]), float(state["seconds"])
-        set_rng_state(state["rng"])
+    start_rng(tc.seed, state, step)
+    # Under torchrun: gradients averaged over the ranks. The mapping network's w_avg (a running mean that each
+    # rank updates from its own codes) is copied from rank 0 before each of its forwards.
+    loss = StyleGAN2Loss(G, D, make_augment(tc.augment).to(device), tc.r1_gamma, tc.mixing_prob, device,
+                         mapping=distributed.ddp(G.mapping, device, broadcast_buffers=True),
+                         synthesis=distributed.ddp(G.synthesis, device), D_train=distributed.ddp(D, device))
     commit = git_commit()
-    run.write_options({"config": to_dict(cfg), "command": command, "git_commit": commit, "device": str(device),
-                       "resumed_at": step})
+    if main:
+        run.write_options({"config": to_dict(cfg), "command": command, "git_commit": commit, "device": str(device),
+                           "processes": distributed.world_size(), "resumed_at": step})
 
-    def checkpoint() -> None:
-        save_training_state(run.state_path, {
-            "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-            "step": step, "seconds": seconds, "rng": rng_state()})
+    def checkpoint(gather: bool = True) -> None:
+        # gather=False (Ctrl-C, when the ranks may be anywhere): rank 0's stream only; the ranks restart theirs.
+        rng = checkpoint_rng() if gather else {"rng": rng_state()}
+        if main:
+            save_training_state(run.state_path, {
+                "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+                "step": step, "seconds": seconds, **rng})
 
     total = tc.steps if max_steps is None else min(tc.steps, max_steps)
     sample_z = torch.randn(64, G.z_dim, generator=torch.Generator().manual_seed(tc.seed)).to(device)
     budget = TimeBudget(time_limit_min)
-    bar = tqdm(total=total, initial=step, disable=not progress, desc="train gan", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, disable=not (progress and main), desc="train gan", dynamic_ncols=True)
     stats: dict[str, Any] = {}
     t0 = time.monotonic()
     try:
         while step < total and not budget.exceeded():
             # D step (logistic loss), with lazy R1 every r1_interval steps.
-            real = (images[torch.randint(len(images), (tc.batch_size,), device=device)].float() / 127.5 - 1)
+            real = (images[torch.randint(len(images), (batch,), device=device)].float() / 127.5 - 1)
             d_loss = loss.discriminator_loss(real)
             opt_D.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -145,13 +182,16 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
                 r1.backward()
                 opt_D.step()
 
-            # G step (non-saturating loss, style mixing).
-            g_loss = loss.generator_loss(tc.batch_size)
+            # G step (non-saturating loss, style mixing); D is only a critic here.
+            D.requires_grad_(False)
+            g_loss = loss.generator_loss(batch)
             opt_G.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_G.step()
+            D.requires_grad_(True)
 
-            # Update EMA of G; its half-life ramps up with the images seen.
+            # Update EMA of G (from the bare G, identical on every rank); its half-life ramps up with the images
+            # seen (tc.batch_size: the global batch).
             ema_nimg = tc.ema_kimg * 1000
             if tc.ema_rampup > 0:
                 ema_nimg = min(ema_nimg, (step + 1) * tc.batch_size * tc.ema_rampup)
@@ -163,28 +203,30 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
                 now = time.monotonic()
                 seconds += now - t0
                 t0 = now
-                stats = {"step": step, "kimg": step * tc.batch_size / 1000, "seconds": round(seconds, 1),
-                         "loss_G": round(g_loss.item(), 4), "loss_D": round(d_loss.item(), 4)}
+                losses = {"loss_G": g_loss.item(), "loss_D": d_loss.item()}
                 if r1 is not None:
-                    stats["r1"] = round(r1.item(), 4)
+                    losses["r1"] = r1.item()
+                stats = {"step": step, "kimg": step * tc.batch_size / 1000, "seconds": round(seconds, 1),
+                         **{k: round(v, 4) for k, v in distributed.mean(losses).items()}}
                 bar.set_postfix(G=stats["loss_G"], D=stats["loss_D"])
-                run.append_stats(stats)
-            if step % tc.sample_every == 0 or step == total:
+                if main:
+                    run.append_stats(stats)
+            if main and (step % tc.sample_every == 0 or step == total):
                 with torch.no_grad():
                     save_grid(run.path / "samples" / f"step-{step:07d}.png",
                               G_ema(sample_z, noise_mode="const"), nrow=8, scale=2)
             if step % tc.checkpoint_every == 0:
                 checkpoint()
     except KeyboardInterrupt:
-        checkpoint()
+        checkpoint(gather=False)
         bar.close()
         raise
     bar.close()
     seconds += time.monotonic() - t0
     checkpoint()
-    if step >= tc.steps and weights_dir is not None:
+    if main and step >= tc.steps and weights_dir is not None:
         info = {"steps": step, "kimg": step * tc.batch_size / 1000, "train_seconds": round(seconds),
-                "device": str(device)}
+                "device": str(device), "processes": distributed.world_size()}
         register_model(weights_dir, "generator", G_ema, command=command, extra=info, commit=commit)
         register_model(weights_dir, "discriminator", D, command=command, extra=info, commit=commit)
     return {**stats, "step": step, "seconds": round(seconds, 1), "finished": step >= tc.steps}
