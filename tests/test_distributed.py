@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,6 +66,44 @@ def test_single_process_helpers_are_no_ops(monkeypatch):
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     with pytest.raises(UserError, match="b = 8 is the global batch and must be a multiple of the number of proc"):
         distributed.per_rank_batch(8, "b")
+
+
+def _collectives_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """One of two gloo processes (spawned by the test below): the helpers' answers, written to out_dir/<rank>."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        got: dict = {"rank": distributed.rank(), "main": distributed.is_main(),
+                     "value": distributed.main_first(lambda: {"from": distributed.rank()}),
+                     "any": distributed.any_true(rank == 1), "mean": distributed.mean({"a": float(rank)}),
+                     "gathered": distributed.all_gather_object(rank * 10),
+                     "shard": distributed.shard(list("abcde"))}
+
+        def refuse() -> None:
+            raise UserError("in use by another batch run")
+
+        try:
+            distributed.main_first(refuse)  # Raised on rank 0 only: every rank must stop with it, none wait.
+        except UserError as exc:
+            got["error"] = str(exc)
+        with pytest.raises(UserError, match="must be a multiple"):
+            distributed.per_rank_batch(3, "b")
+        got["per_rank"] = distributed.per_rank_batch(8, "b")
+        Path(out_dir, str(rank)).write_text(json.dumps(got))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_collectives_with_two_gloo_processes(tmp_path):
+    torch.multiprocessing.spawn(_collectives_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    got = [json.loads((tmp_path / str(r)).read_text()) for r in (0, 1)]
+    for r, g in enumerate(got):
+        assert (g["rank"], g["main"], g["per_rank"]) == (r, r == 0, 4)
+        assert g["value"] == {"from": 0} and g["any"] is True and g["mean"] == {"a": 0.5}
+        assert g["gathered"] == [0, 10] and g["error"] == "in use by another batch run"
+    assert got[0]["shard"] == ["a", "c", "e"] and got[1]["shard"] == ["b", "d"]
 
 
 def test_rng_streams_per_rank_and_from_checkpoints():
