@@ -1,0 +1,74 @@
+"""Output writing on a background thread, so that PNG encoding and fsync overlap the next batch's network work.
+
+Jobs run one at a time in the order they were submitted, so whatever order the caller relies on (a batch item's
+outputs before its manifest line, manifest lines in input order) holds as if they ran inline. File writes and
+fsync release the GIL, so on a CPU the writer mostly waits on the disk while the networks compute.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
+from typing import Any
+
+
+class BackgroundWriter:
+    """Run ``submit``-ted jobs in order on one thread; the first job's exception is re-raised in the caller.
+
+    After a job fails, the jobs behind it are skipped (as if the loop had stopped there) and the exception comes
+    back from the next :meth:`submit` or from :meth:`close`. At most ``max_pending`` jobs wait at a time: a caller
+    that gets ahead blocks until the oldest one is done, so memory stays bounded.
+
+        with BackgroundWriter() as writer:
+            for item in items:
+                writer.submit(save, item)
+    """
+
+    def __init__(self, max_pending: int = 256) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semdir-writer")
+        self._pending: deque[Future] = deque()
+        self._max_pending = max(1, max_pending)
+        self._failed = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue ``fn(*args, **kwargs)``; raises the exception of an earlier job that failed."""
+        self._collect(wait_for=len(self._pending) - self._max_pending + 1)
+        self._pending.append(self._pool.submit(self._guarded, fn, args, kwargs))
+
+    def close(self) -> None:
+        """Wait for every queued job; raises the first failure. Idempotent."""
+        try:
+            self._collect(wait_for=len(self._pending))
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def _guarded(self, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+        if self._failed:
+            return None  # A job before this one failed: the caller stops here, so must the writes.
+        try:
+            return fn(*args, **kwargs)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _collect(self, wait_for: int) -> None:
+        """Take finished jobs off the queue (the oldest ``wait_for`` even if that means waiting); re-raise errors."""
+        while self._pending and (wait_for > 0 or self._pending[0].done()):
+            self._pending.popleft().result()
+            wait_for -= 1
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # The caller is failing already: let the queued jobs finish (they are complete items), keep its exception.
+        try:
+            self.close()
+        except BaseException:  # noqa: BLE001, S110 — the caller's exception is the one to report.
+            pass
