@@ -525,6 +525,29 @@ def ui_cmd(
     serve(weights, host=host, port=port, device=device, method=method, data_dir=data_dir)
 
 
+@app.command("bench")
+def bench_cmd(
+    weights: Path = WeightsOpt,
+    device: str = DeviceOpt,
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
+    quick: bool = typer.Option(False, "--quick", help="Tiny sizes: checks that everything runs, measures nothing."),
+    direction: str | None = typer.Option(None, "--direction", "-d", help="Edit of apply and batch "
+                                         "(default global:0, or pca:0 without deformators)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads (default: torch's)."),
+    amp: bool = typer.Option(False, "--amp", help="bfloat16 autocast on both sides (CUDA only)."),
+) -> None:
+    """Images/s of generator, encoder, in-domain inversion, apply and batch, each against its compute floor."""
+    from semdir_edit.device import resolve_device
+    from semdir_edit.evaluation.bench import format_table, run_bench
+
+    figures = run_bench(weights, resolve_device(device), quick=quick, direction=direction, amp=amp, threads=threads,
+                        log=lambda m: typer.echo(m, err=True))
+    typer.echo(format_table(figures))
+    if "ui_edit_ms" not in figures:
+        typer.echo(f"ui: {figures['ui']}")
+    write_json(json_out, figures)
+
+
 def main() -> None:
     """Console-script entry: run the app, turning user errors into one line and exit code 2."""
     for stream in (sys.stdout, sys.stderr):  # File names that are not UTF-8 must print, not crash.

@@ -1,0 +1,154 @@
+"""`semdir-edit bench` in quick mode on tiny weights (every figure present and sane; no speed asserted), and the
+pieces the speed work added: the background writer, batched apply from latent files, and the perceptual target."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from semdir_edit.checkpoint import load_model, register_model
+from semdir_edit.config import EncoderConfig, load_config
+from semdir_edit.editing.apply import apply_files
+from semdir_edit.editor import Editor
+from semdir_edit.errors import UserError
+from semdir_edit.evaluation.bench import TASKS, format_table, run_bench, targets_met
+from semdir_edit.imageio import make_grid
+from semdir_edit.inversion.perceptual import PerceptualLoss
+from semdir_edit.latents import save_latent
+from semdir_edit.models.encoder import Encoder
+from semdir_edit.writer import BackgroundWriter
+
+from .conftest import ROOT, make_edit_weights
+
+ENV_THREADS = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    """The tiny editing weights plus a (random) domain-guided encoder: everything the bench runs."""
+    path = make_edit_weights(tmp_path_factory.mktemp("bench-w"), bank_samples=200)
+    G = load_model(path, "generator")
+    cfg = load_config(ROOT / "configs" / "tiny.yaml")
+    E = Encoder(EncoderConfig(channels=cfg.encoder.channels, num_ws=G.num_ws, w_dim=G.w_dim), w_avg=G.mapping.w_avg)
+    register_model(path, "encoder", E, command="test")
+    return path
+
+
+def check_figures(figures: dict) -> None:
+    for task in TASKS:
+        for key in (f"{task}_per_s", f"{task}_floor_per_s", f"{task}_floor_ratio"):
+            assert isinstance(figures[key], float) and math.isfinite(figures[key]) and figures[key] > 0, key
+        assert figures[f"{task}_floor_ratio"] < 100  # Sane: the project's path is never 100x its floor.
+    assert math.isfinite(figures["invert_s_per_image"]) and figures["invert_s_per_image"] > 0
+    assert figures["peak_mem_mb"] > 0 and math.isfinite(figures["peak_mem_mb"])
+    assert figures["device"] == "cpu" and figures["threads"] >= 1 and figures["torch_version"] == torch.__version__
+    assert figures["direction"] == "pca:0"  # The tiny weights have no deformators.
+    if "ui_edit_ms" in figures:
+        assert figures["ui_edit_ms"] > 0
+    else:
+        assert figures["ui"] != "measured"
+
+
+def test_quick_bench_reports_every_figure(weights):
+    figures = run_bench(weights, "cpu", quick=True)
+    check_figures(figures)
+    json.dumps(figures, allow_nan=False)  # Flat and JSON-able.
+    table = format_table(figures)
+    for task in TASKS:
+        assert task in table
+    assert set(targets_met(figures)) == {"invert", "apply", "batch"}
+    for task, met in targets_met(figures).items():
+        assert ("met" if met else "NOT MET") in next(line for line in table.splitlines() if line.startswith(task))
+
+
+def test_bench_cli_writes_json(weights, tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "semdir_edit", "bench", "--weights", str(weights), "--device", "cpu",
+                             "--quick", "--threads", "1", "--json", str(out)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, **ENV_THREADS})
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    check_figures(figures)
+    assert figures["threads"] == 1
+    assert "batch" in result.stdout and "ratio" in result.stdout
+
+
+def test_bench_refuses_a_missing_direction(weights):
+    with pytest.raises(UserError, match="deformators"):
+        run_bench(weights, "cpu", quick=True, direction="global:0")
+
+
+# ----------------------------------------------------------------------------------------------- what the fixes added
+
+def test_background_writer_keeps_order_and_reports_the_first_failure():
+    done: list[int] = []
+
+    def job(i: int) -> None:
+        time.sleep(0.001 * (i % 3))
+        done.append(i)
+
+    with BackgroundWriter(max_pending=4) as writer:
+        for i in range(20):
+            writer.submit(job, i)
+    assert done == list(range(20))
+
+    ran: list[int] = []
+
+    def failing(i: int) -> None:
+        if i == 3:
+            raise UserError("disk full")
+        ran.append(i)
+
+    writer = BackgroundWriter(max_pending=2)
+    with pytest.raises(UserError, match="disk full"):
+        for i in range(10):
+            writer.submit(failing, i)
+        writer.close()
+    writer.close()  # Idempotent once failed.
+    assert ran == [0, 1, 2]  # Nothing after the failed job ran.
+    assert not any(t.name.startswith("semdir-writer") and t.is_alive() for t in threading.enumerate())
+
+
+def test_apply_files_writes_what_editor_apply_gives(weights, tmp_path):
+    editor = Editor.from_pretrained(weights, "cpu")
+    gen = torch.Generator().manual_seed(0)
+    ws = editor.G.broadcast(editor.G.mapping(torch.randn(5, editor.G.z_dim, generator=gen))).detach()
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / "lat" / f"im{i}.latent.safetensors")
+        save_latent(paths[-1], ws[i], {"weights_id": editor.weights_id, "class_index": i % 2})
+    written = apply_files(editor, paths, tmp_path / "out", "pca:1", eps=[-1.0, 2.0], batch_size=2, scale=1)
+    assert written == [tmp_path / "out" / f"im{i}.png" for i in range(5)]
+    expected = editor.apply(ws, "pca:1", [-1.0, 2.0], class_index=0)
+    for i, path in enumerate(written):
+        png = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(png, make_grid(expected[i], nrow=2, pad=2))
+    with pytest.raises(UserError, match="not found"):
+        apply_files(editor, [tmp_path / "missing.latent.safetensors"], tmp_path / "out", "pca:0")
+
+
+def test_perceptual_target_gives_exactly_the_distance(weights):
+    C = load_model(weights, "classifier")
+    F = PerceptualLoss(C)
+    torch.manual_seed(0)
+    x0, x1 = torch.rand(4, 1, 32, 32) * 2 - 1, (torch.rand(4, 1, 32, 32) * 2 - 1).requires_grad_(True)
+    target = F.target(x0)
+    assert all(not t.requires_grad for t in target)
+    d = F.distance(target, x1)
+    assert torch.equal(d, F(x0, x1))
+    (grad,) = torch.autograd.grad(d.sum(), x1)
+    (expected,) = torch.autograd.grad(F(x0, x1).sum(), x1)
+    assert torch.equal(grad, expected)
+    with pytest.raises(ValueError, match="target"):
+        F.distance(target, x1[:2])
