@@ -323,3 +323,37 @@ def test_full_disk_stops_batch_cleanly_and_the_rerun_resumes(weights, small_disk
     assert f"{12 - len(done)} ok, 0 errors, {len(done)} skipped" in _text(again.stdout)
     lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["path"] for r in lines) == [f"img{i:02d}.png" for i in range(12)]  # Nothing done twice.
+
+
+@pytest.mark.parametrize("command", ["invert", "batch"])
+def test_ctrl_c_mid_run_is_one_line_and_leaves_only_complete_outputs(weights, command, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for i in range(40):
+        img = np.zeros((28, 28), np.uint8)
+        img[3 + i % 7:24, 5:18 + i % 6] = 90 + 4 * i
+        cv2.imwrite(str(src / f"img{i:02d}.png"), img)
+    inputs = sorted(str(p) for p in src.iterdir())
+    args = (["invert", *inputs, "-o", str(out)] if command == "invert" else
+            ["batch", str(src), str(out), "-d", "pca:0", "--batch-size", "2"])
+    proc = subprocess.Popen([sys.executable, "-m", "semdir_edit", *args, "-w", str(weights), "--method", "optimize",
+                             "--steps", "30", "--device", "cpu"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None and not (out.exists() and any(out.iterdir())):
+        time.sleep(0.02)
+    time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before Ctrl-C: give it more work"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    stderr = _text(err)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "interrupted"
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    for path in out.rglob("*.latent.safetensors"):  # Whatever was written is complete.
+        load_latent(path)
+    for path in out.rglob("*.png"):
+        assert cv2.imread(str(path)) is not None, path
+    if command == "batch":
+        lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+        assert all((out / o).is_file() for rec in lines for o in rec["outputs"])

@@ -562,6 +562,10 @@ def main() -> None:
         where = f" ({exc.filename})" if exc.filename else ""
         typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C outside typer's own handling (e.g. while the app is being built).
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except SystemExit as exc:  # Typer turns Ctrl-C into a silent exit 130: say what happened.
+        if exc.code == 130:
+            typer.echo("interrupted", err=True)
+        raise
