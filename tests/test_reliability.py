@@ -281,6 +281,15 @@ def test_kill_during_training_loses_nothing(tmp_path):
     assert not list(run.glob(".*.tmp"))  # Temp files of killed writes were cleared when the run resumed.
 
 
+def _domain_articles(folder: Path, n: int) -> None:
+    """``n`` small 28x28 'articles' (a bright block on black, used as domain images): img00.png, img01.png, ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = np.zeros((28, 28), np.uint8)
+        img[3 + i % 7:24, 5:18 + i % 6] = 90 + 4 * i
+        cv2.imwrite(str(folder / f"img{i:02d}.png"), img)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A 48 KiB tmpfs (root only): what a full disk does to a run, for real rather than mocked."""
@@ -297,11 +306,7 @@ def small_disk(tmp_path):
 
 def test_full_disk_stops_batch_cleanly_and_the_rerun_resumes(weights, small_disk, tmp_path):
     src, out = tmp_path / "in", small_disk / "out"
-    src.mkdir()
-    for i in range(12):
-        img = np.zeros((28, 28), np.uint8)
-        img[4 + i % 5:22, 6:20 + i % 4] = 100 + 10 * i
-        cv2.imwrite(str(src / f"img{i:02d}.png"), img)
+    _domain_articles(src, 12)
     args = ("batch", str(src), str(out), "-d", "pca:0", "--eps", "-2:2:5", "--method", "optimize", "--steps", "1",
             "--batch-size", "2", "-w", str(weights))
     full = _run(*args)
@@ -328,17 +333,15 @@ def test_full_disk_stops_batch_cleanly_and_the_rerun_resumes(weights, small_disk
 @pytest.mark.parametrize("command", ["invert", "batch"])
 def test_ctrl_c_mid_run_is_one_line_and_leaves_only_complete_outputs(weights, command, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
-    src.mkdir()
-    for i in range(40):
-        img = np.zeros((28, 28), np.uint8)
-        img[3 + i % 7:24, 5:18 + i % 6] = 90 + 4 * i
-        cv2.imwrite(str(src / f"img{i:02d}.png"), img)
+    _domain_articles(src, 40)
     inputs = sorted(str(p) for p in src.iterdir())
     args = (["invert", *inputs, "-o", str(out)] if command == "invert" else
             ["batch", str(src), str(out), "-d", "pca:0", "--batch-size", "2"])
     proc = subprocess.Popen([sys.executable, "-m", "semdir_edit", *args, "-w", str(weights), "--method", "optimize",
                              "--steps", "30", "--device", "cpu"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            # A shell started in the background (CI, nohup) hands its children SIGINT ignored.
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None and not (out.exists() and any(out.iterdir())):
         time.sleep(0.02)
