@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from semdir_edit.editing.directions import DirectionSpec, parse_direction
+from semdir_edit.editing.directions import DirectionSpec, edit_groups, parse_direction
 from semdir_edit.editor import Editor
 from semdir_edit.imageio import save_grid
 from semdir_edit.writer import BackgroundWriter
@@ -52,13 +52,8 @@ def apply_files(editor: Editor, paths: list[Path], out_dir: Path, direction: str
             loaded = ahead.result()
             ahead = reader.submit(_read, editor, chunks[k + 1]) if k + 1 < len(chunks) else None
             classes = [meta.get("class_index") for _, meta in loaded]
-            # A class direction needs each file's class: one apply per class present; others edit all at once.
-            groups: dict[Any, list[int]] = {}
-            for i, c in enumerate(classes):
-                groups.setdefault(c if spec.needs_class else None, []).append(i)
             images: list[torch.Tensor | None] = [None] * len(chunk)
-            for group, members in groups.items():
-                class_index = group if spec.needs_class else classes[members[0]]
+            for class_index, members in edit_groups(classes, spec):
                 ws = torch.stack([loaded[i][0] for i in members])
                 edited = editor.apply(ws, spec, eps_list, class_index=class_index, layers=layers).cpu()
                 for j, i in enumerate(members):

@@ -40,7 +40,14 @@ from tqdm import tqdm
 from semdir_edit import distributed
 from semdir_edit.checkpoint import atomic_write_bytes
 from semdir_edit.data.photo import check_regular_file, load_domain_image
-from semdir_edit.editing.directions import DirectionSpec, match_class, parse_direction, parse_eps, parse_layers
+from semdir_edit.editing.directions import (
+    DirectionSpec,
+    edit_groups,
+    match_class,
+    parse_direction,
+    parse_eps,
+    parse_layers,
+)
 from semdir_edit.editor import Editor, Failed, Inverted
 from semdir_edit.errors import UserError
 from semdir_edit.imageio import save_grid
@@ -485,17 +492,10 @@ def _edit_chunk(editor: Editor, items: list[LoadResult], opts: BatchOptions
     results = editor.invert(torch.stack([it.image for it in items]), method=opts.method, steps=opts.steps,
                             names=[it.rel for it in items], perceptual=False)  # The manifest does not record it.
     edited: dict[int, torch.Tensor] = {}
-    errors: dict[int, str] = {}
-    by_class: dict[int, list[int]] = {}
-    for i, res in enumerate(results):
-        if isinstance(res, Failed):
-            errors[i] = res.message
-        else:
-            # Class and boundary directions depend on the class: one apply per class present in the chunk. Any
-            # other direction edits the whole chunk in one apply (grouped under the first image's class).
-            group = res.class_index if opts.direction.needs_class else next(iter(by_class), res.class_index)
-            by_class.setdefault(group, []).append(i)
-    for class_index, members in by_class.items():
+    errors = {i: res.message for i, res in enumerate(results) if isinstance(res, Failed)}
+    ok = [i for i, res in enumerate(results) if isinstance(res, Inverted)]
+    for class_index, positions in edit_groups([results[i].class_index for i in ok], opts.direction):
+        members = [ok[p] for p in positions]
         ws = torch.stack([results[i].ws for i in members])
         try:
             images = editor.apply(ws, opts.direction, opts.eps, class_index=class_index, layers=opts.layers).cpu()

@@ -60,6 +60,22 @@ def parse_direction(spec: str) -> DirectionSpec:
     return DirectionSpec(kind, int(arg), cls.strip() if cls else None)
 
 
+def edit_groups(classes: list[int | None], spec: DirectionSpec) -> list[tuple[int | None, list[int]]]:
+    """Positions of codes that one ``Editor.apply`` call can edit together, each with the class to pass it.
+
+    Class and boundary directions depend on the image's class: one group per class present. Any other direction
+    edits everything at once (its class argument is unused; the first code's is passed).
+    """
+    if not classes:
+        return []
+    if not spec.needs_class:
+        return [(classes[0], list(range(len(classes))))]
+    groups: dict[int | None, list[int]] = {}
+    for i, c in enumerate(classes):
+        groups.setdefault(c, []).append(i)
+    return list(groups.items())
+
+
 def parse_eps(spec: str) -> list[float]:
     """``"2"`` -> [2.0]; ``"-3:3:13"`` -> 13 values from -3 to 3 inclusive (a traversal strip)."""
     parts = spec.strip().split(":")
