@@ -10,11 +10,14 @@ Two kinds of files, as in edm:
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +101,12 @@ def sha256_file(path: str | Path) -> str:
 
 
 def git_commit() -> str:
-    """The current git commit of the source tree ("unknown" outside a checkout), "+dirty" if modified."""
+    """The current git commit of the source tree ("unknown" outside a checkout), "+dirty" if modified.
+
+    ``SEMDIR_GIT_COMMIT`` names it where the tree travels without its ``.git`` (a copy sent to a training machine).
+    """
+    if os.environ.get("SEMDIR_GIT_COMMIT"):
+        return os.environ["SEMDIR_GIT_COMMIT"]
     root = Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -204,6 +212,17 @@ def weights_id(weights_dir: str | Path) -> str:
     return str(entry.get("sha256", "none"))[:16]
 
 
+@contextlib.contextmanager
+def _manifest_lock(weights_dir: Path) -> Iterator[None]:
+    """Serialise read-modify-writes of one manifest: evaluations and trainings may run side by side."""
+    with open(weights_dir / ".manifest.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def register_model(weights_dir: str | Path, kind: str, model: nn.Module, *, command: str,
                    extra: dict[str, Any] | None = None, commit: str | None = None) -> dict[str, Any]:
     """Save ``model`` into ``weights_dir`` and record it in the manifest (file, sha256, config, command, commit).
@@ -214,28 +233,31 @@ def register_model(weights_dir: str | Path, kind: str, model: nn.Module, *, comm
     file = f"{kind}.safetensors"
     digest = save_weights(model, kind, weights_dir / file)
     path = weights_dir / MANIFEST
-    manifest = read_manifest(weights_dir) if path.is_file() else {"models": {}, "figures": {}}
     entry = {"file": file, "sha256": digest, "config": to_dict(model.cfg), "command": command,
              "git_commit": commit or git_commit(), **(extra or {})}
-    manifest.setdefault("models", {})[kind] = entry
-    atomic_write_json(path, manifest)
+    with _manifest_lock(weights_dir):
+        manifest = read_manifest(weights_dir) if path.is_file() else {"models": {}, "figures": {}}
+        manifest.setdefault("models", {})[kind] = entry
+        atomic_write_json(path, manifest)
     return entry
 
 
 def update_figures(weights_dir: str | Path, section: str, figures: dict[str, Any]) -> None:
     """Record measured figures (from ``evaluate``) under ``manifest['figures'][section]``."""
     path = Path(weights_dir) / MANIFEST
-    manifest = read_manifest(weights_dir)
-    manifest.setdefault("figures", {})[section] = figures
-    atomic_write_json(path, manifest)
+    with _manifest_lock(Path(weights_dir)):
+        manifest = read_manifest(weights_dir)
+        manifest.setdefault("figures", {})[section] = figures
+        atomic_write_json(path, manifest)
 
 
 def update_descriptions(weights_dir: str | Path, descriptions: dict[str, Any]) -> None:
     """Record each direction's measured description (``evaluate directions``) in ``manifest["descriptions"]``."""
     path = Path(weights_dir) / MANIFEST
-    manifest = read_manifest(weights_dir)
-    manifest["descriptions"] = descriptions
-    atomic_write_json(path, manifest)
+    with _manifest_lock(Path(weights_dir)):
+        manifest = read_manifest(weights_dir)
+        manifest["descriptions"] = descriptions
+        atomic_write_json(path, manifest)
 
 
 # ----------------------------------------------------------------------------- training state

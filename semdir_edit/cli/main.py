@@ -36,6 +36,8 @@ def command_line() -> str:
 
 ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML config file.")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda[:N].")
+RegisterAtLimitOpt = typer.Option(False, "--register-at-limit", help="When --time-limit stops the run, register "
+                                  "the weights as they are (the manifest records the steps reached).")
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder with the dataset (overrides data.path).")
 WeightsOpt = typer.Option(Path(DEFAULT_WEIGHTS), "--weights", "-w", help="Weights folder (with manifest.json).")
 
@@ -161,6 +163,7 @@ def train_gan_cmd(
     device: str = DeviceOpt,
     data_dir: Path | None = DataDirOpt,
     time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
+    register_at_limit: bool = RegisterAtLimitOpt,
     steps: int | None = typer.Option(None, "--steps", help="Override train_gan.steps."),
 ) -> None:
     """Train the StyleGAN2-style generator and discriminator."""
@@ -175,7 +178,7 @@ def train_gan_cmd(
         result = train_gan(cfg, out or Path("runs") / f"{cfg.name}-gan", dev, resume=resume,
                            data_dir=str(data_dir) if data_dir else None,
                            weights_dir=weights or Path("weights") / cfg.name, command=command_line(),
-                           time_limit_min=time_limit)
+                           time_limit_min=time_limit, register_at_limit=register_at_limit)
         if distributed.is_main():
             typer.echo(f"step {result['step']}: "
                        f"{'finished' if result['finished'] else 'stopped; continue with --resume'}")
@@ -392,6 +395,7 @@ def train_encoder_cmd(
     device: str = DeviceOpt,
     data_dir: Path | None = DataDirOpt,
     time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
+    register_at_limit: bool = RegisterAtLimitOpt,
     steps: int | None = typer.Option(None, "--steps", help="Override train_encoder.steps."),
 ) -> None:
     """Train the domain-guided (or the conventional) encoder against the shipped generator."""
@@ -407,7 +411,8 @@ def train_encoder_cmd(
     with distributed.session(device) as dev:
         result = train_encoder(cfg, weights, out or Path("runs") / f"{cfg.name}-encoder-{kind}", dev,
                                kind=kind, resume=resume, data_dir=str(data_dir) if data_dir else None,
-                               command=command_line(), time_limit_min=time_limit)
+                               command=command_line(), time_limit_min=time_limit,
+                               register_at_limit=register_at_limit)
         if distributed.is_main():
             typer.echo(f"step {result['step']}: "
                        f"{'finished' if result['finished'] else 'stopped; continue with --resume'}")
@@ -421,6 +426,7 @@ def train_directions_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
     device: str = DeviceOpt,
     time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
+    register_at_limit: bool = RegisterAtLimitOpt,
     steps: int | None = typer.Option(None, "--steps", help="Override train_directions.steps."),
     global_only: bool = typer.Option(False, "--global-only", help="Voynov & Babenko's baseline: global set only "
                                      "(registered as deformators_voynov)."),
@@ -436,7 +442,8 @@ def train_directions_cmd(
     default_out = Path("runs") / f"{cfg.name}-directions{'-voynov' if global_only else ''}"
     with distributed.session(device) as dev:
         result = train_directions(cfg, weights, out or default_out, dev, resume=resume, command=command_line(),
-                                  time_limit_min=time_limit, global_only=global_only)
+                                  time_limit_min=time_limit, global_only=global_only,
+                                  register_at_limit=register_at_limit)
         if distributed.is_main():
             typer.echo(f"step {result['step']}: "
                        f"{'finished' if result['finished'] else 'stopped; continue with --resume'}")

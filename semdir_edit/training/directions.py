@@ -118,7 +118,7 @@ class DirectionLoss:
 
 def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, device: torch.device, *,
                      resume: bool = False, command: str = "", time_limit_min: float = 0.0,
-                     max_steps: int | None = None, progress: bool = True,
+                     register_at_limit: bool = False, max_steps: int | None = None, progress: bool = True,
                      global_only: bool = False) -> dict[str, Any]:
     """Train deformators + predictor against the shipped G and classifier in ``weights_dir``.
 
@@ -203,8 +203,8 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     bar.close()
     seconds += time.monotonic() - t0
     checkpoint()
-    if main and step >= dc.steps:
-        info = {"steps": step, "train_seconds": round(seconds), "device": str(device),
+    if main and (step >= dc.steps or (register_at_limit and step > 0)):
+        info = {"planned_steps": dc.steps, "steps": step, "train_seconds": round(seconds), "device": str(device),
                 "processes": distributed.world_size()}
         suffix = "_voynov" if global_only else ""
         register_model(weights_dir, "deformators" + suffix, deformators, command=command, extra=info, commit=commit)

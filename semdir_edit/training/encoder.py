@@ -125,7 +125,8 @@ def encoder_config(cfg: EncoderConfig, G: Generator) -> EncoderConfig:
 
 def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, device: torch.device, *,
                   kind: str = "domain_guided", resume: bool = False, data_dir: str | None = None,
-                  command: str = "", time_limit_min: float = 0.0, max_steps: int | None = None,
+                  command: str = "", time_limit_min: float = 0.0,
+                  register_at_limit: bool = False, max_steps: int | None = None,
                   progress: bool = True) -> dict[str, Any]:
     """Train an encoder for the generator in ``weights_dir``; on completion register it there.
 
@@ -263,9 +264,9 @@ def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, dev
     bar.close()
     seconds += time.monotonic() - t0
     checkpoint()
-    if main and step >= tc.steps:
+    if main and (step >= tc.steps or (register_at_limit and step > 0)):
         E.eval()
-        info = {"training": kind, "steps": step, "kimg": step * tc.batch_size / 1000,
+        info = {"planned_steps": tc.steps, "training": kind, "steps": step, "kimg": step * tc.batch_size / 1000,
                 "train_seconds": round(seconds), "device": str(device), "generator_id": generator_id,
                 "processes": distributed.world_size()}
         register_model(weights_dir, KINDS[kind], E, command=command, extra=info, commit=commit)

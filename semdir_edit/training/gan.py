@@ -113,7 +113,8 @@ def update_ema(G_ema: Generator, G: Generator, beta: float) -> None:
 
 def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume: bool = False,
               data_dir: str | None = None, weights_dir: str | Path | None = None, command: str = "",
-              time_limit_min: float = 0.0, max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+              time_limit_min: float = 0.0, register_at_limit: bool = False, max_steps: int | None = None,
+              progress: bool = True) -> dict[str, Any]:
     """Train G and D on the configured dataset; on completion register G (EMA) and D in ``weights_dir``.
 
     Resumable: a checkpoint (``training-state.pt``) is written every ``checkpoint_every`` steps, on
@@ -224,9 +225,9 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
     bar.close()
     seconds += time.monotonic() - t0
     checkpoint()
-    if main and step >= tc.steps and weights_dir is not None:
-        info = {"steps": step, "kimg": step * tc.batch_size / 1000, "train_seconds": round(seconds),
-                "device": str(device), "processes": distributed.world_size()}
+    if main and (step >= tc.steps or (register_at_limit and step > 0)) and weights_dir is not None:
+        info = {"planned_steps": tc.steps, "steps": step, "kimg": step * tc.batch_size / 1000,
+                "train_seconds": round(seconds), "device": str(device), "processes": distributed.world_size()}
         register_model(weights_dir, "generator", G_ema, command=command, extra=info, commit=commit)
         register_model(weights_dir, "discriminator", D, command=command, extra=info, commit=commit)
     return {**stats, "step": step, "seconds": round(seconds, 1), "finished": step >= tc.steps}
