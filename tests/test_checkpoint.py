@@ -101,3 +101,24 @@ def test_training_state_round_trip(tmp_path):
     assert torch.equal(back["x"], state["x"]) and back["step"] == 7
     assert torch.equal(back["nested"]["y"], torch.arange(3))
     assert [p.name for p in tmp_path.iterdir()] == ["s.pt"]  # No temp files left behind.
+
+
+def _record(args):
+    weights, section = args
+    from semdir_edit.checkpoint import update_figures
+
+    for i in range(15):
+        update_figures(weights, section, {"i": i})
+
+
+def test_manifest_updates_from_parallel_processes_are_not_lost(weights_dir):
+    """Evaluations run side by side (scripts/evaluate_weights.sh): each section must survive the others' writes."""
+    import multiprocessing
+
+    weights_dir, _ = weights_dir
+    sections = [f"s{k}" for k in range(4)]
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        pool.map(_record, [(str(weights_dir), s) for s in sections])
+    figures = read_manifest(weights_dir)["figures"]
+    assert all(figures[s] == {"i": 14} for s in sections)
+    assert "generator" in read_manifest(weights_dir)["models"]

@@ -60,3 +60,19 @@ def test_gan_with_differentiable_augmentation_runs(tiny_config, tmp_path):
     cfg.train_gan.steps = 3
     result = train_gan(cfg, tmp_path / "r", torch.device("cpu"), progress=False)
     assert result["finished"] and torch.isfinite(torch.tensor(result.get("loss_D", 0.0)))
+
+
+@requires_dataset
+def test_time_limit_registers_only_when_asked(tiny_config, tmp_path):
+    cfg = tiny_config
+    cfg.train_gan.steps = 10_000  # Far more than the time limit allows.
+    limit = 0.002  # Minutes: stops after the first step or so.
+    plain = train_gan(cfg, tmp_path / "a", torch.device("cpu"), weights_dir=tmp_path / "wa", time_limit_min=limit,
+                      progress=False)
+    assert not plain["finished"] and not (tmp_path / "wa").exists()
+    cut = train_gan(cfg, tmp_path / "b", torch.device("cpu"), weights_dir=tmp_path / "wb", time_limit_min=limit,
+                    register_at_limit=True, progress=False)
+    assert not cut["finished"]
+    entry = read_manifest(tmp_path / "wb")["models"]["generator"]
+    assert entry["steps"] == cut["step"] < entry["planned_steps"] == 10_000
+    assert load_model(tmp_path / "wb", "generator") is not None
