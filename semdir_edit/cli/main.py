@@ -220,8 +220,14 @@ def evaluate_inversion_cmd(
     steps: int = typer.Option(100, "--steps", min=0, help="Optimisation steps (indomain, optimize)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
     record: bool = typer.Option(True, "--record/--no-record", help="Write the figures into the weights manifest."),
+    photo_like: bool = typer.Option(False, "--photo-like", help="Also invert photo-like versions of the same test "
+                                    "images (enlarged, dark on a light background, tinted, off-centre, noise, JPEG) "
+                                    "through the photo conversion: <method>_photo_class_accuracy and "
+                                    "photo_domain_accuracy."),
 ) -> None:
-    """PSNR / SSIM / perceptual distance / class preserved / time per image of each inversion method."""
+    """PSNR / SSIM / perceptual distance / class preserved / class accuracy / time per image of each inversion
+    method, and its in-domain figures (Zhu et al. 2020): domain distance ||w - E(G(w))||, FID of same-class
+    interpolations (with its floor) and of edited reconstructions, in the classifier's feature space."""
     from semdir_edit.checkpoint import update_figures
     from semdir_edit.config import load_config
     from semdir_edit.device import resolve_device
@@ -229,7 +235,8 @@ def evaluate_inversion_cmd(
 
     cfg = load_config(config)
     figures = evaluate_inversion(weights, cfg.data, resolve_device(device), str(data_dir) if data_dir else None,
-                                 n=n, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), steps=steps)
+                                 n=n, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), steps=steps,
+                                 photo_like=photo_like)
     print_table(figures, "inversion (first test images)")
     write_json(json_out, figures)
     if record:

@@ -89,34 +89,116 @@ def evaluate_generator(weights_dir: str | Path, data_cfg: DataConfig, device: to
 def evaluate_inversion(weights_dir: str | Path, data_cfg: DataConfig, device: torch.device,
                        data_dir: str | None = None, n: int = 1000, methods: tuple[str, ...] = ("indomain", "encoder",
                                                                                               "optimize"),
-                       steps: int = 100) -> dict[str, Any]:
-    """Reconstruction figures of each inversion method on the first ``n`` test images.
+                       steps: int = 100, photo_like: bool = False, seed: int = 0,
+                       batch_size: int = 256) -> dict[str, Any]:
+    """Reconstruction and in-domain figures of each inversion method on the first ``n`` test images.
 
-    Keys ``<method>_<figure>``: psnr, ssim, perceptual (means), class_preserved (share where the
-    classifier's label of the reconstruction equals that of the original), seconds_per_image, failed.
+    Keys ``<method>_<figure>``:
+
+    - psnr, ssim, perceptual (means), class_preserved (share where the classifier's label of the reconstruction
+      equals that of the original), class_accuracy (share where it equals the true test label),
+      seconds_per_image, failed;
+    - in-domain-ness (Zhu et al., "In-Domain GAN Inversion for Real Image Editing", ECCV 2020), from the method's
+      W+ codes w of the images it inverted:
+      ``domain_distance``: mean over images of ||w - E(G(w))|| (L2 over the whole code; E = the domain-guided
+      encoder; only when the weights have one);
+      ``interp_fid``: FID in the classifier's feature space of G((w_a + w_b) / 2) for disjoint pairs of consecutive
+      images with the same true label (:func:`~semdir_edit.evaluation.metrics.same_label_pairs`) against the real
+      images evaluated (all ``n``); only with >= 2 pairs (``interp_pairs`` counts them among all ``n`` images;
+      a method whose inversions failed pairs only the rest);
+      ``edit_fid``: FID of the edited reconstructions G(w + 2 * spread(d) * d) (``Editor.apply``; d = global:0,
+      or pca:0 without deformators; named by ``edit_direction``) against the same real features; only when the
+      weights have a direction bank.
+    - ``photo_like=True`` adds photo_class_accuracy: the same methods run on photo-like versions of the same test
+      images (:mod:`~semdir_edit.evaluation.photolike`, seeded by ``seed``: enlarged, dark-on-light, tinted,
+      off-centre on a light 320x320 background, noise, JPEG 80) after the real photo conversion, scored against
+      the true labels.
+
+    Reference keys: ``interp_fid_floor`` (the same FID between the even- and odd-indexed halves of the real images:
+    the noise floor at this sample size), and with ``photo_like`` ``photo_domain_accuracy`` (the classifier on the
+    converted photo-like images themselves) and ``photo_failed`` (photo-like images the conversion refused).
+    Generated images use constant noise and are clamped to [-1, 1]; every network runs in eval mode without
+    gradients, ``batch_size`` images at a time, on ``device``.
     """
+    from semdir_edit.data.datasets import to_float
     from semdir_edit.editor import Editor, Inverted
+    from semdir_edit.errors import UserError
+    from semdir_edit.evaluation.metrics import _eval_mode, code_features, domain_distance, same_label_pairs
 
     editor = Editor.from_pretrained(weights_dir, device)
+    device = editor.device
+    models = editor.manifest.get("models", {})
     test = load_split(data_cfg, "test", data_dir)
-    images = test.images[:n]
+    images, labels = test.images[:n], test.labels[:n]
     figures: dict[str, Any] = {"images": len(images), "steps": steps}
+    G, C = editor.G, editor.C
+    E = editor.model("encoder") if "encoder" in models else None
+    real_feats, _ = classifier_features(C, _image_batches(test, len(images), device, batch_size), device)
+    if len(real_feats) >= 4:
+        figures["interp_fid_floor"] = fid_from_features(real_feats[0::2], real_feats[1::2])
+    figures["interp_pairs"] = len(same_label_pairs(labels))
+    edit = None
+    if "direction_bank" in models:
+        edit = "global:0" if "deformators" in models else "pca:0"
+        figures["edit_direction"] = edit
+
+    photo_domains, photo_labels = None, None
+    if photo_like:
+        from semdir_edit.evaluation.photolike import photo_like_jpegs
+
+        domains, keep = [], []
+        for i, jpeg in enumerate(photo_like_jpegs(images, seed)):
+            try:
+                domains.append(editor.load(jpeg, name=f"photo-like test image {i}")[0])
+            except UserError:
+                continue
+            keep.append(i)
+        figures["photo_failed"] = len(images) - len(keep)
+        if keep:
+            photo_domains, photo_labels = torch.stack(domains), labels[keep]
+            _, preds = classifier_features(C, (to_float(b) for b in photo_domains.split(batch_size)), device)
+            figures["photo_domain_accuracy"] = accuracy(preds, photo_labels)
+
     for method in methods:
         results = editor.invert(images, method=method, steps=steps)
-        done = [r for r in results if isinstance(r, Inverted)]
+        index = [i for i, r in enumerate(results) if isinstance(r, Inverted)]
+        done = [results[i] for i in index]
         if not done:
             figures[f"{method}_failed"] = len(results)
             continue
-        recon_class, _ = editor.classify(torch.stack([r.reconstruction for r in done]))
+        true = labels[index]
+        _, recon_class = classifier_features(C, torch.stack([r.reconstruction for r in done]).split(batch_size),
+                                             device)
         figures.update({
             f"{method}_psnr": sum(r.psnr for r in done) / len(done),
             f"{method}_ssim": sum(r.ssim for r in done) / len(done),
             f"{method}_perceptual": sum(r.perceptual for r in done) / len(done),
             f"{method}_class_preserved": sum(int(c) == r.class_index for c, r in zip(recon_class, done,
                                                                                    strict=True)) / len(done),
+            f"{method}_class_accuracy": accuracy(recon_class, true),
             f"{method}_seconds_per_image": done[0].seconds,
             f"{method}_failed": len(results) - len(done),
         })
+        ws = torch.stack([r.ws for r in done])                                  # (N, num_ws, w_dim)
+        if E is not None:
+            figures[f"{method}_domain_distance"] = float(domain_distance(G, E, ws, device, batch_size).mean())
+        pairs = same_label_pairs(true)
+        if len(pairs) >= 2:
+            mid = (ws[pairs[:, 0]] + ws[pairs[:, 1]]) / 2
+            figures[f"{method}_interp_fid"] = fid_from_features(code_features(G, C, mid, device, batch_size)[0],
+                                                                real_feats)
+        if edit is not None and len(ws) >= 2:
+            with _eval_mode(G, C):  # Editor.apply runs under no_grad, with constant noise, clamped.
+                edited = [editor.apply(chunk, edit, 2.0)[:, 0] for chunk in ws.split(batch_size)]
+            figures[f"{method}_edit_fid"] = fid_from_features(classifier_features(C, edited, device)[0], real_feats)
+        if photo_domains is not None:
+            photo = editor.invert(photo_domains, method=method, steps=steps, perceptual=False)
+            keep = [i for i, r in enumerate(photo) if isinstance(r, Inverted)]
+            if keep:
+                _, photo_class = classifier_features(
+                    C, torch.stack([photo[i].reconstruction for i in keep]).split(batch_size), device)
+                figures[f"{method}_photo_class_accuracy"] = accuracy(photo_class, photo_labels[keep])
+            figures[f"{method}_photo_failed"] = len(photo) - len(keep)
     return figures
 
 

@@ -12,6 +12,9 @@ are not Inception FID.
   Generative Adversarial Networks", 2019 (PPL as in stylegan2-ada ``metrics/perceptual_path_length.py``).
 - The perceptual distance normalises feature maps as LPIPS does: Zhang et al., "The Unreasonable Effectiveness of
   Deep Features as a Perceptual Metric", 2018.
+- Domain distance and same-class interpolation of inverted codes: Zhu, Shen, Zhao, Zhou, "In-Domain GAN Inversion
+  for Real Image Editing", ECCV 2020 (how far a code is from what the domain-guided encoder reads back from its
+  image; how realistic the midpoint of two inverted codes of the same class is).
 
 All functions are pure (no I/O) and return plain Python floats / lists / dicts. Sampling functions draw every random
 number from a CPU ``torch.Generator`` seeded with ``seed``, so a fixed (seed, batch size) gives the same figure on
@@ -36,6 +39,8 @@ from semdir_edit.models.generator import Generator
 __all__ = [
     "accuracy",
     "class_histogram",
+    "code_features",
+    "domain_distance",
     "fit_linear_classifier",
     "classifier_features",
     "fid_from_features",
@@ -46,6 +51,7 @@ __all__ = [
     "perceptual_distance",
     "perceptual_path_length",
     "precision_recall",
+    "same_label_pairs",
 ]
 
 
@@ -186,6 +192,51 @@ def classifier_features(C: Classifier, images: Iterable[torch.Tensor],
     if not feats:
         return torch.zeros(0, C.feature_dim), torch.zeros(0, dtype=torch.long)
     return torch.cat(feats), torch.cat(preds)
+
+
+@torch.no_grad()
+def code_features(G: Generator, C: Classifier, ws: torch.Tensor, device: torch.device | str,
+                  batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`classifier_features` of the images of W+ codes (N, num_ws, w_dim): G.synthesis(ws, noise_mode="const")
+    clamped to [-1, 1] (as reconstructions are shown and classified), ``batch_size`` codes at a time, G in eval mode.
+    """
+    def images() -> Iterator[torch.Tensor]:
+        for chunk in ws.split(batch_size):
+            yield G.synthesis(chunk.to(device), noise_mode="const").clamp(-1, 1)
+
+    with _eval_mode(G):
+        return classifier_features(C, images(), device)
+
+
+@torch.no_grad()
+def domain_distance(G: Generator, E: nn.Module, ws: torch.Tensor, device: torch.device | str,
+                    batch_size: int = 256) -> torch.Tensor:
+    """(N,) ``||w - E(G(w))||``: L2 norm over the whole W+ code (num_ws * w_dim values) of each code minus what the
+    domain-guided encoder E reads back from its image (Zhu et al. 2020's in-domain regulariser, as a distance rather
+    than their per-element mean square). G(w) with ``noise_mode="const"``, unclamped, as in the inversion objective;
+    G and E in eval mode, ``batch_size`` codes at a time. Returned as float32 on the CPU."""
+    out = []
+    with _eval_mode(G, E):
+        for chunk in ws.split(batch_size):
+            w = chunk.to(device).float()
+            out.append((w - E(G.synthesis(w, noise_mode="const"))).flatten(1).norm(dim=1).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def same_label_pairs(labels: torch.Tensor) -> torch.Tensor:
+    """(P, 2) index pairs of consecutive images with the same label: within each label, in order of appearance,
+    the 1st with the 2nd, the 3rd with the 4th, ... (disjoint pairs; a label's last odd image is left out).
+    Pairs are sorted by their first index."""
+    labels = labels.detach().cpu().long().reshape(-1)
+    pairs = []
+    for label in labels.unique().tolist():
+        index = torch.nonzero(labels == label).flatten()
+        m = len(index) // 2 * 2
+        pairs.append(index[:m].reshape(-1, 2))
+    if not pairs:
+        return torch.zeros(0, 2, dtype=torch.long)
+    pairs_all = torch.cat(pairs)
+    return pairs_all[pairs_all[:, 0].argsort()]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
