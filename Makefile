@@ -42,10 +42,21 @@ demo: setup dataset
 	$(BIN)/semdir-edit batch docs/examples out/batch --direction global:0 --eps -3:3:7 --method encoder
 	@echo "demo outputs in out/"
 
-# README pictures of the directions: one grid per class (rows = its K class directions, columns = eps -3..3),
-# the global set on three articles, and the baselines on the same article.
+# README pictures: samples, style mixing, noise variation, the example photos inverted and edited; one grid per
+# class (rows = its K class directions, columns = eps -3..3), the global set on three articles, the baselines.
 DOC_CLASSES := T-shirt Trouser Pullover Dress Coat Sandal Shirt Sneaker Bag Ankle
 docs: setup
+	$(BIN)/semdir-edit generate --n 64 --seed 0 -o docs/samples.png
+	$(BIN)/semdir-edit generate --mix --seed 1 -o docs/style-mixing.png
+	$(BIN)/semdir-edit generate --noise-variation --seed 2 -o docs/noise-variation.png
+	$(BIN)/semdir-edit invert docs/examples/*.jpg -o out/docs-invert
+	$(BIN)/python -c "import sys; from PIL import Image; ims = [Image.open(p) for p in sys.argv[2:]]; \
+	  row = Image.new(ims[0].mode, (sum(i.width for i in ims), max(i.height for i in ims))); \
+	  [row.paste(i, (sum(j.width for j in ims[:k]), 0)) for k, i in enumerate(ims)]; row.save(sys.argv[1])" \
+	  docs/inversion.png out/docs-invert/boot.side.png out/docs-invert/dress.side.png \
+	  out/docs-invert/sneaker.side.png out/docs-invert/tshirt.side.png
+	$(BIN)/semdir-edit apply out/docs-invert/sneaker.latent.safetensors --direction to:Ankle --eps 0:3:4 -o docs/sneaker-to-boot.png
+	$(BIN)/semdir-edit apply out/docs-invert/tshirt.latent.safetensors --direction to:Pullover --eps 0:3:4 -o docs/tshirt-to-pullover.png
 	mkdir -p docs/directions
 	for c in $(DOC_CLASSES); do $(BIN)/semdir-edit directions show --class $$c -o docs/directions/class-$$c.png || exit 1; done
 	for s in 0 1 2; do $(BIN)/semdir-edit directions show --source global --seed $$s -o docs/directions/global-$$s.png || exit 1; done

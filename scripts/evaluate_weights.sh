@@ -32,7 +32,7 @@ run classifier evaluate classifier "${D[@]}" --json "$R/classifier.json"
 run generator evaluate generator "${D[@]}" --json "$R/generator.json"
 # One process per inversion method (side by side); their figures are merged into one manifest section below.
 for m in indomain encoder optimize conventional; do
-  run "inversion-$m" evaluate inversion "${D[@]}" --n "$N_INV" --methods "$m" --no-record --json "$R/inversion-$m.json"
+  run "inversion-$m" evaluate inversion "${D[@]}" --n "$N_INV" --methods "$m" --photo-like --no-record --json "$R/inversion-$m.json"
 done
 run inversion-curve evaluate inversion-curve "${D[@]}" -o "$R/inversion-curve.png" --json "$R/inversion-curve.json"
 run directions evaluate directions --config "$CFG" --device "$DEVICE" --weights "$W" --per-class "$PER_CLASS" \
