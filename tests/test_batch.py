@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from semdir_edit.editing.batch import LOCK, Manifest, find_images, output_stems, read_manifest_lines, run_batch
 from semdir_edit.editor import Editor
@@ -289,3 +290,23 @@ def test_manifest_cuts_a_torn_line_and_reads_complete_ones(tmp_path):
     m.close()
     assert [r["path"] for r in read_manifest_lines(path)] == ["a.png", "c.png"]
     assert json.loads(path.read_bytes().splitlines()[-1])["path"] == "c.png"
+
+
+def test_config_invert_section_is_used_and_changes_the_options(weights, tmp_path):
+    """`batch --config` takes its inversion settings from the config's `invert` section: a different lr is a different
+    run (redone, new options hash), the same config again is skipped."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    domain_image(src / "a.png", 0)
+    config = tmp_path / "cfg.yaml"
+    cfg = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    cfg.setdefault("invert", {}).update(lr=0.05, lambda_dom=0.5)
+    config.write_text(yaml.safe_dump(cfg))
+    base = ["batch", str(src), str(out), "-d", "pca:0", "-w", str(weights), *FAST]
+    assert "1 ok" in run_cli(*base).stdout
+    first = read_manifest_lines(out / "manifest.jsonl")[-1]["options"]
+    result = run_cli(*base, "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "1 ok, 0 errors" in result.stdout                 # Not skipped: the inversion settings differ.
+    second = read_manifest_lines(out / "manifest.jsonl")[-1]["options"]
+    assert second != first
+    assert "0 ok, 0 errors, 1 skipped" in run_cli(*base, "--config", str(config)).stdout

@@ -26,6 +26,8 @@ def batch_cmd(
     weights: Path = typer.Option(Path("weights/fashion_mnist"), "--weights", "-w",
                                  help="Weights folder (with manifest.json)."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config whose 'invert' section "
+                                          "overrides the inversion defaults (lr, lambda_dom, ...)."),
 ) -> None:
     """Invert, classify and edit every image of a folder; resumable (a rerun skips what is done).
 
@@ -34,11 +36,13 @@ def batch_cmd(
     Under `torchrun --nproc_per_node=N -m semdir_edit batch ...` the N processes share the inputs (one GPU each).
     """
     from semdir_edit import distributed
+    from semdir_edit.config import InversionConfig, load_config
     from semdir_edit.editing.batch import run_batch
     from semdir_edit.editor import Editor
 
+    inversion = load_config(config).invert if config else InversionConfig()
     with distributed.session(device) as dev:
-        editor = Editor.from_pretrained(weights, dev)
+        editor = Editor.from_pretrained(weights, dev, inversion)
         summary = run_batch(editor, in_dir, out_dir, direction, eps=eps, method=method, steps=steps, layers=layers,
                             recursive=recursive, batch_size=batch_size, workers=workers, progress=True)
         if distributed.is_main():  # One summary for the whole run.
