@@ -10,14 +10,12 @@ Two kinds of files, as in edm:
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -212,13 +210,22 @@ def weights_id(weights_dir: str | Path) -> str:
     return str(entry.get("sha256", "none"))[:16]
 
 
-@contextlib.contextmanager
-def _manifest_lock(weights_dir: Path) -> Iterator[None]:
-    """Serialise read-modify-writes of one manifest: evaluations and trainings may run side by side."""
+def _set_in_manifest(weights_dir: Path, keys: tuple[str, ...], value: Any, *, create: bool = False) -> None:
+    """``manifest[keys[0]]...[keys[-1]] = value``, read-modify-written atomically under a lock: evaluations and
+    trainings may run side by side, and must not lose each other's entries. ``create``: start an empty manifest
+    when there is none (else a folder without one is refused)."""
+    path = weights_dir / MANIFEST
+    if not (create or path.is_file()):
+        read_manifest(weights_dir)  # Raises the one-line "not a weights folder" error.
     with open(weights_dir / ".manifest.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield
+            manifest = {"models": {}, "figures": {}} if create and not path.is_file() else read_manifest(weights_dir)
+            node = manifest
+            for key in keys[:-1]:
+                node = node.setdefault(key, {})
+            node[keys[-1]] = value
+            atomic_write_json(path, manifest)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -232,32 +239,20 @@ def register_model(weights_dir: str | Path, kind: str, model: nn.Module, *, comm
     weights_dir = Path(weights_dir)
     file = f"{kind}.safetensors"
     digest = save_weights(model, kind, weights_dir / file)
-    path = weights_dir / MANIFEST
     entry = {"file": file, "sha256": digest, "config": to_dict(model.cfg), "command": command,
              "git_commit": commit or git_commit(), **(extra or {})}
-    with _manifest_lock(weights_dir):
-        manifest = read_manifest(weights_dir) if path.is_file() else {"models": {}, "figures": {}}
-        manifest.setdefault("models", {})[kind] = entry
-        atomic_write_json(path, manifest)
+    _set_in_manifest(weights_dir, ("models", kind), entry, create=True)
     return entry
 
 
 def update_figures(weights_dir: str | Path, section: str, figures: dict[str, Any]) -> None:
     """Record measured figures (from ``evaluate``) under ``manifest['figures'][section]``."""
-    path = Path(weights_dir) / MANIFEST
-    with _manifest_lock(Path(weights_dir)):
-        manifest = read_manifest(weights_dir)
-        manifest.setdefault("figures", {})[section] = figures
-        atomic_write_json(path, manifest)
+    _set_in_manifest(Path(weights_dir), ("figures", section), figures)
 
 
 def update_descriptions(weights_dir: str | Path, descriptions: dict[str, Any]) -> None:
     """Record each direction's measured description (``evaluate directions``) in ``manifest["descriptions"]``."""
-    path = Path(weights_dir) / MANIFEST
-    with _manifest_lock(Path(weights_dir)):
-        manifest = read_manifest(weights_dir)
-        manifest["descriptions"] = descriptions
-        atomic_write_json(path, manifest)
+    _set_in_manifest(Path(weights_dir), ("descriptions",), descriptions)
 
 
 # ----------------------------------------------------------------------------- training state
