@@ -73,3 +73,61 @@ def test_directions_train_learn_and_register(tiny_config, tiny_weights, tmp_path
     d = load_model(tiny_weights, "deformators")
     assert max_cos(d.all_directions()) <= 1e-5
     assert not torch.equal(d.w_cov, torch.eye(16))  # The unit of eps was measured.
+
+
+def test_class_keep_term_adds_the_classifier_loss_on_class_edits(tiny_weights):
+    """loss(weight) - loss(0) = weight * CE(C(G(w + class shift)), c), on the same draws."""
+    from semdir_edit.config import ShiftPredictorConfig
+    from semdir_edit.models.shift_predictor import ShiftPredictor
+    from semdir_edit.training.directions import DirectionLoss
+
+    G, C = load_model(tiny_weights, "generator"), load_model(tiny_weights, "classifier")
+    torch.manual_seed(0)
+    deformators = Deformators(DeformatorConfig(w_dim=16, k=3, num_classes=10))
+    predictor = ShiftPredictor(ShiftPredictorConfig(k=3, num_sets=11, width=8)).eval()
+    losses = {}
+    for weight in (0.0, 2.0):
+        torch.manual_seed(1)
+        losses[weight] = DirectionLoss(G, C, deformators, predictor, (0.5, 6.0), 0.25, class_keep_weight=weight)(16)
+    (plain, plain_stats), (kept, kept_stats) = losses[0.0], losses[2.0]
+    assert "class_keep_ce" not in plain_stats
+    assert 0.0 <= kept_stats["class_kept"] <= 1.0
+    assert kept.item() == pytest.approx(plain.item() + 2.0 * kept_stats["class_keep_ce"], rel=1e-5)
+    kept.backward()  # The term reaches the class deformators through G (and C, both frozen).
+    assert deformators.class_raw.grad is not None and deformators.class_raw.grad.abs().sum() > 0
+
+
+def test_init_from_starts_at_the_registered_directions(tiny_config, tiny_weights, tmp_path):
+    import shutil
+
+    cfg = tiny_config
+    cfg.train_directions.steps = 5
+    train_directions(cfg, tiny_weights, tmp_path / "run-a", torch.device("cpu"), progress=False)
+    first = load_model(tiny_weights, "deformators").state_dict()
+    shutil.copytree(tiny_weights, tmp_path / "w2")
+    cfg.train_directions.steps = 0  # Register the starting point as it is.
+    train_directions(cfg, tmp_path / "w2", tmp_path / "run-b", torch.device("cpu"), progress=False,
+                     init_from=tiny_weights)
+    second = load_model(tmp_path / "w2", "deformators").state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    manifest = json.loads((tmp_path / "w2" / "manifest.json").read_text())
+    assert manifest["models"]["deformators"]["init_from"]["sha256"] == \
+        json.loads((tiny_weights / "manifest.json").read_text())["models"]["deformators"]["sha256"]
+
+
+def test_freeze_global_fine_tunes_the_class_sets_only(tiny_config, tiny_weights, tmp_path):
+    import shutil
+
+    cfg = tiny_config
+    cfg.train_directions.steps = 5
+    train_directions(cfg, tiny_weights, tmp_path / "run-a", torch.device("cpu"), progress=False)
+    start = load_model(tiny_weights, "deformators").all_directions()
+    shutil.copytree(tiny_weights, tmp_path / "w2")
+    cfg.train_directions.freeze_global = True
+    cfg.train_directions.class_keep_weight = 1.0
+    train_directions(cfg, tmp_path / "w2", tmp_path / "run-b", torch.device("cpu"), progress=False,
+                     init_from=tiny_weights)
+    tuned = load_model(tmp_path / "w2", "deformators").all_directions()
+    assert torch.equal(tuned[0], start[0])            # The global set did not move...
+    assert not torch.allclose(tuned[1:], start[1:])   # ...the class sets did,
+    assert max_cos(tuned) <= 1e-5                     # and stayed orthogonal to it.

@@ -437,6 +437,10 @@ def train_directions_cmd(
     steps: int | None = typer.Option(None, "--steps", help="Override train_directions.steps."),
     global_only: bool = typer.Option(False, "--global-only", help="Voynov & Babenko's baseline: global set only "
                                      "(registered as deformators_voynov)."),
+    init_from: Path | None = typer.Option(None, "--init-from", help="Start from this weights folder's trained "
+                                          "deformators and predictor (fine-tuning) instead of a random init."),
+    freeze_global: bool = typer.Option(False, "--freeze-global", help="Keep the global directions as they are "
+                                       "(with --init-from: fine-tune the class sets only)."),
 ) -> None:
     """Train the N+1 deformators and the shift predictor against the shipped generator and classifier."""
     from semdir_edit import distributed
@@ -446,11 +450,12 @@ def train_directions_cmd(
     cfg = load_config(config)
     if steps is not None:
         cfg.train_directions.steps = steps
+    cfg.train_directions.freeze_global = cfg.train_directions.freeze_global or freeze_global
     default_out = Path("runs") / f"{cfg.name}-directions{'-voynov' if global_only else ''}"
     with distributed.session(device) as dev:
         result = train_directions(cfg, weights, out or default_out, dev, resume=resume, command=command_line(),
                                   time_limit_min=time_limit, global_only=global_only,
-                                  register_at_limit=register_at_limit)
+                                  register_at_limit=register_at_limit, init_from=init_from)
         if distributed.is_main():
             typer.echo(f"step {result['step']}: "
                        f"{'finished' if result['finished'] else 'stopped; continue with --resume'}")

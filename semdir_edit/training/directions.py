@@ -4,6 +4,8 @@ Per step: sample w = mapping(z); the frozen classifier names the class c of G(w)
 (|eps| ~ U[eps_min, eps_max], random sign, in units of W's spread along the direction); shift w by
 A_G(eps e_k) and by A_c(eps e_k); the predictor must tell, from (G(w), G(w + shift)), which of the
 (N+1)*K directions moved the image (cross-entropy) and by how much (L1). G and C stay frozen.
+With ``class_keep_weight`` > 0 (ours), the classifier's cross-entropy against c on the class-set edits is added,
+so class directions learn changes that keep the article in its class.
 
 Under torchrun, the deformators and the predictor are wrapped in DistributedDataParallel;
 ``train_directions.batch_size`` is the global batch, split over the processes.
@@ -19,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from semdir_edit import distributed
@@ -26,11 +29,13 @@ from semdir_edit.checkpoint import (
     git_commit,
     load_model,
     load_training_state,
+    read_manifest,
     register_model,
     save_training_state,
 )
 from semdir_edit.config import Config, to_dict
 from semdir_edit.editing.baselines import sample_w, w_covariance
+from semdir_edit.errors import UserError
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.deformator import Deformators
 from semdir_edit.models.shift_predictor import ShiftPredictor, shift_predictor_loss
@@ -81,10 +86,10 @@ class DirectionLoss:
     def __init__(self, G: Generator, C: Classifier, deformators: Deformators | FrozenDirections,
                  predictor: ShiftPredictor | nn.Module, eps_range: tuple[float, float], shift_weight: float,
                  train_global: bool = True, train_class: bool = True,
-                 all_directions: Callable[[], torch.Tensor] | None = None) -> None:
+                 all_directions: Callable[[], torch.Tensor] | None = None, class_keep_weight: float = 0.0) -> None:
         self.G, self.C, self.deformators, self.predictor = G, C, deformators, predictor
         self.all_directions = all_directions or deformators.all_directions
-        self.eps_range, self.shift_weight = eps_range, shift_weight
+        self.eps_range, self.shift_weight, self.class_keep_weight = eps_range, shift_weight, class_keep_weight
         self.sets = [s for s, on in (("global", train_global), ("class", train_class)) if on]
         if not self.sets:
             raise ValueError("train at least one of the global and the class sets")
@@ -113,17 +118,26 @@ class DirectionLoss:
         shifted = G.synthesis(G.broadcast(w_rep + shift), noise_mode="const")
         logits, shifts = self.predictor(img.repeat(len(self.sets), 1, 1, 1), shifted)
         loss, stats = shift_predictor_loss(logits, shifts, set_index * K + k, eps, self.shift_weight)
+        if self.class_keep_weight > 0 and "class" in self.sets:
+            class_part = set_index > 0                                    # The class-set edits.
+            class_logits = self.C(shifted[class_part])
+            keep = F.cross_entropy(class_logits, c.repeat(len(self.sets))[class_part])
+            loss = loss + self.class_keep_weight * keep
+            stats["class_keep_ce"] = keep.item()
+            stats["class_kept"] = (class_logits.argmax(1) == c.repeat(len(self.sets))[class_part]).float().mean().item()
         return loss, stats
 
 
 def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, device: torch.device, *,
                      resume: bool = False, command: str = "", time_limit_min: float = 0.0,
                      register_at_limit: bool = False, max_steps: int | None = None, progress: bool = True,
-                     global_only: bool = False) -> dict[str, Any]:
+                     global_only: bool = False, init_from: str | Path | None = None) -> dict[str, Any]:
     """Train deformators + predictor against the shipped G and classifier in ``weights_dir``.
 
     global_only: Voynov & Babenko's original method (one deformator, one predictor head), the baseline of
     Kim & Lee; registered as ``deformators_voynov`` / ``shift_predictor_voynov``.
+    init_from: a weights folder whose registered deformators and predictor are the starting point (fine-tuning,
+    e.g. with another objective); a fresh run otherwise. Ignored when resuming from a checkpoint.
     Under torchrun, call it on every rank (see :mod:`semdir_edit.training.common`).
     """
     dc = cfg.train_directions
@@ -142,12 +156,22 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     deformators = Deformators(dcfg).to(device)
     deformators.w_cov.copy_(w_covariance(sample_w(G, dc.spread_samples, dc.seed)).float())
     predictor = ShiftPredictor(pcfg).to(device)
-    opt_d = torch.optim.Adam(deformators.parameters(), lr=dc.lr_deformator or dc.lr)
+    suffix = "_voynov" if global_only else ""
+    if init_from is not None and not (resume and run.state_path.exists()):
+        for module, kind in ((deformators, "deformators" + suffix), (predictor, "shift_predictor" + suffix)):
+            try:
+                module.load_state_dict(load_model(init_from, kind, device).state_dict())
+            except RuntimeError as err:  # Shapes differ: another K, class count or width.
+                raise UserError(f"--init-from {init_from}: its {kind} does not fit this config ({err})") from None
+    if dc.freeze_global:
+        deformators.global_raw.requires_grad_(False)
+    opt_d = torch.optim.Adam([p for p in deformators.parameters() if p.requires_grad], lr=dc.lr_deformator or dc.lr)
     opt_p = torch.optim.Adam(predictor.parameters(), lr=dc.lr)
     # Under torchrun: gradients averaged over the ranks; the predictor's batch-norm statistics copied from rank 0.
     loss_fn = DirectionLoss(G, C, deformators, distributed.ddp(predictor, device, broadcast_buffers=True),
                             (dc.eps_min, dc.eps_max), dc.shift_weight, train_class=not global_only,
-                            all_directions=distributed.ddp(AllDirections(deformators), device))
+                            all_directions=distributed.ddp(AllDirections(deformators), device),
+                            class_keep_weight=dc.class_keep_weight)
     step, seconds, state = 0, 0.0, None
     if resume and run.state_path.exists():
         state = load_training_state(run.state_path, device)
@@ -206,7 +230,15 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     if main and (step >= dc.steps or (register_at_limit and step > 0)):
         info = {"planned_steps": dc.steps, "steps": step, "train_seconds": round(seconds), "device": str(device),
                 "processes": distributed.world_size()}
-        suffix = "_voynov" if global_only else ""
+        if init_from is not None:
+            info["init_from"] = _init_record(init_from, "deformators" + suffix)
         register_model(weights_dir, "deformators" + suffix, deformators, command=command, extra=info, commit=commit)
         register_model(weights_dir, "shift_predictor" + suffix, predictor, command=command, extra=info, commit=commit)
     return {**stats, "step": step, "finished": step >= dc.steps}
+
+
+def _init_record(weights_dir: str | Path, kind: str) -> dict[str, Any]:
+    """What a fine-tuned model started from: the starting model's manifest entry, without its config."""
+    entry = dict(read_manifest(weights_dir)["models"][kind])
+    entry.pop("config", None)
+    return entry
