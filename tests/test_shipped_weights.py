@@ -68,7 +68,8 @@ def test_indomain_inversion_of_real_test_images(test_set):
     ed = Editor.from_pretrained(WEIGHTS, device="cpu")
     results = ed.invert(test_set.images[:8], method="indomain", steps=100)
     assert all(isinstance(r, Inverted) for r in results)
-    assert sum(r.psnr for r in results) / 8 >= 22.0
+    # These 8 gave 25.5 dB (lambda_dom 0.25, weights of 2026-11-30); the inversion issue targets 24 dB on average.
+    assert sum(r.psnr for r in results) / 8 >= 24.0
     recon_class, _ = ed.classify(torch.stack([r.reconstruction for r in results]))
     assert sum(int(c) == r.class_index for c, r in zip(recon_class, results, strict=True)) >= 7
 

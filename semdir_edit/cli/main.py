@@ -236,7 +236,7 @@ def evaluate_inversion_cmd(
     cfg = load_config(config)
     figures = evaluate_inversion(weights, cfg.data, resolve_device(device), str(data_dir) if data_dir else None,
                                  n=n, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), steps=steps,
-                                 photo_like=photo_like)
+                                 photo_like=photo_like, inversion=cfg.invert)
     print_table(figures, "inversion (first test images)")
     write_json(json_out, figures)
     if record:
@@ -342,7 +342,8 @@ def evaluate_inversion_curve_cmd(
 
     cfg = load_config(config)
     figures, curves = inversion_curves(weights, cfg.data, resolve_device(device), str(data_dir) if data_dir else None,
-                                       n=n, optimize_steps=optimize_steps, indomain_steps=indomain_steps)
+                                       n=n, optimize_steps=optimize_steps, indomain_steps=indomain_steps,
+                                       inversion=cfg.invert)
     plot_curves(curves, out, f"first {n} Fashion-MNIST test images, batched, fixed noise")
     print_table(figures, "inversion PSNR per step")
     write_json(json_out, figures)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from semdir_edit.checkpoint import load_model
-from semdir_edit.config import DataConfig
+from semdir_edit.config import DataConfig, InversionConfig
 from semdir_edit.data import ImageSet, load_split
 from semdir_edit.evaluation.metrics import (
     accuracy,
@@ -90,8 +90,10 @@ def evaluate_inversion(weights_dir: str | Path, data_cfg: DataConfig, device: to
                        data_dir: str | None = None, n: int = 1000, methods: tuple[str, ...] = ("indomain", "encoder",
                                                                                               "optimize"),
                        steps: int = 100, photo_like: bool = False, seed: int = 0,
-                       batch_size: int = 256) -> dict[str, Any]:
+                       batch_size: int = 256, inversion: InversionConfig | None = None) -> dict[str, Any]:
     """Reconstruction and in-domain figures of each inversion method on the first ``n`` test images.
+
+    ``inversion``: the optimisation settings (lr, lambdas, perceptual network); None = the defaults.
 
     Keys ``<method>_<figure>``:
 
@@ -125,7 +127,7 @@ def evaluate_inversion(weights_dir: str | Path, data_cfg: DataConfig, device: to
     from semdir_edit.errors import UserError
     from semdir_edit.evaluation.metrics import _eval_mode, code_features, domain_distance, same_label_pairs
 
-    editor = Editor.from_pretrained(weights_dir, device)
+    editor = Editor.from_pretrained(weights_dir, device, inversion)
     device = editor.device
     models = editor.manifest.get("models", {})
     test = load_split(data_cfg, "test", data_dir)
@@ -304,8 +306,8 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
 
 
 def inversion_curves(weights_dir: str | Path, data_cfg: DataConfig, device: torch.device, data_dir: str | None = None,
-                     n: int = 64, optimize_steps: int = 500, indomain_steps: int = 200
-                     ) -> tuple[dict[str, Any], dict[str, list[float]]]:
+                     n: int = 64, optimize_steps: int = 500, indomain_steps: int = 200,
+                     inversion: InversionConfig | None = None) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Mean PSNR after each optimisation step: plain optimisation (from the mean code) vs in-domain (from E(x)).
 
     The paper's claim: starting from the domain-guided encoder, in-domain inversion reaches plain optimisation's
@@ -315,7 +317,7 @@ def inversion_curves(weights_dir: str | Path, data_cfg: DataConfig, device: torc
     from semdir_edit.editor import Editor
     from semdir_edit.inversion.invert import invert
 
-    editor = Editor.from_pretrained(weights_dir, device)
+    editor = Editor.from_pretrained(weights_dir, device, inversion)
     test = load_split(data_cfg, "test", data_dir)
     x = test.batch(torch.arange(min(n, len(test))), editor.device)[0]
     inv = editor.inversion
