@@ -174,8 +174,10 @@ class DirectionsTrainConfig:
     # Ours, not in Kim & Lee: weight of the classifier's cross-entropy (label of G(w)) on the class-set edits, so a
     # class direction changes the article within its class. 0 = the paper's objective.
     class_keep_weight: float = 0.0
-    # Fine-tuning the class sets only (with --init-from): the global deformator keeps its directions.
+    # Fine-tuning (with --init-from): the frozen deformators keep their directions; with both frozen, only the
+    # shift predictor trains (more reconstructor training on fixed directions).
     freeze_global: bool = False
+    freeze_class: bool = False
     spread_samples: int = 20000       # Samples of W for its covariance (the unit of eps).
     checkpoint_every: int = 500
     seed: int = 0

@@ -131,3 +131,19 @@ def test_freeze_global_fine_tunes_the_class_sets_only(tiny_config, tiny_weights,
     assert torch.equal(tuned[0], start[0])            # The global set did not move...
     assert not torch.allclose(tuned[1:], start[1:])   # ...the class sets did,
     assert max_cos(tuned) <= 1e-5                     # and stayed orthogonal to it.
+
+
+def test_freezing_both_sets_trains_the_predictor_only(tiny_config, tiny_weights, tmp_path):
+    import shutil
+
+    cfg = tiny_config
+    cfg.train_directions.steps = 5
+    train_directions(cfg, tiny_weights, tmp_path / "run-a", torch.device("cpu"), progress=False)
+    shutil.copytree(tiny_weights, tmp_path / "w2")
+    cfg.train_directions.freeze_global = cfg.train_directions.freeze_class = True
+    train_directions(cfg, tmp_path / "w2", tmp_path / "run-b", torch.device("cpu"), progress=False,
+                     init_from=tiny_weights)
+    before, after = (load_model(w, "deformators").all_directions() for w in (tiny_weights, tmp_path / "w2"))
+    assert torch.equal(before, after)
+    p_before, p_after = (load_model(w, "shift_predictor").state_dict() for w in (tiny_weights, tmp_path / "w2"))
+    assert any(not torch.equal(p_before[k], p_after[k]) for k in p_before)

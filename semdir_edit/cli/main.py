@@ -442,6 +442,8 @@ def train_directions_cmd(
                                           "deformators and predictor (fine-tuning) instead of a random init."),
     freeze_global: bool = typer.Option(False, "--freeze-global", help="Keep the global directions as they are "
                                        "(with --init-from: fine-tune the class sets only)."),
+    freeze_class: bool = typer.Option(False, "--freeze-class", help="Keep the class directions as they are (with "
+                                      "--freeze-global too: train only the shift predictor)."),
 ) -> None:
     """Train the N+1 deformators and the shift predictor against the shipped generator and classifier."""
     from semdir_edit import distributed
@@ -452,6 +454,7 @@ def train_directions_cmd(
     if steps is not None:
         cfg.train_directions.steps = steps
     cfg.train_directions.freeze_global = cfg.train_directions.freeze_global or freeze_global
+    cfg.train_directions.freeze_class = cfg.train_directions.freeze_class or freeze_class
     default_out = Path("runs") / f"{cfg.name}-directions{'-voynov' if global_only else ''}"
     with distributed.session(device) as dev:
         result = train_directions(cfg, weights, out or default_out, dev, resume=resume, command=command_line(),

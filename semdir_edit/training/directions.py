@@ -165,19 +165,24 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
                 raise UserError(f"--init-from {init_from}: its {kind} does not fit this config ({err})") from None
     if dc.freeze_global:
         deformators.global_raw.requires_grad_(False)
-    opt_d = torch.optim.Adam([p for p in deformators.parameters() if p.requires_grad], lr=dc.lr_deformator or dc.lr)
+    if dc.freeze_class and hasattr(deformators, "class_raw"):
+        deformators.class_raw.requires_grad_(False)
+    trainable = [p for p in deformators.parameters() if p.requires_grad]
+    opt_d = torch.optim.Adam(trainable, lr=dc.lr_deformator or dc.lr) if trainable else None
     opt_p = torch.optim.Adam(predictor.parameters(), lr=dc.lr)
     # Under torchrun: gradients averaged over the ranks; the predictor's batch-norm statistics copied from rank 0.
     loss_fn = DirectionLoss(G, C, deformators, distributed.ddp(predictor, device, broadcast_buffers=True),
                             (dc.eps_min, dc.eps_max), dc.shift_weight, train_class=not global_only,
-                            all_directions=distributed.ddp(AllDirections(deformators), device),
+                            all_directions=distributed.ddp(AllDirections(deformators), device) if trainable
+                            else deformators.all_directions,  # DDP refuses a module with nothing to train.
                             class_keep_weight=dc.class_keep_weight)
     step, seconds, state = 0, 0.0, None
     if resume and run.state_path.exists():
         state = load_training_state(run.state_path, device)
         for name, module in (("deformators", deformators), ("predictor", predictor), ("opt_d", opt_d),
                              ("opt_p", opt_p)):
-            module.load_state_dict(state[name])
+            if module is not None:
+                module.load_state_dict(state[name])
         step, seconds = int(state["step"]), float(state["seconds"])
     start_rng(dc.seed, state, step)
     commit = git_commit()
@@ -197,17 +202,19 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
         if main:
             save_training_state(run.state_path, {
                 "deformators": deformators.state_dict(), "predictor": predictor.state_dict(),
-                "opt_d": opt_d.state_dict(), "opt_p": opt_p.state_dict(),
+                "opt_d": opt_d.state_dict() if opt_d is not None else None, "opt_p": opt_p.state_dict(),
                 "step": step, "seconds": seconds, **rng})
 
     try:
         while step < total and not budget.exceeded():
             predictor.train()
             loss, batch_stats = loss_fn(batch)
-            opt_d.zero_grad(set_to_none=True)
+            if opt_d is not None:
+                opt_d.zero_grad(set_to_none=True)
             opt_p.zero_grad(set_to_none=True)
             loss.backward()
-            opt_d.step()
+            if opt_d is not None:
+                opt_d.step()
             opt_p.step()
             step += 1
             bar.update(1)
