@@ -120,11 +120,11 @@ class DirectionLoss:
         loss, stats = shift_predictor_loss(logits, shifts, set_index * K + k, eps, self.shift_weight)
         if self.class_keep_weight > 0 and "class" in self.sets:
             class_part = set_index > 0                                    # The class-set edits.
-            class_logits = self.C(shifted[class_part])
-            keep = F.cross_entropy(class_logits, c.repeat(len(self.sets))[class_part])
+            class_logits, target = self.C(shifted[class_part]), c.repeat(len(self.sets))[class_part]
+            keep = F.cross_entropy(class_logits, target)
             loss = loss + self.class_keep_weight * keep
             stats["class_keep_ce"] = keep.item()
-            stats["class_kept"] = (class_logits.argmax(1) == c.repeat(len(self.sets))[class_part]).float().mean().item()
+            stats["class_kept"] = (class_logits.argmax(1) == target).float().mean().item()
         return loss, stats
 
 
@@ -165,7 +165,7 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
                 raise UserError(f"--init-from {init_from}: its {kind} does not fit this config ({err})") from None
     if dc.freeze_global:
         deformators.global_raw.requires_grad_(False)
-    if dc.freeze_class and hasattr(deformators, "class_raw"):
+    if dc.freeze_class:
         deformators.class_raw.requires_grad_(False)
     trainable = [p for p in deformators.parameters() if p.requires_grad]
     opt_d = torch.optim.Adam(trainable, lr=dc.lr_deformator or dc.lr) if trainable else None
