@@ -97,53 +97,43 @@ def test_class_keep_term_adds_the_classifier_loss_on_class_edits(tiny_weights):
     assert deformators.class_raw.grad is not None and deformators.class_raw.grad.abs().sum() > 0
 
 
-def test_init_from_starts_at_the_registered_directions(tiny_config, tiny_weights, tmp_path):
+def fine_tune(cfg, trained, tmp_path, **settings):
+    """Train 5 steps into ``trained``, then fine-tune a copy of it (``--init-from trained``) with ``settings`` (on
+    ``cfg.train_directions``); returns the copy's folder."""
     import shutil
 
-    cfg = tiny_config
     cfg.train_directions.steps = 5
-    train_directions(cfg, tiny_weights, tmp_path / "run-a", torch.device("cpu"), progress=False)
-    first = load_model(tiny_weights, "deformators").state_dict()
-    shutil.copytree(tiny_weights, tmp_path / "w2")
-    cfg.train_directions.steps = 0  # Register the starting point as it is.
+    train_directions(cfg, trained, tmp_path / "run-a", torch.device("cpu"), progress=False)
+    shutil.copytree(trained, tmp_path / "w2")
+    for name, value in settings.items():
+        setattr(cfg.train_directions, name, value)
     train_directions(cfg, tmp_path / "w2", tmp_path / "run-b", torch.device("cpu"), progress=False,
-                     init_from=tiny_weights)
-    second = load_model(tmp_path / "w2", "deformators").state_dict()
+                     init_from=trained)
+    return tmp_path / "w2"
+
+
+def test_init_from_starts_at_the_registered_directions(tiny_config, tiny_weights, tmp_path):
+    tuned = fine_tune(tiny_config, tiny_weights, tmp_path, steps=0)  # 0 steps: register the starting point.
+    first = load_model(tiny_weights, "deformators").state_dict()
+    second = load_model(tuned, "deformators").state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
-    manifest = json.loads((tmp_path / "w2" / "manifest.json").read_text())
+    manifest = json.loads((tuned / "manifest.json").read_text())
     assert manifest["models"]["deformators"]["init_from"]["sha256"] == \
         json.loads((tiny_weights / "manifest.json").read_text())["models"]["deformators"]["sha256"]
 
 
 def test_freeze_global_fine_tunes_the_class_sets_only(tiny_config, tiny_weights, tmp_path):
-    import shutil
-
-    cfg = tiny_config
-    cfg.train_directions.steps = 5
-    train_directions(cfg, tiny_weights, tmp_path / "run-a", torch.device("cpu"), progress=False)
+    folder = fine_tune(tiny_config, tiny_weights, tmp_path, freeze_global=True, class_keep_weight=1.0)
     start = load_model(tiny_weights, "deformators").all_directions()
-    shutil.copytree(tiny_weights, tmp_path / "w2")
-    cfg.train_directions.freeze_global = True
-    cfg.train_directions.class_keep_weight = 1.0
-    train_directions(cfg, tmp_path / "w2", tmp_path / "run-b", torch.device("cpu"), progress=False,
-                     init_from=tiny_weights)
-    tuned = load_model(tmp_path / "w2", "deformators").all_directions()
+    tuned = load_model(folder, "deformators").all_directions()
     assert torch.equal(tuned[0], start[0])            # The global set did not move...
     assert not torch.allclose(tuned[1:], start[1:])   # ...the class sets did,
     assert max_cos(tuned) <= 1e-5                     # and stayed orthogonal to it.
 
 
 def test_freezing_both_sets_trains_the_predictor_only(tiny_config, tiny_weights, tmp_path):
-    import shutil
-
-    cfg = tiny_config
-    cfg.train_directions.steps = 5
-    train_directions(cfg, tiny_weights, tmp_path / "run-a", torch.device("cpu"), progress=False)
-    shutil.copytree(tiny_weights, tmp_path / "w2")
-    cfg.train_directions.freeze_global = cfg.train_directions.freeze_class = True
-    train_directions(cfg, tmp_path / "w2", tmp_path / "run-b", torch.device("cpu"), progress=False,
-                     init_from=tiny_weights)
-    before, after = (load_model(w, "deformators").all_directions() for w in (tiny_weights, tmp_path / "w2"))
+    folder = fine_tune(tiny_config, tiny_weights, tmp_path, freeze_global=True, freeze_class=True)
+    before, after = (load_model(w, "deformators").all_directions() for w in (tiny_weights, folder))
     assert torch.equal(before, after)
-    p_before, p_after = (load_model(w, "shift_predictor").state_dict() for w in (tiny_weights, tmp_path / "w2"))
+    p_before, p_after = (load_model(w, "shift_predictor").state_dict() for w in (tiny_weights, folder))
     assert any(not torch.equal(p_before[k], p_after[k]) for k in p_before)
