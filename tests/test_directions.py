@@ -118,8 +118,9 @@ def test_init_from_starts_at_the_registered_directions(tiny_config, tiny_weights
     second = load_model(tuned, "deformators").state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
     manifest = json.loads((tuned / "manifest.json").read_text())
-    assert manifest["models"]["deformators"]["init_from"]["sha256"] == \
-        json.loads((tiny_weights / "manifest.json").read_text())["models"]["deformators"]["sha256"]
+    started = json.loads((tiny_weights / "manifest.json").read_text())["models"]
+    for kind in ("deformators", "shift_predictor"):  # Each records the model it started from.
+        assert manifest["models"][kind]["init_from"]["sha256"] == started[kind]["sha256"]
 
 
 def test_freeze_global_fine_tunes_the_class_sets_only(tiny_config, tiny_weights, tmp_path):

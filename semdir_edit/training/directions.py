@@ -237,10 +237,9 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     if main and (step >= dc.steps or (register_at_limit and step > 0)):
         info = {"planned_steps": dc.steps, "steps": step, "train_seconds": round(seconds), "device": str(device),
                 "processes": distributed.world_size()}
-        if init_from is not None:
-            info["init_from"] = _init_record(init_from, "deformators" + suffix)
-        register_model(weights_dir, "deformators" + suffix, deformators, command=command, extra=info, commit=commit)
-        register_model(weights_dir, "shift_predictor" + suffix, predictor, command=command, extra=info, commit=commit)
+        for kind, module in (("deformators" + suffix, deformators), ("shift_predictor" + suffix, predictor)):
+            start = {"init_from": _init_record(init_from, kind)} if init_from is not None else {}
+            register_model(weights_dir, kind, module, command=command, extra={**info, **start}, commit=commit)
     return {**stats, "step": step, "finished": step >= dc.steps}
 
 
