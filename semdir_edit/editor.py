@@ -23,8 +23,10 @@ from semdir_edit.config import FASHION_MNIST_CLASSES, InversionConfig
 from semdir_edit.data.datasets import to_float
 from semdir_edit.data.photo import load_domain_image
 from semdir_edit.device import resolve_device
+from semdir_edit.editing.class_lock import locked_shift_codes
 from semdir_edit.editing.directions import (
     DirectionSpec,
+    keeps_class,
     match_class,
     parse_direction,
     parse_layers,
@@ -274,7 +276,7 @@ class Editor:
         ws = self.G.broadcast(self.G.mapping(z))
         if class_index is None:
             return ws[0].cpu()
-        probs = torch.cat([self.C(self.G.synthesis(ws[i:i + 250], noise_mode="const")).float().softmax(1)
+        probs = torch.cat([self.C(self.G.render(ws[i:i + 250])).float().softmax(1)
                            for i in range(0, len(ws), 250)])
         labels = probs.argmax(1)
         score = torch.where(labels == class_index, probs[:, class_index], torch.tensor(-1.0, device=probs.device))
@@ -294,7 +296,7 @@ class Editor:
             vector = source[:, k]
             shifted = shift_codes(ws.to(self.device)[None], vector.to(self.device), eps,
                                   spread_of(vector, bank.w_cov), layer_range)[0]
-            rows.append(self.G.synthesis(shifted, noise_mode="const").clamp(-1, 1))
+            rows.append(self.G.render(shifted))
         return torch.stack(rows)
 
     def descriptions(self) -> dict[str, Any]:
@@ -309,22 +311,34 @@ class Editor:
     @torch.no_grad()
     def apply(self, ws: torch.Tensor, direction: str | DirectionSpec, eps: float | list[float],
               class_index: int | None = None, layers: str | range | None = None,
-              keep_global: bool = False) -> torch.Tensor:
+              keep_global: bool = False, keep_class: bool | None = None) -> torch.Tensor:
         """Edit W+ codes: ws (B, num_ws, w_dim) -> images (B, E, C, R, R) in [-1, 1], one per eps.
 
         ``class_index`` is the images' class (for class and boundary directions; None = classify the
         reconstruction of the first code).
+        keep_class: walk the edit class-locked (:mod:`~semdir_edit.editing.class_lock`): it never lowers the
+        classifier's margin for the image's class. None = on for class-specific directions (``class:k``), off
+        for the others; ``to:<class>`` refuses it (it exists to change the class).
         """
+        spec = parse_direction(direction) if isinstance(direction, str) else direction
         ws = ws.to(self.device)
         if ws.ndim == 2:
             ws = ws[None]
         eps_list = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
+        keep_class = keeps_class(spec, keep_class)
+        if keep_class and spec.kind == "to":
+            raise UserError(f"'{spec}' changes the class: it cannot keep it (drop --keep class)")
         if class_index is None:
-            recon = self.G.synthesis(ws[:1], noise_mode="const")
+            recon = self.G.render(ws[:1])
             class_index = int(self.classify(recon)[0][0])
-        vector, spread = self.direction(direction, class_index, keep_global)
+        vector, spread = self.direction(spec, class_index, keep_global)
         layer_range = layers if isinstance(layers, range) else parse_layers(layers, self.G.num_ws)
-        shifted = shift_codes(ws, vector.to(self.device), eps_list, spread, layer_range)   # (B, E, num_ws, w_dim)
+        if keep_class:
+            target = torch.full((len(ws),), class_index, dtype=torch.long)
+            shifted = locked_shift_codes(self.G, self.C, ws, vector.to(self.device), eps_list, spread, layer_range,
+                                         target)
+        else:
+            shifted = shift_codes(ws, vector.to(self.device), eps_list, spread, layer_range)  # (B, E, num_ws, w_dim)
         b, e = shifted.shape[:2]
         images = self.G.synthesis(shifted.reshape(b * e, *shifted.shape[2:]), noise_mode="const")
         return images.clamp(-1, 1).reshape(b, e, *images.shape[1:])

@@ -19,6 +19,8 @@ def batch_cmd(
     method: str = typer.Option("indomain", "--method", "-m", help="indomain | encoder | optimize | conventional."),
     steps: int | None = typer.Option(None, "--steps", min=0, help="Optimisation steps (default 100)."),
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
+    keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edits (default for class:K) | "
+                                    "'none': plain linear edits."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, max=4096, help="Images inverted together."),
     workers: int | None = typer.Option(None, "--workers", min=0, max=64, help="Loader processes that decode "
@@ -38,13 +40,19 @@ def batch_cmd(
     from semdir_edit import distributed
     from semdir_edit.config import InversionConfig, load_config
     from semdir_edit.editing.batch import run_batch
+    from semdir_edit.editing.directions import parse_keep
     from semdir_edit.editor import Editor
+    from semdir_edit.errors import UserError
 
+    keep_global, keep_class = parse_keep(keep)
+    if keep_global:
+        raise UserError("batch takes --keep class or none")
     inversion = load_config(config).invert if config else InversionConfig()
     with distributed.session(device) as dev:
         editor = Editor.from_pretrained(weights, dev, inversion)
         summary = run_batch(editor, in_dir, out_dir, direction, eps=eps, method=method, steps=steps, layers=layers,
-                            recursive=recursive, batch_size=batch_size, workers=workers, progress=True)
+                            recursive=recursive, batch_size=batch_size, workers=workers, progress=True,
+                            keep_class=keep_class)
         if distributed.is_main():  # One summary for the whole run.
             skipped = f", {summary['skipped']} skipped (done before)" if summary["skipped"] else ""
             typer.echo(f"{summary['ok']} ok, {summary['errors']} errors{skipped}; manifest {summary['manifest']}")

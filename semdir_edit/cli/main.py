@@ -494,8 +494,10 @@ def apply_cmd(
                                   "sefa:K | random:K | to:<class>."),
     eps: str = typer.Option("2", "--eps", help="A step (2) or a traversal start:stop:count (-3:3:13)."),
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
-    keep: str | None = typer.Option(None, "--keep", help="'global': with to:<class>, keep the global "
-                                    "directions fixed so only the class changes."),
+    keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edit, never lowering the "
+                                    "classifier's margin for the image's class (default for class:K) | 'none': "
+                                    "the plain linear edit | 'global': with to:<class>, keep the global directions "
+                                    "fixed so only the class changes."),
     out: Path = typer.Option(Path("edited.png"), "--out", "-o", help="PNG to write."),
     method: str = typer.Option("indomain", "--method", "-m", help="Inversion method when SOURCE is an image."),
     scale: int = typer.Option(4, "--scale", min=1, max=16, help="Enlarge the PNG by this factor."),
@@ -503,14 +505,13 @@ def apply_cmd(
     device: str = DeviceOpt,
 ) -> None:
     """Edit an inverted image along a direction; a range of eps writes a traversal strip (middle = eps 0)."""
-    from semdir_edit.editing.directions import parse_direction, parse_eps
+    from semdir_edit.editing.directions import parse_direction, parse_eps, parse_keep
     from semdir_edit.editor import Editor, Failed
     from semdir_edit.imageio import save_grid
 
     spec = parse_direction(direction)
     eps_list = parse_eps(eps)
-    if keep not in (None, "global"):
-        raise UserError("--keep takes only 'global'")
+    keep_global, keep_class = parse_keep(keep)
     editor = Editor.from_pretrained(weights, device)
     class_index = None
     if source.name.endswith(".safetensors"):
@@ -521,7 +522,8 @@ def apply_cmd(
         if isinstance(res, Failed):
             raise UserError(res.message)
         ws, class_index = res.ws, res.class_index
-    images = editor.apply(ws, spec, eps_list, class_index=class_index, layers=layers, keep_global=keep == "global")
+    images = editor.apply(ws, spec, eps_list, class_index=class_index, layers=layers, keep_global=keep_global,
+                           keep_class=keep_class)
     save_grid(out, images[0], nrow=len(eps_list), scale=scale, pad=2 if len(eps_list) > 1 else 0)
     typer.echo(f"wrote {out} ({spec}, eps {eps})")
 

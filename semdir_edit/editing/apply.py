@@ -33,12 +33,13 @@ def output_name(path: Path) -> str:
 
 def apply_files(editor: Editor, paths: list[Path], out_dir: Path, direction: str | DirectionSpec,
                 eps: float | list[float] = 2.0, batch_size: int = 64, scale: int = 4,
-                layers: str | range | None = None) -> list[Path]:
+                layers: str | range | None = None, keep_class: bool | None = None) -> list[Path]:
     """Edit the code of every latent file along ``direction`` and write ``out_dir/<name>.png`` for each.
 
     What `semdir-edit apply FILE` does per file (the class stored in the file picks class directions; a list of
-    eps writes a traversal strip), but batched on the device. A bad file raises UserError before anything of its
-    chunk is edited. Returns the written paths, in input order.
+    eps writes a traversal strip, a class direction is class-locked unless ``keep_class`` is False), but batched
+    on the device. A bad file raises UserError before anything of its chunk is edited. Returns the written paths,
+    in input order.
     """
     spec = parse_direction(direction) if isinstance(direction, str) else direction
     eps_list = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
@@ -53,9 +54,10 @@ def apply_files(editor: Editor, paths: list[Path], out_dir: Path, direction: str
             ahead = reader.submit(_read, editor, chunks[k + 1]) if k + 1 < len(chunks) else None
             classes = [meta.get("class_index") for _, meta in loaded]
             images: list[torch.Tensor | None] = [None] * len(chunk)
-            for class_index, members in edit_groups(classes, spec):
+            for class_index, members in edit_groups(classes, spec, keep_class):
                 ws = torch.stack([loaded[i][0] for i in members])
-                edited = editor.apply(ws, spec, eps_list, class_index=class_index, layers=layers).cpu()
+                edited = editor.apply(ws, spec, eps_list, class_index=class_index, layers=layers,
+                                      keep_class=keep_class).cpu()
                 for j, i in enumerate(members):
                     images[i] = edited[j]
             for path, strip in zip(chunk, images, strict=True):

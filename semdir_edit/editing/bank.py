@@ -20,7 +20,7 @@ def build_direction_bank(G: Generator, C: Classifier, k: int, n: int = 20_000, s
     ws, labels = [], []
     for start in range(0, n, batch_size):
         w = G.mapping(torch.randn(min(batch_size, n - start), G.z_dim, generator=gen).to(device))
-        labels.append(C(G.synthesis(G.broadcast(w), noise_mode="const")).argmax(1).cpu())
+        labels.append(C(G.render(G.broadcast(w))).argmax(1).cpu())
         ws.append(w.cpu())
     w_all, y = torch.cat(ws), torch.cat(labels)
     num_classes = C.cfg.num_classes

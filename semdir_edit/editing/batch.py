@@ -43,6 +43,7 @@ from semdir_edit.data.photo import check_regular_file, load_domain_image
 from semdir_edit.editing.directions import (
     DirectionSpec,
     edit_groups,
+    keeps_class,
     match_class,
     parse_direction,
     parse_eps,
@@ -415,12 +416,16 @@ class BatchOptions:
     layers: range
     weights_id: str
     inversion: dict[str, Any]  # Inversion hyper-parameters other than steps (from the Editor's config).
+    keep_class: bool = False   # Class-locked edits (see semdir_edit.editing.class_lock).
 
     def figures(self) -> dict[str, Any]:
         """The options as JSON-able values (what the hash covers)."""
-        return {"direction": str(self.direction), "eps": self.eps, "method": self.method, "steps": self.steps,
-                "layers": [self.layers.start, self.layers.stop - 1], "weights_id": self.weights_id,
-                "inversion": self.inversion}
+        figures = {"direction": str(self.direction), "eps": self.eps, "method": self.method, "steps": self.steps,
+                   "layers": [self.layers.start, self.layers.stop - 1], "weights_id": self.weights_id,
+                   "inversion": self.inversion}
+        if self.keep_class:  # Only when on: runs of unlocked edits keep the hash they had before the lock existed.
+            figures["keep_class"] = True
+        return figures
 
     def key(self) -> str:
         """Short hash of :meth:`figures`: the manifest's ``options``."""
@@ -428,7 +433,7 @@ class BatchOptions:
 
 
 def resolve_options(editor: Editor, direction: str | DirectionSpec, eps: str | float | list[float], method: str,
-                    steps: int | None, layers: str | range | None) -> BatchOptions:
+                    steps: int | None, layers: str | range | None, keep_class: bool | None = None) -> BatchOptions:
     """Parse and check every option against the weights before any image is touched (UserError on a bad one)."""
     spec = parse_direction(direction) if isinstance(direction, str) else direction
     if isinstance(eps, str):
@@ -463,7 +468,10 @@ def resolve_options(editor: Editor, direction: str | DirectionSpec, eps: str | f
     inv = editor.inversion
     inversion = {"lr": inv.lr, "lambda_perceptual": inv.lambda_perceptual, "lambda_dom": inv.lambda_dom,
                  "perceptual": inv.perceptual} if method in ("indomain", "optimize") else {}
-    return BatchOptions(spec, eps_list, method, steps, layer_range, editor.weights_id, inversion)
+    keep = keeps_class(spec, keep_class)
+    if keep and spec.kind == "to":
+        raise UserError(f"'{spec}' changes the class: it cannot keep it (use --keep none)")
+    return BatchOptions(spec, eps_list, method, steps, layer_range, editor.weights_id, inversion, keep)
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -494,11 +502,13 @@ def _edit_chunk(editor: Editor, items: list[LoadResult], opts: BatchOptions
     edited: dict[int, torch.Tensor] = {}
     errors = {i: res.message for i, res in enumerate(results) if isinstance(res, Failed)}
     ok = [i for i, res in enumerate(results) if isinstance(res, Inverted)]
-    for class_index, positions in edit_groups([results[i].class_index for i in ok], opts.direction):
+    for class_index, positions in edit_groups([results[i].class_index for i in ok], opts.direction,
+                                              opts.keep_class):
         members = [ok[p] for p in positions]
         ws = torch.stack([results[i].ws for i in members])
         try:
-            images = editor.apply(ws, opts.direction, opts.eps, class_index=class_index, layers=opts.layers).cpu()
+            images = editor.apply(ws, opts.direction, opts.eps, class_index=class_index, layers=opts.layers,
+                                  keep_class=opts.keep_class).cpu()
         except UserError as exc:  # E.g. to:<class> on an image already of that class.
             for i in members:
                 errors[i] = f"{items[i].rel}: cannot edit ({exc})"
@@ -514,13 +524,14 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
               eps: str | float | list[float] = 2.0, method: str = "indomain", steps: int | None = None,
               layers: str | range | None = None, recursive: bool = False, batch_size: int = 16,
               workers: int | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, keep_class: bool | None = None) -> dict[str, Any]:
     """Edit every image under ``in_dir`` into ``out_dir`` (layout mirrored) and log each in ``manifest.jsonl``.
 
     Inputs already done with the same bytes and options (ok in the manifest, outputs present) are skipped. A bad
     input is logged (``log``, default stderr) and recorded as an error; the run goes on. Raises UserError for what
     stops everything: a missing input folder, bad options, no images, another run holding ``out_dir``.
     workers: DataLoader processes that decode and convert images (None = 0 on CPU, up to 4 on a GPU).
+    keep_class: class-locked edits (None = on for ``class:k`` directions; see :meth:`Editor.apply`).
     Under torchrun (see :mod:`semdir_edit.distributed`), call it on every rank: each edits its share of the inputs.
     Returns a summary: inputs, ok, errors, skipped (over all ranks), options (hash), manifest (path), seconds.
     """
@@ -537,7 +548,7 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
     if not rels:
         raise UserError(f"no images found in {in_dir} ({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}"
                         f"{'' if recursive else '; use --recursive for sub-folders'})")
-    opts = resolve_options(editor, direction, eps, method, steps, layers)
+    opts = resolve_options(editor, direction, eps, method, steps, layers, keep_class)
     key = opts.key()
     stems = output_stems(rels)
     suffix = "edited.png" if len(opts.eps) == 1 else "strip.png"

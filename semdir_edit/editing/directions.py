@@ -60,15 +60,35 @@ def parse_direction(spec: str) -> DirectionSpec:
     return DirectionSpec(kind, int(arg), cls.strip() if cls else None)
 
 
-def edit_groups(classes: list[int | None], spec: DirectionSpec) -> list[tuple[int | None, list[int]]]:
+KEEP_CHOICES = ("global", "class", "none")
+
+
+def parse_keep(value: str | None) -> tuple[bool, bool | None]:
+    """``--keep`` -> (keep_global, keep_class): ``global`` (with to:<class>), ``class`` (class-locked edit), ``none``
+    (a plain linear edit); None = each at its default (class-locked for ``class:k`` only)."""
+    if value is None:
+        return False, None
+    key = value.strip().lower()
+    if key not in KEEP_CHOICES:
+        raise UserError(f"--keep takes {', '.join(KEEP_CHOICES)}, not '{value}'")
+    return key == "global", {"class": True, "none": False}.get(key)
+
+
+def keeps_class(spec: DirectionSpec, keep_class: bool | None) -> bool:
+    """Whether an edit is class-locked: ``keep_class`` when given, else on exactly for ``class:k`` directions."""
+    return spec.kind == "class" if keep_class is None else keep_class
+
+
+def edit_groups(classes: list[int | None], spec: DirectionSpec, keep_class: bool | None = None
+                ) -> list[tuple[int | None, list[int]]]:
     """Positions of codes that one ``Editor.apply`` call can edit together, each with the class to pass it.
 
-    Class and boundary directions depend on the image's class: one group per class present. Any other direction
-    edits everything at once (its class argument is unused; the first code's is passed).
+    Class and boundary directions, and class-locked edits, depend on the image's class: one group per class
+    present. Any other edit takes everything at once (its class argument is unused; the first code's is passed).
     """
     if not classes:
         return []
-    if not spec.needs_class:
+    if not spec.needs_class and not keeps_class(spec, keep_class):
         return [(classes[0], list(range(len(classes))))]
     groups: dict[int | None, list[int]] = {}
     for i, c in enumerate(classes):

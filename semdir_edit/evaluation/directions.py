@@ -26,6 +26,7 @@ import torch
 
 from semdir_edit.config import ShiftPredictorConfig
 from semdir_edit.editing.baselines import spread_along
+from semdir_edit.editing.class_lock import locked_shift_codes
 from semdir_edit.inversion.perceptual import PerceptualLoss
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.shift_predictor import ShiftPredictor
@@ -56,7 +57,7 @@ def sample_by_class(G: Generator, C: Classifier, per_class: int, seed: int, draw
     counts = [0] * num_classes
     for _ in range(max_batches):
         w = G.mapping(torch.randn(batch_size, G.z_dim, generator=gen).to(device))
-        labels = C(G.synthesis(G.broadcast(w), noise_mode="const")).argmax(1)
+        labels = C(G.render(G.broadcast(w))).argmax(1)  # The class of the image as shown, as edits are judged.
         for c in range(num_classes):
             take = w[labels == c][: per_class - counts[c]]
             kept_w[c].append(take.cpu())
@@ -75,7 +76,7 @@ def render_shifted(G: Generator, w: torch.Tensor, shift: torch.Tensor, batch_siz
     out = []
     for start in range(0, len(w), batch_size):
         ws = (w[start:start + batch_size] + shift[start:start + batch_size]).to(device)
-        out.append(G.synthesis(G.broadcast(ws), noise_mode="const").clamp(-1, 1).cpu())
+        out.append(G.render(G.broadcast(ws)).cpu())
     return torch.cat(out)
 
 
@@ -134,9 +135,12 @@ def train_fresh_predictor(G: Generator, C: Classifier, directions: torch.Tensor,
 @torch.no_grad()
 def edit_effects(G: Generator, C: Classifier, F: PerceptualLoss, sets: torch.Tensor, spreads: torch.Tensor,
                  w: torch.Tensor, labels: torch.Tensor, set_index: torch.Tensor, seed: int,
-                 eps_values: tuple[float, ...] = EDIT_EPS, batch_size: int = 250) -> dict[str, torch.Tensor]:
+                 eps_values: tuple[float, ...] = EDIT_EPS, batch_size: int = 250, class_lock: bool = False
+                 ) -> dict[str, torch.Tensor]:
     """Edit every sample along one random direction of its set at +-each eps.
 
+    class_lock: walk each edit class-locked (:mod:`~semdir_edit.editing.class_lock`, keeping ``labels``), as
+    ``apply`` edits along class directions by default; False = the plain linear edit.
     Returns ``kept`` (n, 2E) bool (classifier label unchanged), ``change`` (n, 2E) perceptual distance
     per unit |eps|, and ``abs_eps`` (2E,), ordered +e1, -e1, +e2, -e2, ...
     """
@@ -144,14 +148,21 @@ def edit_effects(G: Generator, C: Classifier, F: PerceptualLoss, sets: torch.Ten
     K = sets.shape[2]
     k = torch.randint(0, K, (len(w),), generator=torch.Generator().manual_seed(seed))
     signed = torch.tensor([s * e for e in eps_values for s in (1.0, -1.0)])
-    d = sets[set_index, :, k] * spreads[set_index, k][:, None]                        # (n, w_dim), one spread long.
+    unit, spread = sets[set_index, :, k], spreads[set_index, k]
+    d = unit * spread[:, None]                                                        # (n, w_dim), one spread long.
     kept, change = [], []
     for start in range(0, len(w), batch_size):
         sl = slice(start, start + batch_size)
         original = render_shifted(G, w[sl], torch.zeros_like(w[sl])).to(device)
+        if class_lock:
+            codes = locked_shift_codes(G, C, G.broadcast(w[sl].to(device)), unit[sl].to(device), signed.tolist(),
+                                       spread[sl].to(device), range(G.num_ws), labels[sl])
         kept_b, change_b = [], []
-        for e in signed:
-            edited = render_shifted(G, w[sl], e * d[sl]).to(device)
+        for j, e in enumerate(signed):
+            if class_lock:
+                edited = G.render(codes[:, j])
+            else:
+                edited = render_shifted(G, w[sl], e * d[sl]).to(device)
             kept_b.append(C(edited).argmax(1).cpu() == labels[sl])
             change_b.append(F(original, edited).cpu() / e.abs())
         kept.append(torch.stack(kept_b, 1))

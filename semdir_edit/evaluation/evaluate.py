@@ -255,10 +255,15 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     log("edits along our global and class directions")
     g = ed.edit_effects(G, C, F, ours, spreads, w, labels, zeros, seed)
     c = ed.edit_effects(G, C, F, ours, spreads, w, labels, labels + 1, seed)
+    log("edits along our class directions, class-locked (as apply makes them)")
+    locked = ed.edit_effects(G, C, F, ours, spreads, w, labels, labels + 1, seed, class_lock=True)
     for key, value in ed.summarize_effects(g, "global_").items():
         figures[key.replace("global_edit_strength", "edit_strength_global")] = value
-    for key, value in ed.summarize_effects(c, "").items():
+    # class_preserved / edit_strength_class: the class-locked edits `apply` makes; *_linear: the plain edits.
+    for key, value in ed.summarize_effects(locked, "").items():
         figures[key.replace("edit_strength", "edit_strength_class")] = value
+    for key, value in ed.summarize_effects(c, "").items():
+        figures[key.replace("edit_strength", "edit_strength_class") + "_linear"] = value
     # Specificity: class c's directions applied to samples of another class.
     other = (labels + torch.randint(1, num_classes, labels.shape, generator=torch.Generator().manual_seed(seed))
              ) % num_classes

@@ -155,7 +155,8 @@ def generate_batches(G: Generator, n: int, batch_size: int, device: torch.device
     """Yield ``(w (b, w_dim), image (b, C, R, R))`` for ``n`` fresh samples, ``batch_size`` at a time.
 
     z ~ N(0, I) from a CPU generator seeded with ``seed`` (the same samples on every device for a fixed batch size),
-    w = mapping(z, truncation_psi), image = synthesis(broadcast(w), noise_mode="const"). G is run in eval mode.
+    w = mapping(z, truncation_psi), image = ``G.render(broadcast(w))`` (constant noise, clamped to [-1, 1]: the
+    image as shown, which is what the classifier judges). G is run in eval mode.
     """
     if n < 0 or batch_size < 1:
         raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
@@ -165,7 +166,7 @@ def generate_batches(G: Generator, n: int, batch_size: int, device: torch.device
             b = min(batch_size, n - start)
             z = torch.randn(b, G.z_dim, generator=gen).to(device)
             w = G.mapping(z, truncation_psi)
-            yield w, G.synthesis(G.broadcast(w), noise_mode="const")
+            yield w, G.render(G.broadcast(w))
 
 
 def generate_images(G: Generator, n: int, batch_size: int, device: torch.device | str, seed: int,
@@ -202,7 +203,7 @@ def code_features(G: Generator, C: Classifier, ws: torch.Tensor, device: torch.d
     """
     def images() -> Iterator[torch.Tensor]:
         for chunk in ws.split(batch_size):
-            yield G.synthesis(chunk.to(device), noise_mode="const").clamp(-1, 1)
+            yield G.render(chunk.to(device))
 
     with _eval_mode(G):
         return classifier_features(C, images(), device)

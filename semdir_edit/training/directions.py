@@ -105,7 +105,7 @@ class DirectionLoss:
         with torch.no_grad():
             w = G.mapping(torch.randn(batch_size, G.z_dim, device=device))
             img = G.synthesis(G.broadcast(w), noise_mode="const")
-            c = self.C(img).argmax(1)                                     # Class of each sample.
+            c = self.C(img.clamp(-1, 1)).argmax(1)                       # Class of each sample as shown.
         directions = self.all_directions()                                # (N+1, w_dim, K)
         spreads = self.spread(directions)                                 # (N+1, K)
         set_index = torch.cat([torch.zeros_like(c) if s == "global" else c + 1 for s in self.sets])
@@ -120,7 +120,7 @@ class DirectionLoss:
         loss, stats = shift_predictor_loss(logits, shifts, set_index * K + k, eps, self.shift_weight)
         if self.class_keep_weight > 0 and "class" in self.sets:
             class_part = set_index > 0                                    # The class-set edits.
-            class_logits, target = self.C(shifted[class_part]), c.repeat(len(self.sets))[class_part]
+            class_logits, target = self.C(shifted[class_part].clamp(-1, 1)), c.repeat(len(self.sets))[class_part]
             keep = F.cross_entropy(class_logits, target)
             loss = loss + self.class_keep_weight * keep
             stats["class_keep_ce"] = keep.item()

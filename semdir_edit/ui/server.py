@@ -207,7 +207,7 @@ class EditorService:
         seed = seed if seed is not None else secrets.randbelow(1 << 30)
         with self.models() as ed:
             ws = ed.sample_code(None, seed).to(ed.device)
-            image = ed.G.synthesis(ws[None], noise_mode="const").clamp(-1, 1)
+            image = ed.G.render(ws[None])
             idx, conf = ed.classify(image)
         class_index = int(idx[0])
         png = png_bytes(image)
@@ -275,7 +275,7 @@ class EditorService:
         session = self.sessions.get(session_id)
         with self.models() as ed:
             ws = self.edited_code(session, request.shifts, request.layers)
-            image = ed.G.synthesis(ws[None], noise_mode="const").clamp(-1, 1)
+            image = ed.G.render(ws[None])
         return png_bytes(image, scale=request.scale)
 
     def strip_png(self, session_id: str, request: StripRequest) -> bytes:
@@ -293,7 +293,7 @@ class EditorService:
             vector, spread = self._direction(spec, session.class_index)
             layer_range = parse_layers(request.layers, session.ws.shape[0])
             codes = shift_codes(base[None], vector, eps, spread, layer_range)[0]
-            images = ed.G.synthesis(codes, noise_mode="const").clamp(-1, 1)
+            images = ed.G.render(codes)
         return png_bytes(images, nrow=n, scale=request.scale, pad=2)
 
     def latent_bytes(self, session_id: str) -> tuple[bytes, str]:
