@@ -286,16 +286,31 @@ class Editor:
 
     @torch.no_grad()
     def direction_grid(self, ws: torch.Tensor, kind: str, eps: list[float], class_index: int | None = None,
-                       layers: str | range | None = None) -> torch.Tensor:
-        """Every direction of one source applied to one code: images (K, E, C, R, R), rows = directions."""
+                       layers: str | range | None = None, keep_class: bool | None = None,
+                       image_class: int | None = None) -> torch.Tensor:
+        """Every direction of one source applied to one code: images (K, E, C, R, R), rows = directions.
+
+        class_index: whose class set (``kind="class"``). keep_class: class-locked edits, as :meth:`apply` (None = on
+        for class sets); they keep ``image_class`` (None = ``class_index``, else the classifier's label of ``ws``).
+        """
         source = self.direction_set(kind, class_index)
         bank = self.model("direction_bank")
         layer_range = layers if isinstance(layers, range) else parse_layers(layers, self.G.num_ws)
+        code = ws.to(self.device)[None]
+        lock = keep_class if keep_class is not None else kind == "class"
+        if lock:
+            keep = image_class if image_class is not None else class_index
+            if keep is None:
+                keep = int(self.classify(self.G.render(code))[0][0])
+            target = torch.tensor([keep])
         rows = []
         for k in range(source.shape[1]):
-            vector = source[:, k]
-            shifted = shift_codes(ws.to(self.device)[None], vector.to(self.device), eps,
-                                  spread_of(vector, bank.w_cov), layer_range)[0]
+            vector = source[:, k].to(self.device)
+            spread = spread_of(vector, bank.w_cov.to(self.device))
+            if lock:
+                shifted = locked_shift_codes(self.G, self.C, code, vector, eps, spread, layer_range, target)[0]
+            else:
+                shifted = shift_codes(code, vector, eps, spread, layer_range)[0]
             rows.append(self.G.render(shifted))
         return torch.stack(rows)
 

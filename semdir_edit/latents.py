@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
 
 from semdir_edit.checkpoint import atomic_save_safetensors
 from semdir_edit.errors import UserError
@@ -53,14 +54,28 @@ def load_latent(path: str | Path, weights_id: str | None = None, num_ws: int | N
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: latent file not found")
+    # One read, then the header by hand and the tensor from memory: a third of safe_open's time on these tiny
+    # files, which `apply` and `batch` read by the thousand.
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-            if raw.get("format") != FORMAT or "ws" not in f.keys():
-                raise UserError(f"{path}: not a semdir-edit latent file")
-            ws = f.get_tensor("ws")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{path}: not a valid latent file ({str(exc).splitlines()[0]})") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    try:
+        size = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+        if not 0 < size <= len(data) - 8:
+            raise ValueError("no safetensors header")
+        header = json.loads(data[8:8 + size])
+        if not isinstance(header, dict):
+            raise ValueError("no safetensors header")
+    except ValueError as exc:  # Also bad JSON and bad UTF-8.
+        raise UserError(f"{path}: not a valid latent file ({(str(exc).splitlines() or ['?'])[0]})") from None
+    raw = header.get("__metadata__") or {}
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT or "ws" not in header:
+        raise UserError(f"{path}: not a semdir-edit latent file")
+    try:
+        ws = load_tensors(data)["ws"]
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path}: not a valid latent file ({(str(exc).splitlines() or ['?'])[0]})") from None
     meta: dict[str, Any] = {}
     for key, value in raw.items():
         try:

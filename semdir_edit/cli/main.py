@@ -295,27 +295,35 @@ def directions_show_cmd(
     eps: str = typer.Option("-3:3:7", "--eps", help="Columns: start:stop:count."),
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
     seed: int = typer.Option(0, "--seed", help="Picks the generated sample."),
+    keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edits (default with --class) | "
+                                    "'none': plain linear edits."),
     out: Path = typer.Option(Path("directions.png"), "--out", "-o", help="PNG to write."),
     scale: int = typer.Option(3, "--scale", min=1, max=16),
     weights: Path = WeightsOpt,
     device: str = DeviceOpt,
 ) -> None:
     """A grid: rows = directions of one set, columns = eps (the middle column is the unedited image)."""
-    from semdir_edit.editing.directions import match_class, parse_eps
+    from semdir_edit.editing.directions import match_class, parse_eps, parse_keep
     from semdir_edit.editor import Editor
     from semdir_edit.imageio import save_grid
 
     eps_list = parse_eps(eps)
+    keep_global, keep_class = parse_keep(keep)
+    if keep_global:
+        raise UserError("directions show takes --keep class or none")
     editor = Editor.from_pretrained(weights, device)
     class_index = match_class(cls, editor.class_names) if cls else None
     kind = "class" if cls else source
+    image_class = class_index
     if latent is not None:
         ws, meta = editor.load_latent(latent)
+        image_class = meta.get("class_index")
         if class_index is None:
-            class_index = meta.get("class_index")
+            class_index = image_class
     else:
         ws = editor.sample_code(class_index, seed)
-    grid = editor.direction_grid(ws, kind, eps_list, class_index=class_index, layers=layers)
+    grid = editor.direction_grid(ws, kind, eps_list, class_index=class_index, layers=layers, keep_class=keep_class,
+                                 image_class=image_class)
     save_grid(out, grid.flatten(0, 1), nrow=len(eps_list), scale=scale)
     typer.echo(f"wrote {out} ({kind}{'@' + editor.class_names[class_index] if cls else ''}: "
                f"{grid.shape[0]} directions x {len(eps_list)} eps)")

@@ -5,15 +5,13 @@
     >>> ed = Editor.from_pretrained("weights/fashion_mnist")
     >>> apply_files(ed, sorted(Path("out").glob("*.latent.safetensors")), Path("edited"), "global:0", eps=2.0)
 
-The next chunk's files are read on a helper thread and the PNGs written on another while the device edits, so the
-device rarely waits on the disk.
+The PNGs are written on a helper thread while the device edits the next chunk. Latent files are read inline: at
+~50 us each they cost less than a reader thread's contention with the networks did (measured on 2 CPU cores).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -44,14 +42,10 @@ def apply_files(editor: Editor, paths: list[Path], out_dir: Path, direction: str
     spec = parse_direction(direction) if isinstance(direction, str) else direction
     eps_list = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
     chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
-    editor.G  # noqa: B018 — load the generator here, not racing for it on the reader thread.
     written: list[Path] = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="semdir-reader") as reader, \
-            BackgroundWriter(max_pending=2 * batch_size) as writer:
-        ahead = reader.submit(_read, editor, chunks[0]) if chunks else None
-        for k, chunk in enumerate(chunks):
-            loaded = ahead.result()
-            ahead = reader.submit(_read, editor, chunks[k + 1]) if k + 1 < len(chunks) else None
+    with BackgroundWriter(max_pending=2 * batch_size) as writer:
+        for chunk in chunks:
+            loaded = [editor.load_latent(p) for p in chunk]
             classes = [meta.get("class_index") for _, meta in loaded]
             images: list[torch.Tensor | None] = [None] * len(chunk)
             for class_index, members in edit_groups(classes, spec, keep_class):
@@ -67,6 +61,3 @@ def apply_files(editor: Editor, paths: list[Path], out_dir: Path, direction: str
                 written.append(out)
     return written
 
-
-def _read(editor: Editor, chunk: list[Path]) -> list[tuple[torch.Tensor, dict[str, Any]]]:
-    return [editor.load_latent(p) for p in chunk]

@@ -1,0 +1,131 @@
+"""Class-locked edits: the projected step never lowers the margin, walks compose, and apply/batch/CLI wire it up.
+Also: the classifier judges generated images as shown (clamped)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from semdir_edit.editing.batch import resolve_options
+from semdir_edit.editing.class_lock import _locked_step, class_margin, locked_shift_codes
+from semdir_edit.editing.directions import edit_groups, parse_direction, parse_keep
+from semdir_edit.editor import Editor
+from semdir_edit.errors import UserError
+from semdir_edit.evaluation.directions import sample_by_class
+from semdir_edit.latents import save_latent
+
+from .conftest import make_edit_weights
+from .test_cli import run_cli
+
+
+@pytest.fixture(scope="module")
+def editor(tmp_path_factory):
+    return Editor.from_pretrained(make_edit_weights(tmp_path_factory.mktemp("w")), device="cpu")
+
+
+def _codes(ed: Editor, n: int, seed: int = 0) -> torch.Tensor:
+    return ed.G.broadcast(ed.G.mapping(torch.randn(n, ed.G.z_dim, generator=torch.Generator().manual_seed(seed))))
+
+
+def _margin_grad(ed: Editor, ws: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    s = torch.zeros(ws.shape[0], ws.shape[2], requires_grad=True)
+    (g,) = torch.autograd.grad(class_margin(ed.C(ed.G.render(ws + s[:, None])), target).sum(), s)
+    return g
+
+
+def test_margin_is_positive_exactly_for_the_winning_class():
+    logits = torch.tensor([[2.0, 1.0, -1.0], [0.0, 3.0, 0.5]])
+    assert (class_margin(logits, torch.tensor([0, 1])) > 0).all()
+    assert (class_margin(logits, torch.tensor([1, 2])) < 0).all()
+
+
+def test_locked_step_removes_only_the_margin_lowering_part(editor):
+    ws = _codes(editor, 6).detach()
+    target = editor.C(editor.G.render(ws)).argmax(1)
+    mask = torch.ones(ws.shape[1], 1)
+    g = _margin_grad(editor, ws, target)
+    # Down the margin's gradient: the lock leaves nothing along it. Up the gradient: the step is untouched.
+    for step, lowers in ((-g, True), (g, False)):
+        out = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), step, target)
+        along = (out * g).sum(1)
+        if lowers:
+            assert along.abs().max() < 1e-4 * g.square().sum(1).max()
+        else:
+            assert torch.allclose(out, step)
+    # A random step keeps its component orthogonal to the gradient, and never points down it.
+    step = torch.randn(6, ws.shape[2])
+    out = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), step, target)
+    assert ((out * g).sum(1) >= -1e-5).all()
+    assert not torch.allclose(out, torch.zeros_like(out))
+
+
+def test_locked_walk_keeps_margin_better_than_linear_and_composes(editor):
+    ws = _codes(editor, 16, seed=1).detach()
+    target = editor.C(editor.G.render(ws)).argmax(1)
+    g = _margin_grad(editor, ws, target)
+    d = -g.mean(0) / g.mean(0).norm()  # Lowers the margin of most codes: the lock has work to do.
+    eps = [1.0, 2.0, 0.0, -1.0]
+    locked = locked_shift_codes(editor.G, editor.C, ws, d, eps, 0.5, range(ws.shape[1]), target)
+    assert locked.shape == (16, 4, *ws.shape[1:])
+    assert torch.equal(locked[:, 2], ws)
+    with torch.no_grad():
+        m_locked = class_margin(editor.C(editor.G.render(locked[:, 1])), target)
+        m_linear = class_margin(editor.C(editor.G.render(ws + 2.0 * 0.5 * d)), target)
+    assert m_locked.mean() > m_linear.mean()
+    # Walking to 2 directly takes the same steps as walking to 1 and on to 2.
+    direct = locked_shift_codes(editor.G, editor.C, ws, d, [2.0], 0.5, range(ws.shape[1]), target)
+    assert torch.allclose(direct[:, 0], locked[:, 1], atol=1e-5)
+    # Only the chosen layers move.
+    partial = locked_shift_codes(editor.G, editor.C, ws, d, [1.0], 0.5, range(1, 3), target)
+    assert torch.equal(partial[:, 0, 3:], ws[:, 3:]) and not torch.equal(partial[:, 0, 1:3], ws[:, 1:3])
+
+
+def test_keep_option_parsing_and_defaults(editor):
+    assert parse_keep(None) == (False, None)
+    assert parse_keep("class") == (False, True) and parse_keep("none") == (False, False)
+    assert parse_keep("Global") == (True, None)
+    with pytest.raises(UserError, match="--keep takes"):
+        parse_keep("everything")
+    # Class-locked edits depend on each image's class: one group per class, like class directions.
+    assert edit_groups([0, 1, 0], parse_direction("pca:0")) == [(0, [0, 1, 2])]
+    assert edit_groups([0, 1, 0], parse_direction("pca:0"), keep_class=True) == [(0, [0, 2]), (1, [1])]
+    ws = _codes(editor, 2).detach()
+    plain = editor.apply(ws, "pca:0", [3.0], class_index=0)
+    assert torch.equal(plain, editor.apply(ws, "pca:0", [3.0], class_index=0, keep_class=False))
+    assert not torch.allclose(plain, editor.apply(ws, "pca:0", [3.0], class_index=0, keep_class=True))
+    with pytest.raises(UserError, match="changes the class"):
+        editor.apply(ws, "to:Coat", [1.0], class_index=0, keep_class=True)
+    # The batch options hash: unchanged for unlocked edits, different when locked.
+    plain_opts = resolve_options(editor, "pca:0", "2", "optimize", 0, None)
+    assert "keep_class" not in plain_opts.figures()
+    assert resolve_options(editor, "pca:0", "2", "optimize", 0, None, keep_class=True).key() != plain_opts.key()
+
+
+def test_apply_cli_keep_class(editor, tmp_path):
+    ws = _codes(editor, 1)[0].detach()
+    latent = tmp_path / "a.latent.safetensors"
+    save_latent(latent, ws, {"weights_id": editor.weights_id, "class_index": 1})
+    weights = str(editor.weights_dir)
+    result = run_cli("apply", str(latent), "-d", "pca:0", "--eps", "-2:2:3", "--keep", "class", "-w", weights,
+                     "-o", str(tmp_path / "s.png"))
+    assert result.returncode == 0, result.stderr
+    result = run_cli("apply", str(latent), "-d", "to:Coat", "--keep", "class", "-w", weights, "-o",
+                     str(tmp_path / "t.png"))
+    assert result.returncode == 2 and "changes the class" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_classifier_judges_clamped_images(editor):
+    ws = _codes(editor, 8).detach()
+    raw = editor.G.synthesis(ws, noise_mode="const")
+    assert torch.equal(editor.G.render(ws), raw.clamp(-1, 1))
+    samples = sample_by_class(editor.G, editor.C, per_class=2, seed=0)
+    with torch.no_grad():
+        assert torch.equal(editor.C(editor.G.render(editor.G.broadcast(samples.w))).argmax(1), samples.labels)
+
+
+def test_direction_grid_can_lock(editor):
+    ws = _codes(editor, 1)[0].detach()
+    plain = editor.direction_grid(ws, "pca", [-3.0, 0.0, 3.0])
+    locked = editor.direction_grid(ws, "pca", [-3.0, 0.0, 3.0], keep_class=True, image_class=0)
+    assert plain.shape == locked.shape == (3, 3, 1, 32, 32)
+    assert torch.equal(plain[:, 1], locked[:, 1]) and not torch.allclose(plain, locked)
