@@ -42,7 +42,6 @@ from semdir_edit.checkpoint import atomic_write_bytes
 from semdir_edit.data.photo import check_regular_file, load_domain_image
 from semdir_edit.editing.directions import (
     DirectionSpec,
-    edit_groups,
     keeps_class,
     match_class,
     parse_direction,
@@ -497,27 +496,14 @@ def _record(rel: str, sha: str | None, options_key: str, *, error: str | None = 
 def _edit_chunk(editor: Editor, items: list[LoadResult], opts: BatchOptions
                 ) -> Iterator[tuple[LoadResult, Inverted | None, torch.Tensor | None, str | None]]:
     """Invert, classify and edit loaded inputs on the device -> (item, inversion, edited (E, C, R, R), error)."""
-    results = editor.invert(torch.stack([it.image for it in items]), method=opts.method, steps=opts.steps,
-                            names=[it.rel for it in items], perceptual=False)  # The manifest does not record it.
-    edited: dict[int, torch.Tensor] = {}
-    errors = {i: res.message for i, res in enumerate(results) if isinstance(res, Failed)}
-    ok = [i for i, res in enumerate(results) if isinstance(res, Inverted)]
-    for class_index, positions in edit_groups([results[i].class_index for i in ok], opts.direction,
-                                              opts.keep_class):
-        members = [ok[p] for p in positions]
-        ws = torch.stack([results[i].ws for i in members])
-        try:
-            images = editor.apply(ws, opts.direction, opts.eps, class_index=class_index, layers=opts.layers,
-                                  keep_class=opts.keep_class).cpu()
-        except UserError as exc:  # E.g. to:<class> on an image already of that class.
-            for i in members:
-                errors[i] = f"{items[i].rel}: cannot edit ({exc})"
-            continue
-        for j, i in enumerate(members):
-            edited[i] = images[j]
-    for i, item in enumerate(items):
-        res = results[i]
-        yield item, res if isinstance(res, Inverted) else None, edited.get(i), errors.get(i)
+    out = editor.invert_and_edit(torch.stack([it.image for it in items]), opts.direction, opts.eps,
+                                 method=opts.method, steps=opts.steps, names=[it.rel for it in items],
+                                 layers=opts.layers, keep_class=opts.keep_class)
+    for item, (res, images, edit_error) in zip(items, out, strict=True):
+        if isinstance(res, Failed):
+            yield item, None, None, res.message
+        else:  # An edit error: e.g. to:<class> on an image already of that class.
+            yield item, res, images, f"{item.rel}: cannot edit ({edit_error})" if edit_error else None
 
 
 def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction: str | DirectionSpec,

@@ -88,7 +88,7 @@ def _frozen(*modules: nn.Module | None) -> Iterator[None]:
                 p.requires_grad_(flag)
 
 
-def _check_images(G: Generator, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def check_images(G: Generator, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate the batch; returns (x with non-finite images zeroed, per-image finite flags (B,))."""
     c, r = G.cfg.img_channels, G.cfg.resolution
     if x.ndim != 4 or x.shape[1:] != (c, r, r) or x.shape[0] < 1:
@@ -187,7 +187,7 @@ def invert_encoder(E: Encoder, G: Generator, x: torch.Tensor, F: PerceptualLoss 
 
     ``losses`` = pixel MSE (+ ``lambda_perceptual`` * F when F is given). ``method`` only labels the result.
     """
-    x, finite = _check_images(G, x)
+    x, finite = check_images(G, x)
     with _frozen(E, G, F):  # One context: walking the modules' flags costs ~1 ms a time.
         with torch.no_grad():
             start = E(x)
@@ -201,7 +201,7 @@ def invert_optimize(G: Generator, x: torch.Tensor, F: PerceptualLoss, steps: int
 
     start: (B, num_ws, w_dim) first code; None = the mean code (:func:`mean_start`).
     """
-    x, finite = _check_images(G, x)
+    x, finite = check_images(G, x)
     start = mean_start(G, x.shape[0]) if start is None else start
     with _frozen(G, F):
         return _run("optimize", G, x, finite, start, F, None, steps, lr, lambda_perceptual, 0.0, callback)
@@ -212,7 +212,7 @@ def invert_indomain(G: Generator, E: Encoder, x: torch.Tensor, F: PerceptualLoss
                     callback: StepCallback | None = None) -> InversionResult:
     """In-domain inversion (Eq. 4): from w = E(x), min_w ||x - G(w)||^2 + lambda_perceptual * F(x, G(w))
     + lambda_dom * ||w - E(G(w))||^2 with Adam. E must be the domain-guided encoder."""
-    x, finite = _check_images(G, x)
+    x, finite = check_images(G, x)
     with _frozen(E, G, F):
         with torch.no_grad():
             start = E(x)
