@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,32 +57,37 @@ MODEL_KINDS: dict[str, tuple[type[nn.Module], type]] = {
 }
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _temp_beside(path: Path) -> tuple[int, str]:
-    """A temp file next to ``path`` (same file system, so the rename is atomic), with normal permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs should read like any other.
-    return fd, tmp
+_TEMP_SERIAL = itertools.count()
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write via a temp file in the same folder + rename, so a killed process leaves no half file."""
+    """Write via a temp file in the same folder + fsync + rename, so a killed process leaves no half file.
+
+    The temp file is ``.<name>.<pid>x<n>.tmp`` (same file system, so the rename is atomic), created with mode 0666
+    less the umask like any other output: a process serial rather than mkstemp's random name and chmod, because
+    batch runs write thousands of these from a thread that must hold the GIL as little as it can. Its name is known
+    before it exists, so a Ctrl-C at any point (even right after the open) leaves no temp file behind.
+    """
     path = Path(path)
-    fd, tmp = _temp_beside(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ""
     try:
+        while True:
+            tmp = str(path.parent / f".{path.name}.{os.getpid()}x{next(_TEMP_SERIAL)}.tmp")
+            try:
+                fd = os.open(tmp, _CREATE, 0o666)
+                break
+            except FileExistsError:  # Left by a killed process that had the same pid: take the next number.
+                tmp = ""
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -21,6 +21,18 @@ def resolve_device(spec: str = "auto") -> torch.device:
     raise UserError(f"unknown device '{spec}' (use auto, cpu or cuda)")
 
 
+def for_inference(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """Lay a network's weights out for fast inference on ``device`` (in place; returns the module).
+
+    On the CPU: channels-last (NHWC) memory, which oneDNN's convolutions run much faster at these sizes (2-core
+    CPU, batch 16, float32: generator 45 -> 28 ms, encoder 14 -> 9 ms, 30 in-domain steps on 8 images 2.6 -> 2.1 s;
+    outputs equal to 5e-6). Left as is on a GPU, where it was not measured.
+    """
+    if device.type == "cpu":
+        module.to(memory_format=torch.channels_last)
+    return module
+
+
 def autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
     """Mixed precision (bfloat16) on GPU; a no-op context on CPU."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")

@@ -22,7 +22,7 @@ from semdir_edit.checkpoint import load_model, read_manifest, weights_id
 from semdir_edit.config import FASHION_MNIST_CLASSES, InversionConfig
 from semdir_edit.data.datasets import to_float
 from semdir_edit.data.photo import load_domain_image
-from semdir_edit.device import resolve_device
+from semdir_edit.device import for_inference, resolve_device
 from semdir_edit.editing.class_lock import locked_shift_codes
 from semdir_edit.editing.directions import (
     DirectionSpec,
@@ -98,7 +98,7 @@ class Editor:
 
     def model(self, kind: str) -> torch.nn.Module:
         if kind not in self._models:
-            self._models[kind] = load_model(self.weights_dir, kind, self.device)
+            self._models[kind] = for_inference(load_model(self.weights_dir, kind, self.device), self.device)
         return self._models[kind]
 
     @property

@@ -15,7 +15,12 @@ from semdir_edit.errors import UserError
 
 def make_grid(images: torch.Tensor, nrow: int, pad: int = 2, pad_value: int = 64) -> np.ndarray:
     """(N, C, H, W) floats in [-1, 1] -> one uint8 (rows*H, cols*W[, C]) image, ``nrow`` images per row."""
-    x = to_uint8(images).cpu().numpy()
+    return arrange_grid(to_uint8(images).cpu().numpy(), nrow, pad, pad_value)
+
+
+def arrange_grid(x: np.ndarray, nrow: int, pad: int = 2, pad_value: int = 64) -> np.ndarray:
+    """:func:`make_grid` of images already in uint8 ((N, C, H, W) numpy): no torch, so a writer thread running it
+    does not hold the GIL through torch's dispatcher while the main thread computes."""
     n, c, h, w = x.shape
     rows = (n + nrow - 1) // nrow
     grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), pad_value, np.uint8)
@@ -39,6 +44,8 @@ def write_png(path: str | Path, image: np.ndarray, scale: int = 1) -> None:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def save_grid(path: str | Path, images: torch.Tensor, nrow: int, scale: int = 1, pad: int = 2) -> None:
-    """Write a PNG grid of images in [-1, 1] (``pad=0`` for a single image at its own size)."""
-    write_png(path, make_grid(images, nrow, pad=pad), scale)
+def save_grid(path: str | Path, images: torch.Tensor | np.ndarray, nrow: int, scale: int = 1, pad: int = 2) -> None:
+    """Write a PNG grid of images in [-1, 1] (or already uint8 numpy, (N, C, H, W)); ``pad=0`` for a single image at
+    its own size."""
+    grid = arrange_grid(images, nrow, pad) if isinstance(images, np.ndarray) else make_grid(images, nrow, pad=pad)
+    write_png(path, grid, scale)

@@ -333,9 +333,10 @@ def test_full_disk_stops_batch_cleanly_and_the_rerun_resumes(weights, small_disk
 @pytest.mark.parametrize("command", ["invert", "batch"])
 def test_ctrl_c_mid_run_is_one_line_and_leaves_only_complete_outputs(weights, command, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
-    # invert writes after each batch of 64: with 150 inputs the first outputs appear while two batches remain (with
-    # 40, all of them came at the very end and SIGINT could land while the process was already exiting).
-    _domain_articles(src, 150 if command == "invert" else 40)
+    # invert writes after each batch of 64: with 400 inputs the first outputs appear while five batches remain (with
+    # 40, all of them came at the very end and SIGINT could land while the process was already exiting; with 150,
+    # once the networks ran channels-last, the last two batches sometimes finished inside the 0.2 s wait).
+    _domain_articles(src, 400 if command == "invert" else 40)
     inputs = sorted(str(p) for p in src.iterdir())
     args = (["invert", *inputs, "-o", str(out)] if command == "invert" else
             ["batch", str(src), str(out), "-d", "pca:0", "--batch-size", "2"])

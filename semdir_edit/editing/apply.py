@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from semdir_edit.data.datasets import to_uint8
 from semdir_edit.editing.directions import DirectionSpec, edit_groups, parse_direction
 from semdir_edit.editor import Editor
 from semdir_edit.imageio import save_grid
@@ -47,11 +49,12 @@ def apply_files(editor: Editor, paths: list[Path], out_dir: Path, direction: str
         for chunk in chunks:
             loaded = [editor.load_latent(p) for p in chunk]
             classes = [meta.get("class_index") for _, meta in loaded]
-            images: list[torch.Tensor | None] = [None] * len(chunk)
+            images: list[np.ndarray | None] = [None] * len(chunk)
             for class_index, members in edit_groups(classes, spec, keep_class):
                 ws = torch.stack([loaded[i][0] for i in members])
                 edited = editor.apply(ws, spec, eps_list, class_index=class_index, layers=layers,
-                                      keep_class=keep_class).cpu()
+                                      keep_class=keep_class)
+                edited = to_uint8(edited).cpu().numpy()  # Here, in one op: the writer thread then needs no torch.
                 for j, i in enumerate(members):
                     images[i] = edited[j]
             for path, strip in zip(chunk, images, strict=True):

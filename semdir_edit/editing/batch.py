@@ -33,12 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from semdir_edit import distributed
 from semdir_edit.checkpoint import atomic_write_bytes
+from semdir_edit.data.datasets import to_uint8
 from semdir_edit.data.photo import check_regular_file, load_domain_image
 from semdir_edit.editing.directions import (
     DirectionSpec,
@@ -60,7 +62,7 @@ MANIFEST = "manifest.jsonl"
 _PART = re.compile(r"^manifest\.rank(\d+)\.jsonl$")  # One rank's part of the manifest (torchrun).
 LOCK = ".semdir-batch.lock"
 MAX_FILE_BYTES = 1 << 30  # Inputs are read whole (hash and decode the same bytes); refuse absurd ones up front.
-# Temp files of checkpoint._temp_beside for our own outputs (".<name>.<random>.tmp"): what a SIGKILL leaves behind.
+# Temp files of checkpoint.atomic_write_bytes for our outputs (".<name>.<pid>x<n>.tmp"): what a SIGKILL leaves.
 _STALE_TEMP = re.compile(r"^\..+\.(edited\.png|strip\.png|latent\.safetensors)\.[^./]+\.tmp$|"
                          r"^\.manifest\.jsonl\.[^./]+\.tmp$")
 
@@ -602,7 +604,7 @@ def _run(editor: Editor, in_dir: Path, out_dir: Path, rels: list[str], stems: di
         counts["skipped"] += 1
         tick()
 
-    def write(item: LoadResult, res: Inverted, images: torch.Tensor) -> None:
+    def write(item: LoadResult, res: Inverted, images: np.ndarray) -> None:
         stem = stems[item.rel]
         # Outputs first (each atomic), the manifest line last: a line on disk means its outputs are complete.
         edited_rel, latent_rel = f"{stem}.{suffix}", f"{stem}.latent.safetensors"
@@ -621,7 +623,7 @@ def _run(editor: Editor, in_dir: Path, out_dir: Path, rels: list[str], stems: di
                                               res=res))
                 continue
             res.notes = item.notes + res.notes
-            writer.submit(write, item, res, images)
+            writer.submit(write, item, res, to_uint8(images).numpy())  # uint8 here: the writer then needs no torch.
 
     pending: list[LoadResult] = []
     try:
