@@ -266,7 +266,7 @@ def read_manifest_lines(path: str | Path) -> list[dict[str, Any]]:
 
 
 class Manifest:
-    """``manifest.jsonl`` opened for appending: each record is one complete line, written and fsync'ed at once."""
+    """``manifest.jsonl`` opened for appending: records go in as complete lines, written and fsync'ed together."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -296,9 +296,10 @@ class Manifest:
             os.ftruncate(self.fd, keep)
             os.fsync(self.fd)
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Append one record; raises UserError when the disk refuses (the run cannot go on without its log)."""
-        line = _line(record)
+    def append(self, *records: dict[str, Any]) -> None:
+        """Append records in one write and one fsync; raises UserError when the disk refuses (the run cannot go on
+        without its log)."""
+        line = b"".join(_line(record) for record in records)
         try:
             view = memoryview(line)
             while view:
@@ -593,12 +594,23 @@ def _run(editor: Editor, in_dir: Path, out_dir: Path, rels: list[str], stems: di
         bar.set_postfix(errors=counts["errors"], skipped=counts["skipped"], refresh=False)
         bar.update(1)
 
+    # Records wait here (writer thread only) until `commit` appends a chunk's lines with one fsync: a line is still
+    # written only after its outputs, so a killed run redoes at most the last chunk and skips nothing unfinished.
+    finished: list[dict[str, Any]] = []
+
     def finish(record: dict[str, Any]) -> None:
-        manifest.append(record)
-        counts["ok" if record["status"] == "ok" else "errors"] += 1
-        if record["status"] != "ok":
-            say(f"error: {record['error']}")
-        tick()
+        finished.append(record)
+
+    def commit() -> None:
+        if not finished:
+            return
+        manifest.append(*finished)
+        for record in finished:
+            counts["ok" if record["status"] == "ok" else "errors"] += 1
+            if record["status"] != "ok":
+                say(f"error: {record['error']}")
+            tick()
+        finished.clear()
 
     def skip() -> None:
         counts["skipped"] += 1
@@ -628,19 +640,26 @@ def _run(editor: Editor, in_dir: Path, out_dir: Path, rels: list[str], stems: di
     pending: list[LoadResult] = []
     try:
         with writer:
-            for records in loader:
-                for item in records:
-                    if item.skipped:
-                        writer.submit(skip)
-                    elif item.error is not None:
-                        writer.submit(finish, _record(item.rel, item.sha256, key, error=item.error))
-                    else:
-                        pending.append(item)
-                while len(pending) >= batch_size:
-                    flush(pending[:batch_size])
-                    pending = pending[batch_size:]
-            if pending:
-                flush(pending)
+            try:
+                for records in loader:
+                    for item in records:
+                        if item.skipped:
+                            writer.submit(skip)
+                        elif item.error is not None:
+                            writer.submit(finish, _record(item.rel, item.sha256, key, error=item.error))
+                        else:
+                            pending.append(item)
+                    while len(pending) >= batch_size:
+                        flush(pending[:batch_size])
+                        pending = pending[batch_size:]
+                    writer.submit(commit)
+                if pending:
+                    flush(pending)
+            finally:
+                try:
+                    writer.submit(commit)  # Also when interrupted: what is finished gets its lines.
+                except Exception:  # noqa: BLE001, S110 — the writer failed before; that failure is reported.
+                    pass
     finally:
         bar.close()
     return counts
