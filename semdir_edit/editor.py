@@ -338,8 +338,8 @@ class Editor:
               keep_global: bool = False, keep_class: bool | None = None) -> torch.Tensor:
         """Edit W+ codes: ws (B, num_ws, w_dim) -> images (B, E, C, R, R) in [-1, 1], one per eps.
 
-        ``class_index`` is the images' class (for class and boundary directions; None = classify the
-        reconstruction of the first code).
+        ``class_index`` is the images' class (for class and boundary directions and class-locked edits; None = the
+        classifier's label of each code's reconstruction, codes of different classes edited class by class).
         keep_class: walk the edit class-locked (:mod:`~semdir_edit.editing.class_lock`): it never lowers the
         classifier's margin for the image's class. None = on for class-specific directions (``class:k``), off
         for the others; ``to:<class>`` refuses it (it exists to change the class).
@@ -353,8 +353,16 @@ class Editor:
         if keep_class and spec.kind == "to":
             raise UserError(f"'{spec}' changes the class: it cannot keep it (drop --keep class)")
         if class_index is None:
-            recon = self.G.render(ws[:1])
-            class_index = int(self.classify(recon)[0][0])
+            classes = self.classify(self.G.render(ws))[0].tolist()
+            groups = edit_groups(classes, spec, keep_class)
+            if len(groups) > 1:
+                out: list[torch.Tensor | None] = [None] * len(ws)
+                for group_class, members in groups:
+                    images = self.apply(ws[members], spec, eps_list, group_class, layers, keep_global, keep_class)
+                    for j, i in enumerate(members):
+                        out[i] = images[j]
+                return torch.stack(out)  # type: ignore[arg-type] — every code is in one group.
+            class_index = groups[0][0]
         vector, spread = self.direction(spec, class_index, keep_global)
         layer_range = layers if isinstance(layers, range) else parse_layers(layers, self.G.num_ws)
         if keep_class:

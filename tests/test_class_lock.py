@@ -129,3 +129,18 @@ def test_direction_grid_can_lock(editor):
     locked = editor.direction_grid(ws, "pca", [-3.0, 0.0, 3.0], keep_class=True, image_class=0)
     assert plain.shape == locked.shape == (3, 3, 1, 32, 32)
     assert torch.equal(plain[:, 1], locked[:, 1]) and not torch.allclose(plain, locked)
+
+
+def test_apply_without_class_edits_each_code_as_its_own_class(editor, monkeypatch):
+    ws = _codes(editor, 12, seed=3).detach()
+    classes = torch.tensor([0, 1, 2] * 4)  # The tiny random classifier calls everything one class: say otherwise.
+    real = editor.classify
+    monkeypatch.setattr(editor, "classify", lambda images: (classes[:len(images)], torch.ones(len(images))))
+    together = editor.apply(ws, "pca:0", [2.0], keep_class=True)
+    monkeypatch.setattr(editor, "classify", real)
+    for c in range(3):
+        members = (classes == c).nonzero()[:, 0]
+        alone = editor.apply(ws[members], "pca:0", [2.0], class_index=c, keep_class=True)
+        assert torch.allclose(together[members], alone, atol=1e-5)
+    # A plain edit does not depend on the class: one group, the same images whatever the labels.
+    assert torch.allclose(editor.apply(ws, "pca:0", [2.0]), editor.apply(ws, "pca:0", [2.0], class_index=0))
