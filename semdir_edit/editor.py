@@ -350,8 +350,6 @@ class Editor:
             ws = ws[None]
         eps_list = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
         keep_class = keeps_class(spec, keep_class)
-        if keep_class and spec.kind == "to":
-            raise UserError(f"'{spec}' changes the class: it cannot keep it (drop --keep class)")
         if class_index is None:
             classes = self.classify(self.G.render(ws))[0].tolist()
             groups = edit_groups(classes, spec, keep_class)

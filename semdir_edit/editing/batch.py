@@ -470,10 +470,8 @@ def resolve_options(editor: Editor, direction: str | DirectionSpec, eps: str | f
     inv = editor.inversion
     inversion = {"lr": inv.lr, "lambda_perceptual": inv.lambda_perceptual, "lambda_dom": inv.lambda_dom,
                  "perceptual": inv.perceptual} if method in ("indomain", "optimize") else {}
-    keep = keeps_class(spec, keep_class)
-    if keep and spec.kind == "to":
-        raise UserError(f"'{spec}' changes the class: it cannot keep it (use --keep none)")
-    return BatchOptions(spec, eps_list, method, steps, layer_range, editor.weights_id, inversion, keep)
+    return BatchOptions(spec, eps_list, method, steps, layer_range, editor.weights_id, inversion,
+                        keeps_class(spec, keep_class))
 
 
 # ----------------------------------------------------------------------------------------------- the run

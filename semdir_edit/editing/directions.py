@@ -75,7 +75,10 @@ def parse_keep(value: str | None) -> tuple[bool, bool | None]:
 
 
 def keeps_class(spec: DirectionSpec, keep_class: bool | None) -> bool:
-    """Whether an edit is class-locked: ``keep_class`` when given, else on exactly for ``class:k`` directions."""
+    """Whether an edit is class-locked: ``keep_class`` when given, else on exactly for ``class:k`` directions.
+    UserError for ``to:<class>`` with ``keep_class=True`` (that direction exists to change the class)."""
+    if keep_class and spec.kind == "to":
+        raise UserError(f"'{spec}' changes the class: it cannot keep it (use --keep none)")
     return spec.kind == "class" if keep_class is None else keep_class
 
 
