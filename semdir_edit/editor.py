@@ -36,7 +36,7 @@ from semdir_edit.editing.directions import (
 )
 from semdir_edit.errors import UserError
 from semdir_edit.evaluation.reconstruction import psnr, ssim, to_unit_range
-from semdir_edit.inversion.invert import METHODS, check_images, invert
+from semdir_edit.inversion.invert import METHODS, NONFINITE_INPUT, check_images, invert
 from semdir_edit.inversion.perceptual import PerceptualLoss
 from semdir_edit.latents import load_latent
 
@@ -306,7 +306,7 @@ class Editor:
         bank = self.model("direction_bank")
         layer_range = layers if isinstance(layers, range) else parse_layers(layers, self.G.num_ws)
         code = ws.to(self.device)[None]
-        lock = keep_class if keep_class is not None else kind == "class"
+        lock = keeps_class(DirectionSpec(kind), keep_class)
         if lock:
             keep = image_class if image_class is not None else class_index
             if keep is None:
@@ -370,8 +370,8 @@ class Editor:
         else:
             shifted = shift_codes(ws, vector.to(self.device), eps_list, spread, layer_range)  # (B, E, num_ws, w_dim)
         b, e = shifted.shape[:2]
-        images = self.G.synthesis(shifted.reshape(b * e, *shifted.shape[2:]), noise_mode="const")
-        return images.clamp(-1, 1).reshape(b, e, *images.shape[1:])
+        images = self.G.render(shifted.reshape(b * e, *shifted.shape[2:]))
+        return images.reshape(b, e, *images.shape[1:])
 
     def invert_and_edit(self, domains: torch.Tensor, direction: str | DirectionSpec, eps: list[float], *,
                         method: str, steps: int, names: list[str], layers: str | range | None = None,
@@ -429,7 +429,7 @@ class Editor:
             spans.append(members)
         images = self.G.render(torch.cat(codes))
         recon, edits = images[:len(x)], images[len(x):].cpu()
-        messages = ["" if bool(f) else "input image contains NaN or Inf values" for f in finite]
+        messages = ["" if bool(f) else NONFINITE_INPUT for f in finite]
         results = self._results(domains, x, ws, recon, ok.cpu(), messages, classes, method, 0,
                                 (time.perf_counter() - t0) / len(x), names, [[] for _ in names], perceptual=False)
         edited: dict[int, torch.Tensor] = {}

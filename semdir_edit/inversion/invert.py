@@ -88,6 +88,9 @@ def _frozen(*modules: nn.Module | None) -> Iterator[None]:
                 p.requires_grad_(flag)
 
 
+NONFINITE_INPUT = "input image contains NaN or Inf values"
+
+
 def check_images(G: Generator, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Validate the batch; returns (x with non-finite images zeroed, per-image finite flags (B,))."""
     c, r = G.cfg.img_channels, G.cfg.resolution
@@ -166,7 +169,7 @@ def _run(method: str, G: Generator, x: torch.Tensor, finite_input: torch.Tensor,
         if s < 0:
             messages.append("")
         elif not bool(finite_input[i]):
-            messages.append("input image contains NaN or Inf values")
+            messages.append(NONFINITE_INPUT)
         else:
             messages.append(f"objective became NaN or Inf at step {s}; kept the last finite code")
     return InversionResult(
