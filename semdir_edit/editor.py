@@ -136,12 +136,15 @@ class Editor:
 
     def invert(self, sources: list[str | Path | bytes] | torch.Tensor, method: str | None = None,
                steps: int | None = None, preprocess: bool = True,
-               names: list[str] | None = None, perceptual: bool = True) -> list[Inverted | Failed]:
+               names: list[str] | None = None, perceptual: bool = True,
+               classes: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Inverted | Failed]:
         """Invert photos (paths or bytes) or domain images ((B, 1, R, R) uint8) in one batch.
 
         Inputs that cannot be loaded, or whose optimisation diverges, come back as :class:`Failed`;
         the others as :class:`Inverted`, in input order. ``perceptual=False`` skips the perceptual distance of
         the reconstructions (``Inverted.perceptual`` is then NaN) for callers that do not report it.
+        classes: :meth:`classify` of the domain images when the caller has it already (a pipeline that classifies
+        the next chunk while this one inverts); only with domain images.
         """
         method = method or self.inversion.method
         if method not in METHODS:
@@ -171,12 +174,15 @@ class Editor:
                 results.append(None)
         if not domains:
             return [r for r in results if r is not None]
-        out = self._invert_batch(torch.stack(domains), method, steps, labels, notes, perceptual)
+        if classes is not None and not isinstance(sources, torch.Tensor):
+            raise ValueError("classes can only come with domain images (a tensor), not files")
+        out = self._invert_batch(torch.stack(domains), method, steps, labels, notes, perceptual, classes)
         it = iter(out)
         return [r if r is not None else next(it) for r in results]
 
     def _invert_batch(self, domains: torch.Tensor, method: str, steps: int, labels: list[str],
-                      notes: list[list[str]], perceptual: bool = True) -> list[Inverted | Failed]:
+                      notes: list[list[str]], perceptual: bool = True,
+                      classes: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Inverted | Failed]:
         x = to_float(domains).to(self.device)
         E = None
         if method in ("indomain", "encoder"):
@@ -197,8 +203,9 @@ class Editor:
         recon = torch.cat([o.images for o in outputs]).clamp(-1, 1)
         ok = torch.cat([o.ok for o in outputs]).cpu()
         messages = sum((o.messages for o in outputs), [])
-        return self._results(domains, x, ws, recon, ok, messages, self.classify(x), method, steps, seconds, labels,
-                             notes, perceptual)
+        classes = classes if classes is not None else self.classify(x)
+        return self._results(domains, x, ws, recon, ok, messages, classes, method, steps, seconds, labels, notes,
+                             perceptual)
 
     def _results(self, domains: torch.Tensor, x: torch.Tensor, ws: torch.Tensor, recon: torch.Tensor,
                  ok: torch.Tensor, messages: list[str], classes: tuple[torch.Tensor, torch.Tensor], method: str,
@@ -375,20 +382,20 @@ class Editor:
 
     def invert_and_edit(self, domains: torch.Tensor, direction: str | DirectionSpec, eps: list[float], *,
                         method: str, steps: int, names: list[str], layers: str | range | None = None,
-                        keep_class: bool | None = None
+                        keep_class: bool | None = None, classes: tuple[torch.Tensor, torch.Tensor] | None = None
                         ) -> list[tuple[Inverted | Failed, torch.Tensor | None, str | None]]:
         """Invert domain images (B, 1, R, R) uint8 and edit each code along ``direction`` — ``batch``'s inner step.
 
         Returns per image: (inversion, edited images (E, C, R, R) or None, why the edit failed or None), e.g.
         ``to:Coat`` on an image already classified as a coat. With an encoder method and an edit that is not
         class-locked, the reconstructions and the edits come from one generator call of B * (1 + E) codes: on a
-        2-core CPU one call of 32 costs ~17 % less per image than two of 16.
+        2-core CPU one call of 32 costs ~17 % less per image than two of 16. ``classes``: as in :meth:`invert`.
         """
         spec = parse_direction(direction) if isinstance(direction, str) else direction
         layer_range = layers if isinstance(layers, range) else parse_layers(layers, self.G.num_ws)
         if method in ("encoder", "conventional") and not keeps_class(spec, keep_class):
-            return self._encode_and_edit(domains, spec, eps, method, names, layer_range)
-        results = self.invert(domains, method=method, steps=steps, names=names, perceptual=False)
+            return self._encode_and_edit(domains, spec, eps, method, names, layer_range, classes)
+        results = self.invert(domains, method=method, steps=steps, names=names, perceptual=False, classes=classes)
         edited: dict[int, torch.Tensor] = {}
         errors: dict[int, str] = {}
         ok = [i for i, res in enumerate(results) if isinstance(res, Inverted)]
@@ -406,7 +413,8 @@ class Editor:
 
     @torch.no_grad()
     def _encode_and_edit(self, domains: torch.Tensor, spec: DirectionSpec, eps: list[float], method: str,
-                         names: list[str], layer_range: range
+                         names: list[str], layer_range: range,
+                         classes: tuple[torch.Tensor, torch.Tensor] | None = None
                          ) -> list[tuple[Inverted | Failed, torch.Tensor | None, str | None]]:
         """:meth:`invert_and_edit` for the encoders: E(x), then reconstructions and edits in one G call."""
         x = to_float(domains).to(self.device)
@@ -415,7 +423,7 @@ class Editor:
         x_checked, finite = check_images(self.G, x)
         ws = E(x_checked)
         ok = finite & torch.isfinite(ws).flatten(1).all(dim=1)
-        classes = self.classify(x)
+        classes = classes if classes is not None else self.classify(x)
         usable = [i for i in range(len(x)) if ok[i]]
         codes, spans, errors = [ws], [], {}
         for class_index, positions in edit_groups([int(classes[0][i]) for i in usable], spec):

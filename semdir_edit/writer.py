@@ -1,17 +1,71 @@
-"""Output writing on a background thread, so that PNG encoding and fsync overlap the next batch's network work.
+"""Background threads around the device's work: outputs written behind it, inputs prepared ahead of it.
 
-Jobs run one at a time in the order they were submitted, so whatever order the caller relies on (a batch item's
-outputs before its manifest line, manifest lines in input order) holds as if they ran inline. File writes and
-fsync release the GIL, so on a CPU the writer mostly waits on the disk while the networks compute.
+:class:`BackgroundWriter`: jobs run one at a time in the order they were submitted, so whatever order the caller
+relies on (a batch item's outputs before its manifest line, manifest lines in input order) holds as if they ran
+inline. File writes and fsync release the GIL, so on a CPU the writer mostly waits on the disk while the networks
+compute. :func:`read_ahead`: the next items (read, decoded, classified) are made on a helper thread meanwhile.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+_END = object()
+
+
+def read_ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """Iterate ``items`` on a helper thread that stays up to ``depth`` items ahead of the consumer.
+
+    An exception raised while making an item is re-raised here, in order. When the consumer stops early (an
+    error, Ctrl-C, ``close()``), the helper stops after the item it is making. Grad mode is per thread: the helper
+    runs with autograd off (it prepares inputs; nothing it makes needs gradients).
+
+        for chunk in read_ahead(load_and_classify(chunks)):
+            edit(chunk)   # the next chunk is loaded and classified meanwhile
+    """
+    slots: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            with torch.no_grad():
+                for item in items:
+                    if not put((item, None)):
+                        return
+            put((_END, None))
+        except BaseException as exc:  # noqa: BLE001 — handed to the consumer, which raises it.
+            put((_END, exc))
+
+    helper = threading.Thread(target=produce, name="semdir-reader", daemon=True)
+    helper.start()
+    try:
+        while True:
+            item, exc = slots.get()
+            if item is _END:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 class BackgroundWriter:

@@ -6,6 +6,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,12 +16,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
 
+from semdir_edit.checkpoint import load_model, register_model
+from semdir_edit.config import EncoderConfig
+from semdir_edit.data.datasets import to_float
 from semdir_edit.editing.batch import LOCK, Manifest, find_images, output_stems, read_manifest_lines, run_batch
 from semdir_edit.editor import Editor
 from semdir_edit.errors import UserError
 from semdir_edit.latents import load_latent
+from semdir_edit.models.encoder import Encoder
 
 from .conftest import ROOT, make_edit_weights
 from .test_cli import assert_user_error
@@ -310,3 +316,30 @@ def test_config_invert_section_is_used_and_changes_the_options(weights, tmp_path
     second = read_manifest_lines(out / "manifest.jsonl")[-1]["options"]
     assert second != first
     assert "0 ok, 0 errors, 1 skipped" in run_cli(*base, "--config", str(config)).stdout
+
+
+def test_classes_come_from_the_reader_thread_and_match_the_classifier(weights, tmp_path):
+    """The reader thread classifies each chunk ahead; the manifest's classes are the classifier's on the inputs."""
+    shutil.copytree(weights, tmp_path / "w")
+    G = load_model(tmp_path / "w", "generator")
+    E = Encoder(EncoderConfig(channels=[8, 8, 8, 8], num_ws=G.num_ws, w_dim=G.w_dim), w_avg=G.mapping.w_avg)
+    register_model(tmp_path / "w", "encoder", E, command="test")  # Random: only the plumbing is tested.
+    editor = Editor.from_pretrained(tmp_path / "w", device="cpu")
+    src, out = tmp_path / "in", tmp_path / "out"
+    paths = [domain_image(src / f"{i}.png", 20 + i) for i in range(5)]
+    summary = run_batch(editor, src, out, "random:1", eps=2.0, method="encoder", batch_size=2, progress=False,
+                        log=lambda _: None)
+    assert summary["ok"] == 5
+    domains = torch.stack([editor.load(p)[0] for p in paths])
+    idx, conf = editor.classify(to_float(domains))
+    by_path = records_by_path(out)
+    for i, p in enumerate(paths):
+        rec = by_path[p.name][0]
+        assert (rec["class_index"], rec["confidence"]) == (int(idx[i]), pytest.approx(float(conf[i]), abs=1e-6))
+
+    # invert_and_edit takes the given classes (it does not classify again), for every method.
+    given = (torch.tensor([7, 1]), torch.tensor([0.25, 0.5]))
+    for method in ("encoder", "optimize"):
+        results = editor.invert_and_edit(domains[:2], "random:1", [2.0], method=method, steps=1, names=["a", "b"],
+                                         classes=given)
+        assert [(res.class_index, res.confidence) for res, _, _ in results] == [(7, 0.25), (1, 0.5)]

@@ -27,7 +27,7 @@ from semdir_edit.imageio import make_grid
 from semdir_edit.inversion.perceptual import PerceptualLoss
 from semdir_edit.latents import save_latent
 from semdir_edit.models.encoder import Encoder
-from semdir_edit.writer import BackgroundWriter
+from semdir_edit.writer import BackgroundWriter, read_ahead
 
 from .conftest import ROOT, make_edit_weights
 
@@ -176,3 +176,41 @@ def test_fused_encoder_path_matches_invert_then_apply(weights, direction):
             assert images is None and error == str(exc)
             continue
         assert error is None and images.shape == (2, 1, 32, 32) and torch.allclose(images, want, atol=1e-5)
+
+
+def test_read_ahead_keeps_order_raises_in_order_and_stops_with_the_consumer():
+    assert list(read_ahead(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise UserError("bad file")
+
+    got: list[int] = []
+    with pytest.raises(UserError, match="bad file"):
+        for item in read_ahead(failing()):
+            got.append(item)
+    assert got == [1, 2]  # The items made before the failure arrive first.
+
+    made: list[int] = []
+
+    def counting():
+        for i in range(1000):
+            made.append(i)
+            yield i
+
+    items = read_ahead(counting(), depth=2)
+    assert [next(items) for _ in range(3)] == [0, 1, 2]
+    items.close()  # The consumer stops early (an error, Ctrl-C): the helper stops too, it does not read on.
+    deadline = time.monotonic() + 5
+    while any(t.name == "semdir-reader" and t.is_alive() for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the reader thread kept running"
+        time.sleep(0.01)
+    assert len(made) <= 3 + 2 + 1  # What was consumed, the queue's depth, and the item in hand.
+
+
+def test_read_ahead_runs_without_autograd():
+    w = torch.ones(3, requires_grad=True)
+    assert next(w * k for k in (2,)).requires_grad  # Made on this thread: autograd on.
+    (z,) = list(read_ahead(w * k for k in (2,)))  # Made on the helper thread: off.
+    assert not z.requires_grad and torch.equal(z, torch.full((3,), 2.0))

@@ -30,7 +30,7 @@ from safetensors.torch import save_file
 from semdir_edit.checkpoint import load_training_state, weights_id
 from semdir_edit.data.photo import load_domain_image
 from semdir_edit.errors import UserError
-from semdir_edit.latents import load_latent, save_latent
+from semdir_edit.latents import _decode_value, load_latent, save_latent
 
 from .conftest import ROOT, make_edit_weights, requires_dataset
 from .test_cli import run_cli
@@ -363,3 +363,38 @@ def test_ctrl_c_mid_run_is_one_line_and_leaves_only_complete_outputs(weights, co
     if command == "batch":
         lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
         assert all((out / o).is_file() for rec in lines for o in rec["outputs"])
+
+
+def _json_or_text(value: str):
+    """How latent metadata values were always read: JSON when it parses, else the text itself."""
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.sampled_from(["t-shirt.png", "true", "nan.png", "NaN", "Infinity", " 3", "[x", "{}",
+                                             "-", "null", "f", "\"q\"", "1e5", "Sandal", ""])))
+def test_latent_metadata_values_read_as_before(value):
+    """The fast reader (JSON tried only on text that can start JSON) reads every value as json-or-text did."""
+    got, want = _decode_value(value), _json_or_text(value)
+    assert got == want or (got != got and want != want)  # NaN equals nothing, itself included.
+    assert type(got) is type(want)
+
+
+def test_latent_file_round_trip_keeps_metadata(tmp_path):
+    meta = {"weights_id": "abc", "method": "indomain", "steps": 100, "class_index": 7, "class_name": "Sneaker",
+            "confidence": 0.875, "source": "photos/t-shirt 1.jpg", "notes": ["cropped"]}
+    ws = torch.randn(10, 256)
+    save_latent(tmp_path / "a.latent.safetensors", ws, meta)
+    got, got_meta = load_latent(tmp_path / "a.latent.safetensors", "abc", 10, 256)
+    assert torch.equal(got, ws) and got_meta == {**meta, "format": "semdir-edit latent v1"}
+    with pytest.raises(UserError, match="latent file not found"):
+        load_latent(tmp_path / "missing.latent.safetensors")
+    with pytest.raises(UserError, match="latent file not found"):
+        load_latent(tmp_path)
+    bad = tmp_path / "inf.latent.safetensors"
+    save_latent(bad, torch.full((10, 256), float("inf")), meta)
+    with pytest.raises(UserError, match="NaN or Inf"):
+        load_latent(bad)

@@ -28,7 +28,7 @@ import re
 import stat
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from semdir_edit import distributed
 from semdir_edit.checkpoint import atomic_write_bytes
-from semdir_edit.data.datasets import to_uint8
+from semdir_edit.data.datasets import to_float, to_uint8
 from semdir_edit.data.photo import check_regular_file, load_domain_image
 from semdir_edit.editing.directions import (
     DirectionSpec,
@@ -55,7 +55,7 @@ from semdir_edit.errors import UserError
 from semdir_edit.imageio import save_grid
 from semdir_edit.inversion.invert import METHODS
 from semdir_edit.latents import latent_meta, save_latent
-from semdir_edit.writer import BackgroundWriter
+from semdir_edit.writer import BackgroundWriter, read_ahead
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 MANIFEST = "manifest.jsonl"
@@ -78,6 +78,7 @@ class LoadResult:
     notes: list[str] = field(default_factory=list)
     error: str | None = None
     skipped: bool = False
+    label: tuple[int, float] | None = None  # (class index, confidence) from the classifier, set by the reader.
 
 
 # ----------------------------------------------------------------------------------------------- finding inputs
@@ -221,6 +222,22 @@ class ImageFolder(Dataset):
             return LoadResult(index, rel, digest, error=f"{rel}: cannot load the image ({type(exc).__name__}: "
                                                         f"{reason})")
         return LoadResult(index, rel, digest, image=image, notes=notes)
+
+
+def classified(batches: Iterable[list[LoadResult]], editor: Editor) -> Iterator[list[LoadResult]]:
+    """Each loaded batch with its images classified (``LoadResult.label``), one classifier call per batch.
+
+    ``run_batch`` runs this on its reader thread (:func:`~semdir_edit.writer.read_ahead`), so the classifier of
+    the next chunk runs while the encoder and generator edit this one.
+    """
+    for records in batches:
+        loaded = [item for item in records if item.image is not None]
+        if loaded:
+            x = to_float(torch.stack([item.image for item in loaded]))
+            idx, conf = editor.classify(x)
+            for item, i, c in zip(loaded, idx.tolist(), conf.tolist(), strict=True):
+                item.label = (i, c)
+        yield records
 
 
 def collate_records(items: list[LoadResult]) -> list[LoadResult]:
@@ -497,9 +514,13 @@ def _record(rel: str, sha: str | None, options_key: str, *, error: str | None = 
 def _edit_chunk(editor: Editor, items: list[LoadResult], opts: BatchOptions
                 ) -> Iterator[tuple[LoadResult, Inverted | None, torch.Tensor | None, str | None]]:
     """Invert, classify and edit loaded inputs on the device -> (item, inversion, edited (E, C, R, R), error)."""
+    labels = [it.label for it in items]
+    classes = None
+    if all(label is not None for label in labels):
+        classes = (torch.tensor([label[0] for label in labels]), torch.tensor([label[1] for label in labels]))
     out = editor.invert_and_edit(torch.stack([it.image for it in items]), opts.direction, opts.eps,
                                  method=opts.method, steps=opts.steps, names=[it.rel for it in items],
-                                 layers=opts.layers, keep_class=opts.keep_class)
+                                 layers=opts.layers, keep_class=opts.keep_class, classes=classes)
     for item, (res, images, edit_error) in zip(items, out, strict=True):
         if isinstance(res, Failed):
             yield item, None, None, res.message
@@ -639,7 +660,8 @@ def _run(editor: Editor, in_dir: Path, out_dir: Path, rels: list[str], stems: di
     try:
         with writer:
             try:
-                for records in loader:
+                # Reading, decoding and classifying the next chunk run on a reader thread while this one is edited.
+                for records in read_ahead(classified(loader, editor)):
                     for item in records:
                         if item.skipped:
                             writer.submit(skip)
