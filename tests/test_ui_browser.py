@@ -100,6 +100,13 @@ def test_upload_move_slider_download(server_url, tmp_path):
             assert after != before, "the edited image did not change"
             command = page.locator("#command").text_content()
             assert "--direction global:0" in command and "sneaker.latent.safetensors" in command
+            assert "--keep" not in command
+            # A class slider: the page shifts linearly, so its apply line turns apply's class lock off.
+            class_slider = page.locator("#groups .slider input").nth(8)
+            class_slider.fill("1.5")
+            page.wait_for_function("document.getElementById('command').textContent.includes('class:')")
+            command = page.locator("#command").text_content()
+            assert "--direction class:0 --eps 1.5 --keep none" in command, command
 
             # A class-boundary edit on top, then the downloads.
             page.locator("#target").select_option("Ankle boot")

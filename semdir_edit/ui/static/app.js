@@ -306,8 +306,10 @@ function updateCommand() {
   if (layers !== null) extra.push("--layers", layers);
   if (info.weights !== "weights/fashion_mnist") extra.push("--weights", shellQuote(info.weights));
   const specs = Object.keys(state.shifts);
-  const line = (spec, eps) => [...base, "--direction", shellQuote(spec), "--eps", String(eps), ...extra,
-    "-o", shellQuote(`${session.name}.edited.png`)].join(" ");
+  // The sliders shift linearly; apply walks class directions class-locked unless told --keep none.
+  const keep = (spec) => (spec.startsWith("class:") ? ["--keep", "none"] : []);
+  const line = (spec, eps) => [...base, "--direction", shellQuote(spec), "--eps", String(eps), ...keep(spec),
+    ...extra, "-o", shellQuote(`${session.name}.edited.png`)].join(" ");
   let text;
   if (specs.length === 0) text = `# no edit yet: move a slider\n${line(`${info.groups[0] || "pca"}:0`, 0)}`;
   else if (specs.length === 1) text = line(specs[0], state.shifts[specs[0]]);
