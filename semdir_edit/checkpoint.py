@@ -196,6 +196,14 @@ def load_model(weights_dir: str | Path, kind: str, device: torch.device | str = 
     return build_model(kind, stored, state).to(device).eval().requires_grad_(False)
 
 
+def init_record(weights_dir: str | Path, kind: str) -> dict[str, Any]:
+    """What a model trained on from shipped weights (``--init-from``) started from: that model's manifest entry
+    (command, commit, sha256, steps, ...) without its config, plus the folder."""
+    entry = dict(read_manifest(weights_dir)["models"][kind])
+    entry.pop("config", None)
+    return {"weights": str(weights_dir), **entry}
+
+
 def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
     path = Path(weights_dir) / MANIFEST
     if not path.is_file():

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
+import pytest
 import torch
 
 from semdir_edit.checkpoint import load_model, load_training_state, read_manifest
+from semdir_edit.errors import UserError
 from semdir_edit.training.classifier import train_classifier
 from semdir_edit.training.gan import train_gan
 
@@ -76,3 +79,33 @@ def test_time_limit_registers_only_when_asked(tiny_config, tmp_path):
     entry = read_manifest(tmp_path / "wb")["models"]["generator"]
     assert entry["steps"] == cut["step"] < entry["planned_steps"] == 10_000
     assert load_model(tmp_path / "wb", "generator") is not None
+
+
+@requires_dataset
+def test_init_from_weights_continues_a_finished_training(tiny_config, tmp_path):
+    cfg = tiny_config
+    cfg.train_gan.steps = 3
+    train_gan(cfg, tmp_path / "a", torch.device("cpu"), weights_dir=tmp_path / "wa", progress=False)
+    # A second run from those weights, its run folder elsewhere: step 0 holds the first run's networks.
+    cfg.train_gan.steps = 0
+    train_gan(cfg, tmp_path / "b", torch.device("cpu"), weights_dir=tmp_path / "wb", progress=False,
+              init_from=tmp_path / "wa")
+    first = load_training_state(tmp_path / "b" / "training-state.pt")
+    for kind, names in (("generator", ("G", "G_ema")), ("discriminator", ("D",))):
+        source = load_model(tmp_path / "wa", kind).state_dict()
+        for name in names:
+            assert all(torch.equal(source[k], first[name][k]) for k in source), f"{name} is not the loaded {kind}"
+    entry = read_manifest(tmp_path / "wb")["models"]["generator"]
+    assert entry["init_from"]["sha256"] == read_manifest(tmp_path / "wa")["models"]["generator"]["sha256"]
+    assert entry["init_from"]["steps"] == 3
+    # Trained on from there, it moves away from the start.
+    cfg.train_gan.steps = 2
+    train_gan(cfg, tmp_path / "c", torch.device("cpu"), progress=False, init_from=tmp_path / "wa")
+    moved = load_training_state(tmp_path / "c" / "training-state.pt")["G"]
+    assert not all(torch.equal(first["G"][k], moved[k]) for k in moved)
+
+    # Weights of another network size are refused with one line.
+    other = copy.deepcopy(cfg)
+    other.generator.channels = {res: c * 2 for res, c in cfg.generator.channels.items()}
+    with pytest.raises(UserError, match="does not fit this config"):
+        train_gan(other, tmp_path / "d", torch.device("cpu"), progress=False, init_from=tmp_path / "wa")

@@ -165,6 +165,9 @@ def train_gan_cmd(
     time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
     register_at_limit: bool = RegisterAtLimitOpt,
     steps: int | None = typer.Option(None, "--steps", help="Override train_gan.steps."),
+    init_from: Path | None = typer.Option(None, "--init-from", help="Start G and D from this weights folder's "
+                                             "(e.g. weights/fashion_mnist) instead of random: continues a finished "
+                                             "training whose run folder is gone (new optimisers, step 0)."),
 ) -> None:
     """Train the StyleGAN2-style generator and discriminator."""
     from semdir_edit import distributed
@@ -178,7 +181,7 @@ def train_gan_cmd(
         result = train_gan(cfg, out or Path("runs") / f"{cfg.name}-gan", dev, resume=resume,
                            data_dir=str(data_dir) if data_dir else None,
                            weights_dir=weights or Path("weights") / cfg.name, command=command_line(),
-                           time_limit_min=time_limit, register_at_limit=register_at_limit)
+                           time_limit_min=time_limit, register_at_limit=register_at_limit, init_from=init_from)
         if distributed.is_main():
             typer.echo(f"step {result['step']}: "
                        f"{'finished' if result['finished'] else 'stopped; continue with --resume'}")

@@ -27,9 +27,9 @@ from tqdm import tqdm
 from semdir_edit import distributed
 from semdir_edit.checkpoint import (
     git_commit,
+    init_record,
     load_model,
     load_training_state,
-    read_manifest,
     register_model,
     save_training_state,
 )
@@ -238,13 +238,8 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
         info = {"planned_steps": dc.steps, "steps": step, "train_seconds": round(seconds), "device": str(device),
                 "processes": distributed.world_size()}
         for kind, module in (("deformators" + suffix, deformators), ("shift_predictor" + suffix, predictor)):
-            start = {"init_from": _init_record(init_from, kind)} if init_from is not None else {}
+            start = {"init_from": init_record(init_from, kind)} if init_from is not None else {}
             register_model(weights_dir, kind, module, command=command, extra={**info, **start}, commit=commit)
     return {**stats, "step": step, "finished": step >= dc.steps}
 
 
-def _init_record(weights_dir: str | Path, kind: str) -> dict[str, Any]:
-    """What a fine-tuned model started from: the starting model's manifest entry, without its config."""
-    entry = dict(read_manifest(weights_dir)["models"][kind])
-    entry.pop("config", None)
-    return entry

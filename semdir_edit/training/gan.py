@@ -20,10 +20,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from semdir_edit import distributed
-from semdir_edit.checkpoint import git_commit, load_training_state, register_model, save_training_state
+from semdir_edit.checkpoint import (
+    git_commit,
+    init_record,
+    load_model,
+    load_training_state,
+    register_model,
+    save_training_state,
+)
 from semdir_edit.config import Config, to_dict
 from semdir_edit.data import load_split
 from semdir_edit.device import autocast
+from semdir_edit.errors import UserError
 from semdir_edit.imageio import save_grid
 from semdir_edit.models import Discriminator, Generator
 from semdir_edit.training.common import (
@@ -111,14 +119,31 @@ def update_ema(G_ema: Generator, G: Generator, beta: float) -> None:
         b_ema.copy_(b)
 
 
+def start_from_weights(weights_dir: str | Path, G: Generator, G_ema: Generator, D: Discriminator) -> dict[str, Any]:
+    """Copy a weights folder's generator (into G and G_ema) and discriminator (into D); returns where they came
+    from (recorded with the run). UserError when that folder's networks have another shape than the config's."""
+    weights_dir = Path(weights_dir)
+    for kind, targets in (("generator", (G, G_ema)), ("discriminator", (D,))):
+        source = load_model(weights_dir, kind).state_dict()
+        for target in targets:
+            try:
+                target.load_state_dict(source)
+            except RuntimeError:
+                raise UserError(f"{weights_dir}: its {kind} does not fit this config's (other sizes); "
+                                "--init-from needs weights trained with the same network config") from None
+    return {"init_from": init_record(weights_dir, "generator")}
+
+
 def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume: bool = False,
               data_dir: str | None = None, weights_dir: str | Path | None = None, command: str = "",
               time_limit_min: float = 0.0, register_at_limit: bool = False, max_steps: int | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, init_from: str | Path | None = None) -> dict[str, Any]:
     """Train G and D on the configured dataset; on completion register G (EMA) and D in ``weights_dir``.
 
     Resumable: a checkpoint (``training-state.pt``) is written every ``checkpoint_every`` steps, on
     Ctrl-C and when the time limit is reached; ``resume=True`` continues from it.
+    init_from: a weights folder whose generator (EMA) and discriminator a fresh run starts from (new optimisers,
+    step 0): continues a finished training when its run folder is gone. Ignored when resuming a checkpoint.
     Under torchrun, call it on every rank (see :mod:`semdir_edit.training.common`). Returns the last logged stats.
     """
     tc = cfg.train_gan
@@ -137,11 +162,14 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
     opt_D = torch.optim.Adam(D.parameters(), lr=tc.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
 
     step, seconds, state = 0, 0.0, None
+    init_info: dict[str, Any] = {}
     if resume and run.state_path.exists():
         state = load_training_state(run.state_path, device)
         for name, module in (("G", G), ("D", D), ("G_ema", G_ema), ("opt_G", opt_G), ("opt_D", opt_D)):
             module.load_state_dict(state[name])
         step, seconds = int(state["step"]), float(state["seconds"])
+    elif init_from is not None:
+        init_info = start_from_weights(init_from, G, G_ema, D)
     start_rng(tc.seed, state, step)
     # Under torchrun: gradients averaged over the ranks. The mapping network's w_avg (a running mean that each
     # rank updates from its own codes) is copied from rank 0 before each of its forwards.
@@ -151,7 +179,7 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
     commit = git_commit()
     if main:
         run.write_options({"config": to_dict(cfg), "command": command, "git_commit": commit, "device": str(device),
-                           "processes": distributed.world_size(), "resumed_at": step})
+                           "processes": distributed.world_size(), "resumed_at": step, **init_info})
 
     def checkpoint(gather: bool = True) -> None:
         # gather=False (Ctrl-C, when the ranks may be anywhere): rank 0's stream only; the ranks restart theirs.
@@ -227,7 +255,8 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
     checkpoint()
     if main and (step >= tc.steps or (register_at_limit and step > 0)) and weights_dir is not None:
         info = {"planned_steps": tc.steps, "steps": step, "kimg": step * tc.batch_size / 1000,
-                "train_seconds": round(seconds), "device": str(device), "processes": distributed.world_size()}
+                "train_seconds": round(seconds), "device": str(device), "processes": distributed.world_size(),
+                **init_info}
         register_model(weights_dir, "generator", G_ema, command=command, extra=info, commit=commit)
         register_model(weights_dir, "discriminator", D, command=command, extra=info, commit=commit)
     return {**stats, "step": step, "seconds": round(seconds, 1), "finished": step >= tc.steps}
