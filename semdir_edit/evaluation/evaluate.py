@@ -47,16 +47,30 @@ def evaluate_classifier(weights_dir: str | Path, data_cfg: DataConfig, device: t
     return figures
 
 
+NOISE_REFERENCE_SIGMA = 0.02  # Gaussian noise of the FID reference (``fid_noise_reference``), on [-1, 1] images.
+
+
 def evaluate_generator(weights_dir: str | Path, data_cfg: DataConfig, device: torch.device,
                        data_dir: str | None = None, n: int = 10_000, ppl_samples: int = 5_000,
                        seed: int = 0, batch_size: int = 250) -> dict[str, Any]:
-    """FID (and its floor), precision/recall, class histogram, PPL in W and linear separability of W."""
+    """FID (and its floor), precision/recall, class histogram, PPL in W and linear separability of W.
+
+    Besides the floor (train vs test), ``fid_noise_reference`` is the FID of the training images with faint Gaussian
+    noise (sigma ``fid_noise_sigma`` = 0.02) against the test images: how far an invisible change moves FID in
+    the classifier's feature space, to read ``fid`` against.
+    """
     G = load_model(weights_dir, "generator", device)
     C = load_model(weights_dir, "classifier", device)
     train, test = load_split(data_cfg, "train", data_dir), load_split(data_cfg, "test", data_dir)
     n_test = min(n, len(test))
     test_feats, _ = classifier_features(C, _image_batches(test, n_test, device), device)
     train_feats, _ = classifier_features(C, _image_batches(train, n_test, device), device)
+    # How sensitive this feature space is: the same training images with faint noise (NOISE_REFERENCE_SIGMA of
+    # [-1, 1], ~2.5 grey levels of 255, invisible to a person) against the test images.
+    noise = torch.Generator().manual_seed(seed)
+    noisy = ((x + NOISE_REFERENCE_SIGMA * torch.randn(x.shape, generator=noise).to(x.device)).clamp(-1, 1)
+             for x in _image_batches(train, n_test, device))
+    noisy_feats, _ = classifier_features(C, noisy, device)
 
     ws, images = [], []
     for w, img in generate_batches(G, n, batch_size, device, seed):
@@ -72,6 +86,8 @@ def evaluate_generator(weights_dir: str | Path, data_cfg: DataConfig, device: to
     figures: dict[str, Any] = {
         "fid": fid_from_features(fake_feats, test_feats),
         "fid_floor": fid_from_features(train_feats, test_feats),
+        "fid_noise_reference": fid_from_features(noisy_feats, test_feats),
+        "fid_noise_sigma": NOISE_REFERENCE_SIGMA,
         "precision": pr["precision"],
         "recall": pr["recall"],
         "min_class_share_ratio": min_class_share_ratio(hist),
