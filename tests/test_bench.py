@@ -55,7 +55,7 @@ def check_figures(figures: dict) -> None:
     assert figures["device"] == "cpu" and figures["threads"] >= 1 and figures["torch_version"] == torch.__version__
     assert figures["direction"] == "pca:0"  # The tiny weights have no deformators.
     if "ui_edit_ms" in figures:
-        assert figures["ui_edit_ms"] > 0
+        assert figures["ui_edit_ms"] > 0 and figures["ui_edit_locked_ms"] > 0
     else:
         assert figures["ui"] != "measured"
 

@@ -146,6 +146,35 @@ def test_sum_of_shifts_and_downloads_match_the_cli(client, editor, session, tmp_
     assert decode(strip.content).shape == (32 + 4, 5 * 34 + 2)
 
 
+def test_keep_class_walks_the_edit_as_apply_does(client, editor, session, tmp_path):
+    """keep_class: one slider = `apply --keep class` (class-locked walk); off = the linear edit; to: stays linear."""
+    from semdir_edit.imageio import make_grid
+
+    sid, c = session["session"], session["class_index"]
+    latent = client.get(f"/api/sessions/{sid}/latent").content
+    path = tmp_path / "a.latent.safetensors"
+    path.write_bytes(latent)
+    ws, _ = load_latent(path)
+    for eps in (2.5, -3.0):
+        locked = make_grid(editor.apply(ws, "pca:0", eps, class_index=c, keep_class=True)[0], 1, pad=0)
+        linear = make_grid(editor.apply(ws, "pca:0", eps, class_index=c, keep_class=False)[0], 1, pad=0)
+        got = decode(edit(client, sid, {"pca:0": eps}, keep_class=True).content)
+        assert np.abs(got.astype(int) - locked.astype(int)).max() <= 1
+        plain = decode(edit(client, sid, {"pca:0": eps}).content)
+        assert np.abs(plain.astype(int) - linear.astype(int)).max() <= 1
+        assert not np.array_equal(locked, linear)  # The lock changed this edit: the comparison above means something.
+    # A boundary shift on top is added as it is, after the locked walk of the others.
+    targets = [name for i, name in enumerate(editor.class_names) if i != c]
+    answers = [edit(client, sid, {"pca:0": 2.0, f"to:{t}": 2.0}, keep_class=True) for t in targets]
+    assert any(a.status_code == 200 for a in answers)
+    strip = client.post(f"/api/sessions/{sid}/strip", json={"direction": "pca:0", "count": 3, "scale": 1,
+                                                            "eps_min": -2, "eps_max": 2, "keep_class": True})
+    assert strip.status_code == 200
+    cells = decode(strip.content)[2:34, 2:]
+    right = make_grid(editor.apply(ws, "pca:0", 2.0, class_index=c, keep_class=True)[0], 1, pad=0)
+    assert np.abs(cells[:, 2 * 34:2 * 34 + 32].astype(int) - right.astype(int)).max() <= 1
+
+
 def test_class_boundary_direction(client, session, editor):
     # Random tiny weights may never have drawn some classes (no boundary to them); at least one must work.
     others = [c for i, c in enumerate(editor.class_names) if i != session["class_index"]]

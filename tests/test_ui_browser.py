@@ -100,13 +100,19 @@ def test_upload_move_slider_download(server_url, tmp_path):
             assert after != before, "the edited image did not change"
             command = page.locator("#command").text_content()
             assert "--direction global:0" in command and "sneaker.latent.safetensors" in command
-            assert "--keep" not in command
-            # A class slider: the page shifts linearly, so its apply line turns apply's class lock off.
+            assert "--keep class" in command  # "keep the class" is on by default: the edit is walked locked.
+            # A class slider: class-locked is apply's default for it; unlocked, its line says --keep none.
             class_slider = page.locator("#groups .slider input").nth(8)
             class_slider.fill("1.5")
             page.wait_for_function("document.getElementById('command').textContent.includes('class:')")
             command = page.locator("#command").text_content()
+            assert "--direction class:0 --eps 1.5 -o" in command, command
+            locked_seq = page.locator("#edited-img").get_attribute("data-seq")
+            page.locator("#keep-class").uncheck()
+            command = page.locator("#command").text_content()
             assert "--direction class:0 --eps 1.5 --keep none" in command, command
+            page.wait_for_function(f"document.getElementById('edited-img').dataset.seq !== '{locked_seq}'")
+            page.locator("#keep-class").check()
 
             # A class-boundary edit on top, then the downloads.
             page.locator("#target").select_option("Ankle boot")

@@ -116,7 +116,7 @@ def _peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes.
 
 
-def _ui_edit_ms(editor: Editor, repeats: int) -> tuple[float | None, str]:
+def _ui_edit_ms(editor: Editor, repeats: int, keep_class: bool = False) -> tuple[float | None, str]:
     """The browser editor's median slider-edit time, when its module is installed; else None and why not."""
     try:
         from semdir_edit.ui import server  # noqa: PLC0415 — optional, written separately.
@@ -126,7 +126,7 @@ def _ui_edit_ms(editor: Editor, repeats: int) -> tuple[float | None, str]:
     if measure is None:
         return None, "not installed (semdir_edit.ui.server has no measure_edit_ms)"
     try:
-        return float(measure(editor, repeats=repeats)), "measured"
+        return float(measure(editor, repeats=repeats, keep_class=keep_class)), "measured"
     except Exception as exc:  # noqa: BLE001 — an optional part must not cost the other figures.
         return None, f"failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
 
@@ -139,7 +139,7 @@ def run_bench(weights_dir: str | Path, device: str | torch.device = "auto", quic
     Keys: ``<task>_per_s`` (images/s) and ``<task>_floor_ratio`` (achieved / floor throughput) for each of
     :data:`TASKS`, ``<task>_floor_per_s``, ``invert_s_per_image``, ``device``, ``peak_mem_mb`` (CPU: the process's
     peak resident set; CUDA: peak allocated), ``torch_version``, ``threads``, the sizes used, and ``ui_edit_ms``
-    when the browser editor is installed.
+    and ``ui_edit_locked_ms`` (a class-locked slider step) when the browser editor is installed.
 
     quick: tiny sizes (a smoke test, not a measurement). direction: the edit of apply and batch (default
     :func:`default_direction`). amp: bfloat16 autocast on both sides (CUDA only; ignored on CPU). threads: torch's
@@ -300,6 +300,9 @@ def run_bench(weights_dir: str | Path, device: str | torch.device = "auto", quic
     ui_ms, ui_status = _ui_edit_ms(editor, repeats=3 if quick else 50)
     if ui_ms is not None:
         figures["ui_edit_ms"] = ui_ms
+        locked_ms, _ = _ui_edit_ms(editor, repeats=3 if quick else 50, keep_class=True)
+        if locked_ms is not None:
+            figures["ui_edit_locked_ms"] = locked_ms
     figures["ui"] = ui_status
     figures["peak_mem_mb"] = _peak_mem_mb(dev)
     return figures
@@ -330,6 +333,8 @@ def format_table(figures: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     ui = f"{figures['ui_edit_ms']:.1f} ms" if "ui_edit_ms" in figures else figures.get("ui", "not installed")
+    if "ui_edit_locked_ms" in figures:
+        ui += f" ({figures['ui_edit_locked_ms']:.1f} ms class-locked)"
     lines.append(f"device {figures['device']}, {figures['threads']} thread(s), torch {figures['torch_version']}, "
                  f"peak memory {figures['peak_mem_mb']:.0f} MB; invert: {figures['invert_images']} images x "
                  f"{figures['steps']} steps; apply / batch: {figures['images']} images, batch {figures['batch_size']}, "

@@ -4,7 +4,9 @@ Flow: the page sends an image (the raw file as the request body: held in memory,
 or asks for a random test image / generated sample; the server inverts it once and keeps the W+ code in a
 session (:mod:`semdir_edit.ui.sessions`). Every slider move then posts the current shifts
 ``{"global:0": 1.5, "to:Coat": 2, ...}``; the server adds ``eps * spread * direction`` of each to the stored
-code (on the chosen layers) and runs only the generator, answering with a PNG.
+code (on the chosen layers) and runs only the generator, answering with a PNG. With ``"keep_class": true`` the
+shifts other than ``to:`` are walked class-locked instead (:mod:`semdir_edit.editing.class_lock`, as ``apply``
+walks class directions): a few generator + classifier passes instead of one generator pass.
 
 Errors are JSON ``{"error": "<one line>"}``: a UserError (bad image, bad direction, bad eps) is a 400, an unknown
 session a 404, a too-large upload a 413, a malformed request a 422. The networks are shared by all sessions,
@@ -15,7 +17,7 @@ API (all under ``/api``):
     POST /sessions/upload?name=&method=   body = the image file -> session JSON (runs the inversion)
     POST /sessions/random?source=test|sample&seed=&method=   -> session JSON
     GET  /sessions/{id}                   session JSON again
-    POST /sessions/{id}/edit              {"shifts": {...}, "layers": "2-5", "scale": 1} -> PNG
+    POST /sessions/{id}/edit              {"shifts": {...}, "layers": "2-5", "scale": 1, "keep_class": false} -> PNG
     POST /sessions/{id}/strip             same + {"direction": "global:0", "eps_min", "eps_max", "count"} -> PNG
     GET  /sessions/{id}/latent            the inverted code as a .latent.safetensors file
 """
@@ -49,6 +51,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from semdir_edit.config import DataConfig
 from semdir_edit.data.datasets import ImageSet, load_split, to_float
+from semdir_edit.editing.class_lock import DEFAULT_STEP, locked_shift_codes
 from semdir_edit.editing.directions import MAX_STRIP, parse_direction, parse_layers, shift_codes
 from semdir_edit.editor import Editor, Failed, Inverted
 from semdir_edit.errors import UserError
@@ -69,14 +72,19 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # a generator step 9 ms with 1 thread vs 250 ms with 2; an in-domain inversion 8.5 s vs 57 s).
 TORCH_THREADS = 1
 LATENT_SUFFIX = ".latent.safetensors"
+# Steps of a class-locked slider edit: DEFAULT_STEP spreads each (as `apply`) up to this many, longer ones in
+# proportionally longer steps, so that one slider move stays a fraction of a second (~10 ms a step on a CPU).
+MAX_LOCKED_STEPS = 24
 
 
 class EditRequest(BaseModel):
-    """One slider state: eps per direction spec, the W+ layer range ("2-5", None = all) and the PNG scale."""
+    """One slider state: eps per direction spec, the W+ layer range ("2-5", None = all), the PNG scale, and whether
+    the shifts (but ``to:``) are walked class-locked."""
 
     shifts: dict[str, float] = Field(default_factory=dict)
     layers: str | None = None
     scale: int = Field(1, ge=1, le=16)
+    keep_class: bool = False
 
 
 class StripRequest(EditRequest):
@@ -252,29 +260,51 @@ class EditorService:
             self._directions[key] = (vector.to(self.editor.device), spread)
         return self._directions[key]
 
-    def edited_code(self, session: Session, shifts: dict[str, float], layers: str | None) -> torch.Tensor:
+    def edited_code(self, session: Session, shifts: dict[str, float], layers: str | None,
+                    keep_class: bool = False) -> torch.Tensor:
         """The stored code plus the sum of ``eps * spread * direction`` over the shifts, on ``layers``.
 
         Call inside :meth:`models`. The sum is one shift of eps 1 along the summed vector, so ``shift_codes``
-        (the CLI's function) applies it exactly as ``apply`` applies one direction.
+        (the CLI's function) applies it exactly as ``apply`` applies one direction. keep_class: the sum of the
+        shifts other than ``to:`` is walked class-locked for the session's class (one slider alone: the same walk
+        as ``apply --keep class``), then the ``to:`` shift is added as it is (it exists to change the class).
         """
         if len(shifts) > MAX_SHIFTS:
             raise UserError(f"too many directions in one edit ({len(shifts)} > {MAX_SHIFTS})")
-        total = torch.zeros_like(session.ws[0])
+        locked = torch.zeros_like(session.ws[0])
+        linear = torch.zeros_like(session.ws[0])
+        walk = 0.0  # Sum of |eps| of the locked shifts: the walk's length in spreads.
         for spec, eps in shifts.items():
             if not math.isfinite(eps) or abs(eps) > EPS_LIMIT:
                 raise UserError(f"eps {eps} for '{spec}' is out of range (-{EPS_LIMIT:g}..{EPS_LIMIT:g})")
-            if eps != 0:
-                vector, spread = self._direction(spec, session.class_index)
-                total = total + eps * spread * vector
+            if eps == 0:
+                continue
+            vector, spread = self._direction(spec, session.class_index)
+            if keep_class and parse_direction(spec).kind != "to":
+                locked = locked + eps * spread * vector
+                walk += abs(eps)
+            else:
+                linear = linear + eps * spread * vector
         layer_range = parse_layers(layers, session.ws.shape[0])
-        return shift_codes(session.ws[None], total, [1.0], 1.0, layer_range)[0, 0]
+        ws = session.ws[None]
+        if walk > 0 and locked.norm() > 0:
+            ws = self._locked(ws, locked / locked.norm(), [walk], float(locked.norm()) / walk, layer_range,
+                              session.class_index)[:, 0]
+        return shift_codes(ws, linear, [1.0], 1.0, layer_range)[0, 0]
+
+    def _locked(self, ws: torch.Tensor, unit: torch.Tensor, eps: list[float], spread: float, layer_range: range,
+                class_index: int) -> torch.Tensor:
+        """:func:`locked_shift_codes` for one code, in at most MAX_LOCKED_STEPS steps per sign."""
+        longest = max(abs(e) for e in eps)
+        step = max(DEFAULT_STEP, longest / MAX_LOCKED_STEPS)
+        target = torch.tensor([class_index])
+        return locked_shift_codes(self.editor.G, self.editor.C, ws, unit, eps, spread, layer_range, target, step)
 
     def edit_png(self, session_id: str, request: EditRequest) -> bytes:
-        """One slider step: shifted code -> generator -> PNG. Only the generator runs."""
+        """One slider step: shifted code -> generator -> PNG (only the generator runs, unless class-locked)."""
         session = self.sessions.get(session_id)
         with self.models() as ed:
-            ws = self.edited_code(session, request.shifts, request.layers)
+            ws = self.edited_code(session, request.shifts, request.layers, request.keep_class)
             image = ed.G.render(ws[None])
         return png_bytes(image, scale=request.scale)
 
@@ -289,10 +319,13 @@ class EditorService:
         n = request.count
         eps = [request.eps_min + (request.eps_max - request.eps_min) * i / (n - 1) for i in range(n)]
         with self.models() as ed:
-            base = self.edited_code(session, others, request.layers)
+            base = self.edited_code(session, others, request.layers, request.keep_class)
             vector, spread = self._direction(spec, session.class_index)
             layer_range = parse_layers(request.layers, session.ws.shape[0])
-            codes = shift_codes(base[None], vector, eps, spread, layer_range)[0]
+            if request.keep_class and parse_direction(spec).kind != "to":
+                codes = self._locked(base[None], vector, eps, spread, layer_range, session.class_index)[0]
+            else:
+                codes = shift_codes(base[None], vector, eps, spread, layer_range)[0]
             images = ed.G.render(codes)
         return png_bytes(images, nrow=n, scale=request.scale, pad=2)
 
@@ -427,11 +460,12 @@ def create_app(editor: Editor, *, method: str | None = None, steps: int | None =
     return app
 
 
-def measure_edit_ms(editor: Editor, repeats: int = 50, warmup: int = 5) -> float:
+def measure_edit_ms(editor: Editor, repeats: int = 50, warmup: int = 5, keep_class: bool = False) -> float:
     """Median milliseconds of one slider step through the app: POST edit request -> PNG bytes received.
 
     Runs in-process with FastAPI's TestClient on a generated sample (no inversion), moving the first slider
-    back and forth so that every request computes a new image. ``semdir-edit bench`` reports it as ``ui_edit_ms``.
+    back and forth so that every request computes a new image. ``semdir-edit bench`` reports it as ``ui_edit_ms``,
+    and with ``keep_class`` (the page's default: a class-locked walk) as ``ui_edit_locked_ms``.
     """
     import warnings
 
@@ -452,7 +486,8 @@ def measure_edit_ms(editor: Editor, repeats: int = 50, warmup: int = 5) -> float
         for i in range(warmup + repeats):
             eps = ((i % 13) - 6) / 2  # -3 .. 3 in steps of 0.5, as a dragged slider.
             t0 = time.perf_counter()
-            response = client.post(f"/api/sessions/{session}/edit", json={"shifts": {spec: eps}})
+            response = client.post(f"/api/sessions/{session}/edit",
+                                   json={"shifts": {spec: eps}, "keep_class": keep_class})
             content = response.content
             elapsed = (time.perf_counter() - t0) * 1000
             if response.status_code != 200 or not content.startswith(b"\x89PNG"):

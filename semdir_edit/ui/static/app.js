@@ -263,7 +263,9 @@ function reset() {
 
 // ----------------------------------------------------------------------------------------------- editing
 
-function editBody(scale = 1) { return { shifts: { ...state.shifts }, layers: layersSpec(), scale }; }
+function editBody(scale = 1) {
+  return { shifts: { ...state.shifts }, layers: layersSpec(), scale, keep_class: $("keep-class").checked };
+}
 
 function scheduleEdit() {
   if (!state.session) return;
@@ -306,8 +308,13 @@ function updateCommand() {
   if (layers !== null) extra.push("--layers", layers);
   if (info.weights !== "weights/fashion_mnist") extra.push("--weights", shellQuote(info.weights));
   const specs = Object.keys(state.shifts);
-  // The sliders shift linearly; apply walks class directions class-locked unless told --keep none.
-  const keep = (spec) => (spec.startsWith("class:") ? ["--keep", "none"] : []);
+  // apply walks class directions class-locked unless told --keep none, the others only with --keep class.
+  const locked = $("keep-class").checked;
+  const keep = (spec) => {
+    if (spec.startsWith("to:")) return [];
+    if (spec.startsWith("class:")) return locked ? [] : ["--keep", "none"];
+    return locked ? ["--keep", "class"] : [];
+  };
   const line = (spec, eps) => [...base, "--direction", shellQuote(spec), "--eps", String(eps), ...keep(spec),
     ...extra, "-o", shellQuote(`${session.name}.edited.png`)].join(" ");
   let text;
@@ -369,6 +376,7 @@ function wire() {
   $("target").addEventListener("change", changeTarget);
   $("layer-lo").addEventListener("input", changeLayers);
   $("layer-hi").addEventListener("input", changeLayers);
+  $("keep-class").addEventListener("change", () => { updateCommand(); scheduleEdit(); });
   $("reset").addEventListener("click", reset);
   $("download-png").addEventListener("click", downloadEdited);
   $("download-latent").addEventListener("click", downloadLatent);
