@@ -9,7 +9,8 @@
 #
 #   scripts/train_weights.sh OUT_DIR [DATA_DIR]
 # Environment: CFG (config), DEVICE (auto), GAN_MIN / STAGE2_MIN (time limits, minutes), RUNS (run folders),
-# SEMDIR (the command, default "python3 -m semdir_edit").
+# SEMDIR (the command, default "python3 -m semdir_edit"), STAGES ("1 2"; "2" = stage 2 only, on an OUT_DIR that
+# already holds classifier, generator and discriminator, e.g. a copy of weights/candidates/<name>).
 set -uo pipefail
 OUT=${1:?usage: scripts/train_weights.sh OUT_DIR [DATA_DIR]}
 DATA=${2:-/usr/share/datasets/fashion-mnist}
@@ -19,6 +20,7 @@ GAN_MIN=${GAN_MIN:-5}
 STAGE2_MIN=${STAGE2_MIN:-3.5}
 RUNS=${RUNS:-runs/train-weights}
 SE=${SEMDIR:-python3 -m semdir_edit}
+STAGES=${STAGES:-1 2}
 COMMON=(--config "$CFG" --device "$DEVICE")
 mkdir -p "$OUT" "$RUNS"
 
@@ -42,6 +44,7 @@ path.write_text(json.dumps(d, indent=2) + "\n")
 EOF
 }
 
+if [[ " $STAGES " == *" 1 "* ]]; then
 log "stage 1: classifier | gan"
 $SE train classifier "${COMMON[@]}" --data-dir "$DATA" --weights "$OUT.s1c" --out "$RUNS/classifier" \
   > "$RUNS/classifier.log" 2>&1 &
@@ -51,7 +54,9 @@ wait
 tail -n 3 "$RUNS/classifier.log" "$RUNS/gan.log"
 merge "$OUT" "$OUT.s1c" classifier
 merge "$OUT" "$OUT.s1g" generator discriminator
+fi
 
+if [[ " $STAGES " == *" 2 "* ]]; then
 log "stage 2: encoders | directions | baselines"
 sed 's/normalization: unit/normalization: orthonormal/' "$CFG" > "$RUNS/config-orthonormal.yaml"
 for job in enc conv dir ortho voynov base; do rm -rf "$OUT.$job"; cp -r "$OUT" "$OUT.$job"; done
@@ -78,5 +83,6 @@ merge "$OUT" "$OUT.base" direction_bank
 rm -rf "$OUT-orthonormal" && cp -r "$OUT" "$OUT-orthonormal"
 merge "$OUT" "$OUT.dir" deformators shift_predictor
 merge "$OUT-orthonormal" "$OUT.ortho" deformators shift_predictor
+fi
 rm -rf "$OUT".s1c "$OUT".s1g "$OUT".enc "$OUT".conv "$OUT".dir "$OUT".ortho "$OUT".voynov "$OUT".base
 log "done: $OUT (and $OUT-orthonormal)"
