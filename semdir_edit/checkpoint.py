@@ -196,6 +196,15 @@ def load_model(weights_dir: str | Path, kind: str, device: torch.device | str = 
     return build_model(kind, stored, state).to(device).eval().requires_grad_(False)
 
 
+def load_into(module: nn.Module, weights_dir: str | Path, kind: str) -> None:
+    """Copy a weights folder's ``kind`` into ``module`` (``--init-from``); UserError when the shapes differ."""
+    try:
+        module.load_state_dict(load_model(weights_dir, kind).state_dict())
+    except RuntimeError as err:  # Shapes differ: another width, K or class count.
+        first = (str(err).splitlines() or ["?"])[-1].strip()
+        raise UserError(f"--init-from {weights_dir}: its {kind} does not fit this config ({first})") from None
+
+
 def init_record(weights_dir: str | Path, kind: str) -> dict[str, Any]:
     """What a model trained on from shipped weights (``--init-from``) started from: that model's manifest entry
     (command, commit, sha256, steps, ...) without its config, plus the folder."""

@@ -28,6 +28,7 @@ from semdir_edit import distributed
 from semdir_edit.checkpoint import (
     git_commit,
     init_record,
+    load_into,
     load_model,
     load_training_state,
     register_model,
@@ -35,7 +36,6 @@ from semdir_edit.checkpoint import (
 )
 from semdir_edit.config import Config, to_dict
 from semdir_edit.editing.baselines import sample_w, w_covariance
-from semdir_edit.errors import UserError
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.deformator import Deformators
 from semdir_edit.models.shift_predictor import ShiftPredictor, shift_predictor_loss
@@ -158,11 +158,8 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     predictor = ShiftPredictor(pcfg).to(device)
     suffix = "_voynov" if global_only else ""
     if init_from is not None and not (resume and run.state_path.exists()):
-        for module, kind in ((deformators, "deformators" + suffix), (predictor, "shift_predictor" + suffix)):
-            try:
-                module.load_state_dict(load_model(init_from, kind, device).state_dict())
-            except RuntimeError as err:  # Shapes differ: another K, class count or width.
-                raise UserError(f"--init-from {init_from}: its {kind} does not fit this config ({err})") from None
+        load_into(deformators, init_from, "deformators" + suffix)
+        load_into(predictor, init_from, "shift_predictor" + suffix)
     if dc.freeze_global:
         deformators.global_raw.requires_grad_(False)
     if dc.freeze_class:

@@ -23,7 +23,7 @@ from semdir_edit import distributed
 from semdir_edit.checkpoint import (
     git_commit,
     init_record,
-    load_model,
+    load_into,
     load_training_state,
     register_model,
     save_training_state,
@@ -31,7 +31,6 @@ from semdir_edit.checkpoint import (
 from semdir_edit.config import Config, to_dict
 from semdir_edit.data import load_split
 from semdir_edit.device import autocast
-from semdir_edit.errors import UserError
 from semdir_edit.imageio import save_grid
 from semdir_edit.models import Discriminator, Generator
 from semdir_edit.training.common import (
@@ -122,15 +121,9 @@ def update_ema(G_ema: Generator, G: Generator, beta: float) -> None:
 def start_from_weights(weights_dir: str | Path, G: Generator, G_ema: Generator, D: Discriminator) -> dict[str, Any]:
     """Copy a weights folder's generator (into G and G_ema) and discriminator (into D); returns where they came
     from (recorded with the run). UserError when that folder's networks have another shape than the config's."""
-    weights_dir = Path(weights_dir)
-    for kind, targets in (("generator", (G, G_ema)), ("discriminator", (D,))):
-        source = load_model(weights_dir, kind).state_dict()
-        for target in targets:
-            try:
-                target.load_state_dict(source)
-            except RuntimeError:
-                raise UserError(f"{weights_dir}: its {kind} does not fit this config's (other sizes); "
-                                "--init-from needs weights trained with the same network config") from None
+    load_into(G, weights_dir, "generator")
+    G_ema.load_state_dict(G.state_dict())
+    load_into(D, weights_dir, "discriminator")
     return {"init_from": init_record(weights_dir, "generator")}
 
 
