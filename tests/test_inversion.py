@@ -233,3 +233,21 @@ def test_encoder_training_runs_resumes_exactly_and_registers(tiny_config, tmp_pa
     other = "domain_guided" if kind == "conventional" else "conventional"
     with pytest.raises(UserError, match="not a"):
         train_encoder(cfg, weights, tmp_path / "a", cpu, kind=other, resume=True, progress=False)
+
+
+def test_encoder_init_from_starts_at_the_registered_encoder(tiny_config, tmp_path):
+    """--init-from: a fine-tune of 0 steps registers exactly the encoder it started from, and records it."""
+    cfg = tiny_config
+    first, second = tmp_path / "w1", tmp_path / "w2"
+    torch.manual_seed(0)
+    register_model(first, "generator", Generator(cfg.generator), command="test")
+    train_encoder(cfg, first, tmp_path / "a", torch.device("cpu"), kind="conventional", progress=False)
+    torch.manual_seed(1)  # Another generator: the fine-tune's target.
+    register_model(second, "generator", Generator(cfg.generator), command="test")
+    cfg.train_encoder.steps = 0
+    train_encoder(cfg, second, tmp_path / "b", torch.device("cpu"), kind="conventional", progress=False,
+                  init_from=first)
+    start, tuned = (load_model(w, "encoder_conventional").state_dict() for w in (first, second))
+    assert all(torch.equal(start[k], tuned[k]) for k in start)
+    entry = read_manifest(second)["models"]["encoder_conventional"]
+    assert entry["init_from"]["sha256"] == read_manifest(first)["models"]["encoder_conventional"]["sha256"]

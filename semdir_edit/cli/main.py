@@ -416,6 +416,8 @@ def train_encoder_cmd(
     time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
     register_at_limit: bool = RegisterAtLimitOpt,
     steps: int | None = typer.Option(None, "--steps", help="Override train_encoder.steps."),
+    init_from: Path | None = typer.Option(None, "--init-from", help="Start from this weights folder's encoder of "
+                                          "this kind (fine-tuning, e.g. for a further-trained generator)."),
 ) -> None:
     """Train the domain-guided (or the conventional) encoder against the shipped generator."""
     from semdir_edit import distributed
@@ -431,7 +433,7 @@ def train_encoder_cmd(
         result = train_encoder(cfg, weights, out or Path("runs") / f"{cfg.name}-encoder-{kind}", dev,
                                kind=kind, resume=resume, data_dir=str(data_dir) if data_dir else None,
                                command=command_line(), time_limit_min=time_limit,
-                               register_at_limit=register_at_limit)
+                               register_at_limit=register_at_limit, init_from=init_from)
         if distributed.is_main():
             typer.echo(f"step {result['step']}: "
                        f"{'finished' if result['finished'] else 'stopped; continue with --resume'}")

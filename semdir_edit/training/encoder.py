@@ -31,6 +31,8 @@ from tqdm import tqdm
 from semdir_edit import distributed
 from semdir_edit.checkpoint import (
     git_commit,
+    init_record,
+    load_into,
     load_model,
     load_training_state,
     register_model,
@@ -127,7 +129,7 @@ def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, dev
                   kind: str = "domain_guided", resume: bool = False, data_dir: str | None = None,
                   command: str = "", time_limit_min: float = 0.0,
                   register_at_limit: bool = False, max_steps: int | None = None,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, init_from: str | Path | None = None) -> dict[str, Any]:
     """Train an encoder for the generator in ``weights_dir``; on completion register it there.
 
     kind: "domain_guided" (Eq. 2/3, real images, adversarial; needs the generator, discriminator and, for the
@@ -135,6 +137,8 @@ def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, dev
         (Eq. 1, generated pairs; needs the generator; registered as "encoder_conventional").
     Resumable like ``train_gan``: ``training-state.pt`` in ``run_dir`` every ``checkpoint_every`` steps, on Ctrl-C
     and at the time limit; ``resume=True`` continues from it. ``max_steps`` stops early (no registration).
+    init_from: a weights folder whose encoder of this kind is the starting point (fine-tuning, e.g. for a generator
+    trained further from the one that encoder was made for); ignored when resuming from a checkpoint.
     Under torchrun, call it on every rank (see :mod:`semdir_edit.training.common`). Returns the last logged stats.
     """
     if kind not in KINDS:
@@ -147,6 +151,9 @@ def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, dev
     domain_guided = kind == "domain_guided"
     G = load_model(weights_dir, "generator", device)                           # Frozen, eval mode.
     E = Encoder(encoder_config(cfg.encoder, G), w_avg=G.mapping.w_avg).to(device).train()
+    if init_from is not None and not (resume and run.state_path.exists()):
+        load_into(E, init_from, KINDS[kind])
+        E.train()
     # Under torchrun: gradients averaged over the ranks; batch-norm running statistics copied from rank 0.
     E_train = distributed.ddp(E, device, broadcast_buffers=True)
     betas = (0.9, 0.99)
@@ -269,5 +276,7 @@ def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, dev
         info = {"planned_steps": tc.steps, "training": kind, "steps": step, "kimg": step * tc.batch_size / 1000,
                 "train_seconds": round(seconds), "device": str(device), "generator_id": generator_id,
                 "processes": distributed.world_size()}
+        if init_from is not None:
+            info["init_from"] = init_record(init_from, KINDS[kind])
         register_model(weights_dir, KINDS[kind], E, command=command, extra=info, commit=commit)
     return {**stats, "step": step, "seconds": round(seconds, 1), "finished": step >= tc.steps}
