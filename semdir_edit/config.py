@@ -72,6 +72,12 @@ class GANTrainConfig:
     r1_gamma: float = 0.05            # R1 weight; 0 = no R1.
     r1_interval: int = 16             # Lazy regularisation: R1 every N D steps.
     mixing_prob: float = 0.9          # Style-mixing regularisation probability.
+    # Path-length regularisation (StyleGAN2, lazy like stylegan2-ada-pytorch: every pl_interval G steps, on
+    # batch // pl_batch_shrink codes). 0 = off, as the shipped generator was trained; StyleGAN2 uses 2.
+    pl_weight: float = 0.0
+    pl_interval: int = 4
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01            # Rate of the running mean of path lengths the penalty pulls towards.
     ema_kimg: float = 10.0            # Half-life of the G EMA in thousands of images.
     ema_rampup: float = 0.05          # EMA half-life ramps up as this fraction of images seen; 0 = no ramp-up.
     augment: bool = False             # Differentiable augmentation (kornia) on real and fake for D.

@@ -1,8 +1,8 @@
 """StyleGAN2 training: non-saturating logistic loss, lazy R1, style mixing, EMA of G.
 
 Karras et al., "Analyzing and Improving the Image Quality of StyleGAN" (CVPR 2020); lazy
-regularisation and the EMA schedule follow NVlabs/stylegan2-ada-pytorch. Path-length
-regularisation is left out: at 32x32 it costs more than it gives.
+regularisation (R1 for D, path length for G) and the EMA schedule follow NVlabs/stylegan2-ada-pytorch.
+Path-length regularisation is off unless ``train_gan.pl_weight`` > 0 (the shipped generator was trained without).
 
 Under torchrun, G's mapping and synthesis networks and D are each wrapped in DistributedDataParallel (as
 stylegan2-ada-pytorch does); ``train_gan.batch_size`` is the global batch, split over the processes.
@@ -72,6 +72,7 @@ class StyleGAN2Loss:
         self.mapping = mapping or G.mapping
         self.synthesis = synthesis or G.synthesis
         self.D_train = D_train or D
+        self.pl_mean = torch.zeros((), device=device)  # Running mean of the path lengths (checkpointed).
 
     def run_G(self, z: torch.Tensor, update_w_avg: bool) -> torch.Tensor:
         ws = self.G.broadcast(self.mapping(z, update_w_avg=update_w_avg))
@@ -100,6 +101,20 @@ class StyleGAN2Loss:
             fake = self.run_G(torch.randn(real.shape[0], self.G.z_dim, device=self.device), update_w_avg=False)
         with autocast(self.device):
             return F.softplus(self.run_D(fake, train=True)).mean() + F.softplus(-self.run_D(real, train=True)).mean()
+
+    def path_length_penalty(self, batch_size: int, decay: float) -> torch.Tensor:
+        """E (|J_w^T y| - a)^2, y ~ N(0, I) / sqrt(pixels): the image's response to a random pixel-space
+        direction should have the same length for every w (a = running mean of those lengths). Full precision."""
+        ws = self.G.broadcast(self.mapping(torch.randn(batch_size, self.G.z_dim, device=self.device)))
+        img = self.synthesis(ws)
+        y = torch.randn_like(img) / (img.shape[2] * img.shape[3]) ** 0.5
+        (grad,) = torch.autograd.grad((img * y).sum(), ws, create_graph=True)
+        lengths = grad.square().sum(2).mean(1).sqrt()                      # (B,)
+        # The running mean is the same on every rank (averaged over them), so a checkpoint of rank 0's resumes all.
+        mean_now = distributed.mean({"pl": lengths.mean().item()})["pl"]
+        self.pl_mean = self.pl_mean.lerp(torch.tensor(mean_now, device=self.device), decay)
+        # + 0 * img: under DDP every parameter of synthesis must receive a gradient (cf. r1_penalty).
+        return (lengths - self.pl_mean).square().mean() + img[:, 0, 0, 0].sum() * 0
 
     def r1_penalty(self, real: torch.Tensor) -> torch.Tensor:
         """gamma/2 * E ||grad_x D(x)||^2 on real images (Mescheder et al. 2018), in full precision."""
@@ -149,8 +164,10 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
     G = Generator(cfg.generator).to(device)
     D = Discriminator(cfg.discriminator).to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_G = torch.optim.Adam(G.parameters(), lr=tc.lr, betas=(0.0, 0.99), eps=1e-8)
-    # Lazy R1 is applied every r1_interval steps: rescale D's Adam so the effective schedule matches.
+    # Lazy regularisation (R1 every r1_interval D steps, path length every pl_interval G steps): rescale each
+    # Adam so the effective schedule matches.
+    c = tc.pl_interval / (tc.pl_interval + 1) if tc.pl_weight > 0 else 1.0
+    opt_G = torch.optim.Adam(G.parameters(), lr=tc.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
     c = tc.r1_interval / (tc.r1_interval + 1) if tc.r1_gamma > 0 else 1.0
     opt_D = torch.optim.Adam(D.parameters(), lr=tc.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
 
@@ -169,6 +186,8 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
     loss = StyleGAN2Loss(G, D, make_augment(tc.augment).to(device), tc.r1_gamma, tc.mixing_prob, device,
                          mapping=distributed.ddp(G.mapping, device, broadcast_buffers=True),
                          synthesis=distributed.ddp(G.synthesis, device), D_train=distributed.ddp(D, device))
+    if state is not None and "pl_mean" in state:
+        loss.pl_mean = state["pl_mean"].to(device)
     commit = git_commit()
     if main:
         run.write_options({"config": to_dict(cfg), "command": command, "git_commit": commit, "device": str(device),
@@ -180,7 +199,7 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
         if main:
             save_training_state(run.state_path, {
                 "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "pl_mean": loss.pl_mean,
                 "step": step, "seconds": seconds, **rng})
 
     total = tc.steps if max_steps is None else min(tc.steps, max_steps)
@@ -188,6 +207,7 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
     budget = TimeBudget(time_limit_min)
     bar = tqdm(total=total, initial=step, disable=not (progress and main), desc="train gan", dynamic_ncols=True)
     stats: dict[str, Any] = {}
+    pl: torch.Tensor | None = None
     t0 = time.monotonic()
     try:
         while step < total and not budget.exceeded():
@@ -210,6 +230,11 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
             opt_G.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_G.step()
+            if tc.pl_weight > 0 and step % tc.pl_interval == 0:
+                pl = loss.path_length_penalty(max(batch // tc.pl_batch_shrink, 1), tc.pl_decay)
+                opt_G.zero_grad(set_to_none=True)
+                (pl * (tc.pl_weight * tc.pl_interval)).backward()
+                opt_G.step()
             D.requires_grad_(True)
 
             # Update EMA of G (from the bare G, identical on every rank); its half-life ramps up with the images
@@ -228,6 +253,9 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
                 losses = {"loss_G": g_loss.item(), "loss_D": d_loss.item()}
                 if r1 is not None:
                     losses["r1"] = r1.item()
+                if pl is not None:  # The latest penalty (lazy: not every step).
+                    losses["pl"] = pl.item()
+                    losses["pl_mean"] = loss.pl_mean.item()
                 stats = {"step": step, "kimg": step * tc.batch_size / 1000, "seconds": round(seconds, 1),
                          **{k: round(v, 4) for k, v in distributed.mean(losses).items()}}
                 bar.set_postfix(G=stats["loss_G"], D=stats["loss_D"])
