@@ -104,8 +104,8 @@ class DirectionLoss:
         G, K = self.G, self.deformators.k
         with torch.no_grad():
             w = G.mapping(torch.randn(batch_size, G.z_dim, device=device))
-            img = G.synthesis(G.broadcast(w), noise_mode="const")
-            c = self.C(img.clamp(-1, 1)).argmax(1)                       # Class of each sample as shown.
+            img = G.render(G.broadcast(w))                                # As shown: clamped to [-1, 1].
+            c = self.C(img).argmax(1)                                     # Class of each sample as shown.
         directions = self.all_directions()                                # (N+1, w_dim, K)
         spreads = self.spread(directions)                                 # (N+1, K)
         set_index = torch.cat([torch.zeros_like(c) if s == "global" else c + 1 for s in self.sets])
@@ -115,12 +115,14 @@ class DirectionLoss:
         eps = (lo + (hi - lo) * torch.rand(n, device=device)) * (torch.randint(0, 2, (n,), device=device) * 2 - 1)
         shift = directions[set_index, :, k] * (eps * spreads[set_index, k])[:, None]
         w_rep = w.repeat(len(self.sets), 1)
-        shifted = G.synthesis(G.broadcast(w_rep + shift), noise_mode="const")
+        # The predictor sees the images as shown (clamped), as `evaluate directions` measures it: trained on the
+        # unclamped synthesis output (a third of whose pixels overshoot [-1, 1]) it was measured on other inputs.
+        shifted = G.synthesis(G.broadcast(w_rep + shift), noise_mode="const").clamp(-1, 1)
         logits, shifts = self.predictor(img.repeat(len(self.sets), 1, 1, 1), shifted)
         loss, stats = shift_predictor_loss(logits, shifts, set_index * K + k, eps, self.shift_weight)
         if self.class_keep_weight > 0 and "class" in self.sets:
             class_part = set_index > 0                                    # The class-set edits.
-            class_logits, target = self.C(shifted[class_part].clamp(-1, 1)), c.repeat(len(self.sets))[class_part]
+            class_logits, target = self.C(shifted[class_part]), c.repeat(len(self.sets))[class_part]
             keep = F.cross_entropy(class_logits, target)
             loss = loss + self.class_keep_weight * keep
             stats["class_keep_ce"] = keep.item()
