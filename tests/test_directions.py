@@ -97,6 +97,27 @@ def test_class_keep_term_adds_the_classifier_loss_on_class_edits(tiny_weights):
     assert deformators.class_raw.grad is not None and deformators.class_raw.grad.abs().sum() > 0
 
 
+
+def test_the_predictor_trains_on_the_images_as_shown(tiny_weights):
+    """Both images the shift predictor sees in training are clamped to [-1, 1], as evaluate directions shows them
+    (the synthesis output overshoots: here made to, by scaling it)."""
+    from semdir_edit.config import ShiftPredictorConfig
+    from semdir_edit.models.shift_predictor import ShiftPredictor
+    from semdir_edit.training.directions import DirectionLoss
+
+    G, C = load_model(tiny_weights, "generator"), load_model(tiny_weights, "classifier")
+    synthesis = G.synthesis.forward
+    G.synthesis.forward = lambda ws, **kw: 5 * synthesis(ws, **kw)  # Overshoots [-1, 1] by far.
+    assert G.synthesis(G.broadcast(G.mapping(torch.randn(4, G.z_dim))), noise_mode="const").abs().max() > 1
+    seen = []
+    predictor = ShiftPredictor(ShiftPredictorConfig(k=3, num_sets=11, width=8))
+    predictor.register_forward_pre_hook(lambda module, inputs: seen.append(inputs))
+    deformators = Deformators(DeformatorConfig(w_dim=16, k=3, num_classes=10))
+    DirectionLoss(G, C, deformators, predictor, (0.5, 6.0), 0.25)(8)
+    (original, shifted), = seen
+    assert original.abs().max() <= 1 and shifted.abs().max() <= 1
+    assert original.abs().max() == 1  # Clamped, not rescaled.
+
 def fine_tune(cfg, trained, tmp_path, **settings):
     """Train 5 steps into ``trained``, then fine-tune a copy of it (``--init-from trained``) with ``settings`` (on
     ``cfg.train_directions``); returns the copy's folder."""
