@@ -117,7 +117,7 @@ class DirectionLoss:
         w_rep = w.repeat(len(self.sets), 1)
         # The predictor sees the images as shown (clamped), as `evaluate directions` measures it: trained on the
         # unclamped synthesis output (a third of whose pixels overshoot [-1, 1]) it was measured on other inputs.
-        shifted = G.synthesis(G.broadcast(w_rep + shift), noise_mode="const").clamp(-1, 1)
+        shifted = G.render(G.broadcast(w_rep + shift))
         logits, shifts = self.predictor(img.repeat(len(self.sets), 1, 1, 1), shifted)
         loss, stats = shift_predictor_loss(logits, shifts, set_index * K + k, eps, self.shift_weight)
         if self.class_keep_weight > 0 and "class" in self.sets:
