@@ -10,7 +10,7 @@
 #   scripts/train_weights.sh OUT_DIR [DATA_DIR]
 # Environment: CFG (config), DEVICE (auto), GAN_MIN / STAGE2_MIN (time limits, minutes), RUNS (run folders),
 # SEMDIR (the command, default "python3 -m semdir_edit"), STAGES ("1 2"; "2" = stage 2 only, on an OUT_DIR that
-# already holds classifier, generator and discriminator, e.g. a copy of weights/candidates/<name>).
+# already holds classifier, generator and discriminator, e.g. a new generator trained with --init-from).
 set -uo pipefail
 OUT=${1:?usage: scripts/train_weights.sh OUT_DIR [DATA_DIR]}
 DATA=${2:-/usr/share/datasets/fashion-mnist}
