@@ -180,6 +180,12 @@ class DirectionsTrainConfig:
     # Ours, not in Kim & Lee: weight of the classifier's cross-entropy (label of G(w)) on the class-set edits, so a
     # class direction changes the article within its class. 0 = the paper's objective.
     class_keep_weight: float = 0.0
+    # Ours, not in Kim & Lee: the class sets learn directions that barely change the image (their perceptual change
+    # per unit eps measured 0.03, random directions 0.10): a weak edit is easy to tell from the strong global ones.
+    # class_strength_weight > 0 adds weight * relu(class_strength_target - change / |eps|) on the class-set edits
+    # (change = the classifier-feature distance of `evaluate directions`). 0 = the paper's objective.
+    class_strength_weight: float = 0.0
+    class_strength_target: float = 0.1
     # Fine-tuning (with --init-from): the frozen deformators keep their directions; with both frozen, only the
     # shift predictor trains (more reconstructor training on fixed directions).
     freeze_global: bool = False

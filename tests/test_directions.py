@@ -98,6 +98,34 @@ def test_class_keep_term_adds_the_classifier_loss_on_class_edits(tiny_weights):
 
 
 
+def test_class_strength_term_is_a_hinge_on_the_class_edits_change(tiny_weights):
+    """loss(weight) - loss(0) = weight * mean(relu(target - change / |eps|)) over the class-set edits; a target no
+    edit reaches adds the whole shortfall, a target of 0 adds nothing."""
+    from semdir_edit.config import ShiftPredictorConfig
+    from semdir_edit.models.shift_predictor import ShiftPredictor
+    from semdir_edit.training.directions import DirectionLoss
+
+    G, C = load_model(tiny_weights, "generator"), load_model(tiny_weights, "classifier")
+    torch.manual_seed(0)
+    deformators = Deformators(DeformatorConfig(w_dim=16, k=3, num_classes=10))
+    predictor = ShiftPredictor(ShiftPredictorConfig(k=3, num_sets=11, width=8)).eval()
+
+    def loss_with(strength: tuple[float, float]):
+        torch.manual_seed(1)
+        return DirectionLoss(G, C, deformators, predictor, (0.5, 6.0), 0.25, class_strength=strength)(16)
+
+    (plain, plain_stats), (zero, _) = loss_with((0.0, 0.0)), loss_with((3.0, 0.0))
+    assert "class_strength" not in plain_stats
+    assert zero.item() == pytest.approx(plain.item(), rel=1e-6)      # Every edit already changes more than 0.
+    target = 1e3                                                        # Far above any edit's change.
+    pushed, stats = loss_with((3.0, target))
+    assert stats["class_strength"] > 0
+    assert pushed.item() == pytest.approx(plain.item() + 3.0 * (target - stats["class_strength"]), rel=1e-5)
+    deformators.zero_grad()
+    pushed.backward()  # The term reaches the class deformators through G and C (both frozen).
+    assert deformators.class_raw.grad is not None and deformators.class_raw.grad.abs().sum() > 0
+
+
 def test_the_predictor_trains_on_the_images_as_shown(tiny_weights):
     """Both images the shift predictor sees in training are clamped to [-1, 1], as evaluate directions shows them
     (the synthesis output overshoots: here made to, by scaling it)."""

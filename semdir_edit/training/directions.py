@@ -5,7 +5,9 @@ Per step: sample w = mapping(z); the frozen classifier names the class c of G(w)
 A_G(eps e_k) and by A_c(eps e_k); the predictor must tell, from (G(w), G(w + shift)), which of the
 (N+1)*K directions moved the image (cross-entropy) and by how much (L1). G and C stay frozen.
 With ``class_keep_weight`` > 0 (ours), the classifier's cross-entropy against c on the class-set edits is added,
-so class directions learn changes that keep the article in its class.
+so class directions learn changes that keep the article in its class. With ``class_strength_weight`` > 0 (ours), a
+hinge on the class-set edits' perceptual change per unit eps keeps class directions from settling on edits too
+weak to see.
 
 Under torchrun, the deformators and the predictor are wrapped in DistributedDataParallel;
 ``train_directions.batch_size`` is the global batch, split over the processes.
@@ -36,6 +38,7 @@ from semdir_edit.checkpoint import (
 )
 from semdir_edit.config import Config, to_dict
 from semdir_edit.editing.baselines import sample_w, w_covariance
+from semdir_edit.evaluation.metrics import perceptual_distance
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.deformator import Deformators
 from semdir_edit.models.shift_predictor import ShiftPredictor, shift_predictor_loss
@@ -86,10 +89,12 @@ class DirectionLoss:
     def __init__(self, G: Generator, C: Classifier, deformators: Deformators | FrozenDirections,
                  predictor: ShiftPredictor | nn.Module, eps_range: tuple[float, float], shift_weight: float,
                  train_global: bool = True, train_class: bool = True,
-                 all_directions: Callable[[], torch.Tensor] | None = None, class_keep_weight: float = 0.0) -> None:
+                 all_directions: Callable[[], torch.Tensor] | None = None, class_keep_weight: float = 0.0,
+                 class_strength: tuple[float, float] = (0.0, 0.0)) -> None:
         self.G, self.C, self.deformators, self.predictor = G, C, deformators, predictor
         self.all_directions = all_directions or deformators.all_directions
         self.eps_range, self.shift_weight, self.class_keep_weight = eps_range, shift_weight, class_keep_weight
+        self.strength_weight, self.strength_target = class_strength   # (weight, target change per unit eps).
         self.sets = [s for s, on in (("global", train_global), ("class", train_class)) if on]
         if not self.sets:
             raise ValueError("train at least one of the global and the class sets")
@@ -127,6 +132,12 @@ class DirectionLoss:
             loss = loss + self.class_keep_weight * keep
             stats["class_keep_ce"] = keep.item()
             stats["class_kept"] = (class_logits.argmax(1) == target).float().mean().item()
+        if self.strength_weight > 0 and "class" in self.sets:
+            class_part = set_index > 0
+            originals = img.repeat(len(self.sets), 1, 1, 1)[class_part]
+            strength = perceptual_distance(self.C, originals, shifted[class_part]) / eps[class_part].abs()
+            loss = loss + self.strength_weight * F.relu(self.strength_target - strength).mean()
+            stats["class_strength"] = strength.mean().item()
         return loss, stats
 
 
@@ -174,7 +185,8 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
                             (dc.eps_min, dc.eps_max), dc.shift_weight, train_class=not global_only,
                             all_directions=distributed.ddp(AllDirections(deformators), device) if trainable
                             else deformators.all_directions,  # DDP refuses a module with nothing to train.
-                            class_keep_weight=dc.class_keep_weight)
+                            class_keep_weight=dc.class_keep_weight,
+                            class_strength=(dc.class_strength_weight, dc.class_strength_target))
     step, seconds, state = 0, 0.0, None
     if resume and run.state_path.exists():
         state = load_training_state(run.state_path, device)
