@@ -185,8 +185,10 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
                             (dc.eps_min, dc.eps_max), dc.shift_weight, train_class=not global_only,
                             all_directions=distributed.ddp(AllDirections(deformators), device) if trainable
                             else deformators.all_directions,  # DDP refuses a module with nothing to train.
-                            class_keep_weight=dc.class_keep_weight,
-                            class_strength=(dc.class_strength_weight, dc.class_strength_target))
+                            # With the class sets frozen their extra terms move nothing: skip computing them.
+                            class_keep_weight=0.0 if dc.freeze_class else dc.class_keep_weight,
+                            class_strength=(0.0 if dc.freeze_class else dc.class_strength_weight,
+                                            dc.class_strength_target))
     step, seconds, state = 0, 0.0, None
     if resume and run.state_path.exists():
         state = load_training_state(run.state_path, device)
