@@ -97,7 +97,6 @@ def test_class_keep_term_adds_the_classifier_loss_on_class_edits(tiny_weights):
     assert deformators.class_raw.grad is not None and deformators.class_raw.grad.abs().sum() > 0
 
 
-
 def test_class_strength_term_is_a_hinge_on_the_class_edits_change(tiny_weights):
     """loss(weight) - loss(0) = weight * mean(relu(target - change / |eps|)) over the class-set edits; a target no
     edit reaches adds the whole shortfall, a target of 0 adds nothing."""
@@ -145,6 +144,7 @@ def test_the_predictor_trains_on_the_images_as_shown(tiny_weights):
     (original, shifted), = seen
     assert original.abs().max() <= 1 and shifted.abs().max() <= 1
     assert original.abs().max() == 1  # Clamped, not rescaled.
+
 
 def fine_tune(cfg, trained, tmp_path, **settings):
     """Train 5 steps into ``trained``, then fine-tune a copy of it (``--init-from trained``) with ``settings`` (on

@@ -123,19 +123,18 @@ class DirectionLoss:
         # The predictor sees the images as shown (clamped), as `evaluate directions` measures it: trained on the
         # unclamped synthesis output (a third of whose pixels overshoot [-1, 1]) it was measured on other inputs.
         shifted = G.render(G.broadcast(w_rep + shift))
-        logits, shifts = self.predictor(img.repeat(len(self.sets), 1, 1, 1), shifted)
+        originals = img.repeat(len(self.sets), 1, 1, 1)
+        logits, shifts = self.predictor(originals, shifted)
         loss, stats = shift_predictor_loss(logits, shifts, set_index * K + k, eps, self.shift_weight)
+        class_part = set_index > 0                                        # The class-set edits.
         if self.class_keep_weight > 0 and "class" in self.sets:
-            class_part = set_index > 0                                    # The class-set edits.
             class_logits, target = self.C(shifted[class_part]), c.repeat(len(self.sets))[class_part]
             keep = F.cross_entropy(class_logits, target)
             loss = loss + self.class_keep_weight * keep
             stats["class_keep_ce"] = keep.item()
             stats["class_kept"] = (class_logits.argmax(1) == target).float().mean().item()
         if self.strength_weight > 0 and "class" in self.sets:
-            class_part = set_index > 0
-            originals = img.repeat(len(self.sets), 1, 1, 1)[class_part]
-            strength = perceptual_distance(self.C, originals, shifted[class_part]) / eps[class_part].abs()
+            strength = perceptual_distance(self.C, originals[class_part], shifted[class_part]) / eps[class_part].abs()
             loss = loss + self.strength_weight * F.relu(self.strength_target - strength).mean()
             stats["class_strength"] = strength.mean().item()
         return loss, stats
