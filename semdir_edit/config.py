@@ -190,6 +190,15 @@ class DirectionsTrainConfig:
     # shift predictor trains (more reconstructor training on fixed directions).
     freeze_global: bool = False
     freeze_class: bool = False
+    # Where the deformators start (ignored with --init-from or --resume): "random" (Kim & Lee), or "visible" (ours,
+    # semdir_edit/editing/visible.py: the directions that change the picture most at the least cost to its class).
+    init: str = "random"
+    init_samples_per_class: int = 30  # Codes per class for the change statistics (2 * init_rank passes each).
+    init_rank: int = 64               # W's principal axes the statistics span (95 % of W's variance here).
+    init_outline_weight: float = 1.0  # Weight of the silhouette's change next to the pixels'.
+    init_keep_global: float = 4.0     # Weight of the class-margin change the global set avoids.
+    init_keep_class: float = 2.0      # The same for the class sets (whose edits are also walked class-locked).
+    init_specificity: float = 0.0     # >0: class sets favour changes the other classes do not share.
     spread_samples: int = 20000       # Samples of W for its covariance (the unit of eps).
     checkpoint_every: int = 500
     seed: int = 0

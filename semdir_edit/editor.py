@@ -23,8 +23,9 @@ from semdir_edit.config import FASHION_MNIST_CLASSES, InversionConfig
 from semdir_edit.data.datasets import to_float
 from semdir_edit.data.photo import load_domain_image
 from semdir_edit.device import for_inference, resolve_device
-from semdir_edit.editing.class_lock import locked_shift_codes
+from semdir_edit.editing.class_lock import locked_shift_codes, toward_class_codes
 from semdir_edit.editing.directions import (
+    CLASS_KINDS,
     DirectionSpec,
     edit_groups,
     keeps_class,
@@ -33,6 +34,7 @@ from semdir_edit.editing.directions import (
     parse_layers,
     shift_codes,
     spread_of,
+    walks,
 )
 from semdir_edit.errors import UserError
 from semdir_edit.evaluation.reconstruction import psnr, ssim, to_unit_range
@@ -240,15 +242,15 @@ class Editor:
                   keep_global: bool = False) -> tuple[torch.Tensor, float]:
         """Resolve a direction spec -> (unit vector (w_dim,), spread of W along it).
 
-        class_index: the image's class, for ``class:k`` and ``to:<class>``.
+        class_index: the image's class, for ``class:k``, ``cpca:k`` (without ``@<class>``) and ``to:<class>``.
         keep_global: for ``to:<class>``, project out the global directions so that only the class changes.
         """
         spec = parse_direction(spec) if isinstance(spec, str) else spec
         bank = self.model("direction_bank")
         if spec.kind != "to":
-            if spec.kind == "class" and spec.class_name:
+            if spec.kind in CLASS_KINDS and spec.class_name:
                 class_index = match_class(spec.class_name, self.class_names)
-            if spec.kind == "class" and class_index is None:
+            if spec.kind in CLASS_KINDS and class_index is None:
                 raise UserError(f"'{spec}' needs the image's class: give an image or name a class ({spec}@<class>)")
             source = self.direction_set(spec.kind, class_index)
             self._check_k(spec, source.shape[1])
@@ -270,7 +272,8 @@ class Editor:
         return vector, float(spread_of(vector, bank.w_cov))
 
     def direction_set(self, kind: str, class_index: int | None = None) -> torch.Tensor:
-        """All K directions (w_dim, K) of one source: global, class (of ``class_index``), voynov, pca, sefa, random."""
+        """All K directions (w_dim, K) of one source: global, class or cpca (of ``class_index``), voynov, pca, sefa,
+        random."""
         if kind in ("pca", "sefa", "random"):
             return self.model("direction_bank").source(kind).detach()
         if kind == "global":
@@ -281,7 +284,15 @@ class Editor:
             if class_index is None or not 0 <= class_index < len(self.class_names):
                 raise UserError("class directions need a class")
             return self.model("deformators").class_directions().detach()[class_index]
-        raise UserError(f"unknown direction source '{kind}' (use global, class, voynov, pca, sefa, random)")
+        if kind == "cpca":
+            if class_index is None or not 0 <= class_index < len(self.class_names):
+                raise UserError("per-class PCA directions (cpca) need a class")
+            directions = self.model("direction_bank").source("cpca", class_index).detach()
+            if not directions.any():
+                raise UserError(f"no per-class PCA for {self.class_names[class_index]}: the generator's samples "
+                                "never showed it")
+            return directions
+        raise UserError(f"unknown direction source '{kind}' (use global, class, voynov, pca, sefa, random, cpca)")
 
     @torch.no_grad()
     def sample_code(self, class_index: int | None = None, seed: int = 0, draws: int = 1000) -> torch.Tensor:
@@ -306,8 +317,9 @@ class Editor:
                        image_class: int | None = None) -> torch.Tensor:
         """Every direction of one source applied to one code: images (K, E, C, R, R), rows = directions.
 
-        class_index: whose class set (``kind="class"``). keep_class: class-locked edits, as :meth:`apply` (None = on
-        for class sets); they keep ``image_class`` (None = ``class_index``, else the classifier's label of ``ws``).
+        class_index: whose class set (``kind="class"`` or ``"cpca"``). keep_class: class-locked edits, as
+        :meth:`apply` (None = on for class sets, not cpca); they keep ``image_class`` (None = ``class_index``, else
+        the classifier's label of ``ws``).
         """
         source = self.direction_set(kind, class_index)
         bank = self.model("direction_bank")
@@ -370,7 +382,12 @@ class Editor:
             class_index = groups[0][0]
         vector, spread = self.direction(spec, class_index, keep_global)
         layer_range = layers if isinstance(layers, range) else parse_layers(layers, self.G.num_ws)
-        if keep_class:
+        if spec.kind == "to":
+            target = torch.full((len(ws),), match_class(spec.class_name, self.class_names), dtype=torch.long)
+            avoid = torch.linalg.qr(self.direction_set("global").to(self.device))[0] if keep_global else None
+            shifted = toward_class_codes(self.G, self.C, ws, eps_list, self.model("direction_bank").w_cov,
+                                         layer_range, target, avoid=avoid)
+        elif keep_class:
             target = torch.full((len(ws),), class_index, dtype=torch.long)
             shifted = locked_shift_codes(self.G, self.C, ws, vector.to(self.device), eps_list, spread, layer_range,
                                          target)
@@ -393,7 +410,7 @@ class Editor:
         """
         spec = parse_direction(direction) if isinstance(direction, str) else direction
         layer_range = layers if isinstance(layers, range) else parse_layers(layers, self.G.num_ws)
-        if method in ("encoder", "conventional") and not keeps_class(spec, keep_class):
+        if method in ("encoder", "conventional") and not walks(spec, keep_class):
             return self._encode_and_edit(domains, spec, eps, method, names, layer_range, classes)
         results = self.invert(domains, method=method, steps=steps, names=names, perceptual=False, classes=classes)
         edited: dict[int, torch.Tensor] = {}

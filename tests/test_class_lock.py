@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from semdir_edit.editing.baselines import sample_by_class
 from semdir_edit.editing.batch import resolve_options
 from semdir_edit.editing.class_lock import _locked_step, class_margin, locked_shift_codes
 from semdir_edit.editing.directions import edit_groups, parse_direction, parse_keep
 from semdir_edit.editor import Editor
 from semdir_edit.errors import UserError
-from semdir_edit.evaluation.directions import sample_by_class
 from semdir_edit.latents import save_latent
 
 from .conftest import make_edit_weights
@@ -46,17 +46,21 @@ def test_locked_step_removes_only_the_margin_lowering_part(editor):
     g = _margin_grad(editor, ws, target)
     # Down the margin's gradient: the lock leaves nothing along it. Up the gradient: the step is untouched.
     for step, lowers in ((-g, True), (g, False)):
-        out = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), step, target)
+        out, _ = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), step, target, None)
         along = (out * g).sum(1)
         if lowers:
             assert along.abs().max() < 1e-4 * g.square().sum(1).max()
         else:
             assert torch.allclose(out, step)
-    # A random step keeps its component orthogonal to the gradient, and never points down it.
+    # A random step never points down the gradient, and keeps its length (redirected, not shortened).
     step = torch.randn(6, ws.shape[2])
-    out = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), step, target)
+    out, margin = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), step, target, None)
     assert ((out * g).sum(1) >= -1e-5).all()
-    assert not torch.allclose(out, torch.zeros_like(out))
+    assert torch.allclose(out.norm(dim=1), step.norm(dim=1), rtol=1e-4)
+    # Below the floor, a zero step becomes the move back up to it.
+    back, _ = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), torch.zeros(6, ws.shape[2]),
+                           target, margin + 1.0)
+    assert ((back * g).sum(1) > 0).all()
 
 
 def test_locked_walk_keeps_margin_better_than_linear_and_composes(editor):

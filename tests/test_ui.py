@@ -89,7 +89,7 @@ def test_page_and_info(client, editor):
     assert page.status_code == 200 and "app.js" in page.text
     assert "sendEdit" in client.get("/app.js").text
     info = client.get("/api/info").json()
-    assert info["groups"] == ["pca"] and info["k"] == {"pca": 3}
+    assert info["groups"] == ["pca", "cpca"] and info["k"] == {"pca": 3, "cpca": 3}
     assert info["class_names"] == editor.class_names and info["num_ws"] == editor.G.num_ws
 
 

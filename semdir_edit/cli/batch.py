@@ -13,8 +13,8 @@ import typer
 def batch_cmd(
     in_dir: Path = typer.Argument(..., help="Folder of photos or domain images (png, jpg, bmp, gif, webp, tiff)."),
     out_dir: Path = typer.Argument(..., help="Output folder: mirrors IN_DIR's layout, plus manifest.jsonl."),
-    direction: str = typer.Option(..., "--direction", "-d", help="global:K | class:K | class:K@<class> | pca:K | "
-                                  "sefa:K | random:K | to:<class>."),
+    direction: str = typer.Option(..., "--direction", "-d", help="global:K | class:K | class:K@<class> | voynov:K | "
+                                  "pca:K | sefa:K | random:K | cpca:K | cpca:K@<class> | to:<class>."),
     eps: str = typer.Option("2", "--eps", help="A step (2) or a traversal start:stop:count (-3:3:7)."),
     method: str = typer.Option("indomain", "--method", "-m", help="indomain | encoder | optimize | conventional."),
     steps: int | None = typer.Option(None, "--steps", min=0, help="Optimisation steps (default 100)."),

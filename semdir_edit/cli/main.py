@@ -292,14 +292,16 @@ def directions_list_cmd(weights: Path = WeightsOpt) -> None:
 
 @directions_app.command("show")
 def directions_show_cmd(
-    cls: str | None = typer.Option(None, "--class", help="Show this class's class-specific directions."),
-    source: str = typer.Option("global", "--source", help="global | voynov | pca | sefa | random (without --class)."),
+    cls: str | None = typer.Option(None, "--class", help="Show this class's class-specific directions (with "
+                                   "--source cpca: its per-class PCA directions)."),
+    source: str = typer.Option("global", "--source", help="global | voynov | pca | sefa | random (without --class) "
+                               "| cpca (per-class PCA of --class, or of the --latent's class)."),
     latent: Path | None = typer.Option(None, "--latent", help="Edit this latent file (default: a generated sample)."),
     eps: str = typer.Option("-3:3:7", "--eps", help="Columns: start:stop:count."),
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
     seed: int = typer.Option(0, "--seed", help="Picks the generated sample."),
-    keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edits (default with --class) | "
-                                    "'none': plain linear edits."),
+    keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edits (default with --class, "
+                                    "not with --source cpca) | 'none': plain linear edits."),
     out: Path = typer.Option(Path("directions.png"), "--out", "-o", help="PNG to write."),
     scale: int = typer.Option(3, "--scale", min=1, max=16),
     weights: Path = WeightsOpt,
@@ -316,7 +318,7 @@ def directions_show_cmd(
         raise UserError("directions show takes --keep class or none")
     editor = Editor.from_pretrained(weights, device)
     class_index = match_class(cls, editor.class_names) if cls else None
-    kind = "class" if cls else source
+    kind = source if source == "cpca" else "class" if cls else source
     image_class = class_index
     if latent is not None:
         ws, meta = editor.load_latent(latent)
@@ -324,11 +326,16 @@ def directions_show_cmd(
         if class_index is None:
             class_index = image_class
     else:
+        if kind == "cpca" and class_index is None:
+            raise UserError("--source cpca needs a class: give --class <class> or a --latent")
+        if kind == "cpca":
+            editor.direction_set(kind, class_index)  # A class without a set fails before the sample search.
         ws = editor.sample_code(class_index, seed)
     grid = editor.direction_grid(ws, kind, eps_list, class_index=class_index, layers=layers, keep_class=keep_class,
                                  image_class=image_class)
     save_grid(out, grid.flatten(0, 1), nrow=len(eps_list), scale=scale)
-    typer.echo(f"wrote {out} ({kind}{'@' + editor.class_names[class_index] if cls else ''}: "
+    named = cls or (kind == "cpca" and class_index is not None)
+    typer.echo(f"wrote {out} ({kind}{'@' + editor.class_names[class_index] if named else ''}: "
                f"{grid.shape[0]} directions x {len(eps_list)} eps)")
 
 
@@ -486,7 +493,8 @@ def train_baselines_cmd(
     seed: int = typer.Option(0, "--seed"),
     device: str = DeviceOpt,
 ) -> None:
-    """Compute the closed-form direction sources (GANSpace PCA, SeFa, random, class boundaries) and register them."""
+    """Compute the closed-form direction sources (GANSpace PCA, per-class PCA, SeFa, random, class boundaries) and
+    register them."""
     from semdir_edit.checkpoint import load_model, register_model
     from semdir_edit.config import load_config
     from semdir_edit.device import resolve_device
@@ -503,8 +511,8 @@ def train_baselines_cmd(
 @app.command("apply")
 def apply_cmd(
     source: Path = typer.Argument(..., help="A latent file from `invert` (*.latent.safetensors) or an image."),
-    direction: str = typer.Option(..., "--direction", "-d", help="global:K | class:K | class:K@<class> | pca:K | "
-                                  "sefa:K | random:K | to:<class>."),
+    direction: str = typer.Option(..., "--direction", "-d", help="global:K | class:K | class:K@<class> | voynov:K | "
+                                  "pca:K | sefa:K | random:K | cpca:K | cpca:K@<class> | to:<class>."),
     eps: str = typer.Option("2", "--eps", help="A step (2) or a traversal start:stop:count (-3:3:13)."),
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
     keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edit, never lowering the "

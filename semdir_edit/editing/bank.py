@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 
 from semdir_edit.config import DirectionBankConfig
-from semdir_edit.editing.baselines import pca_directions, random_directions, sefa_directions, w_covariance
+from semdir_edit.editing.baselines import (
+    class_pca_directions,
+    pca_directions,
+    random_directions,
+    sefa_directions,
+    w_covariance,
+)
 from semdir_edit.evaluation.metrics import fit_linear_classifier
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.direction_bank import DirectionBank
@@ -28,6 +34,7 @@ def build_direction_bank(G: Generator, C: Classifier, k: int, n: int = 20_000, s
     bank.pca.copy_(pca_directions(G, k, n=n, seed=seed))
     bank.sefa.copy_(sefa_directions(G, k))
     bank.random.copy_(random_directions(G.w_dim, k, seed))
+    bank.cpca.copy_(class_pca_directions(w_all, y, num_classes, k, min_samples=50))
     bank.w_mean.copy_(w_all.mean(0))
     bank.w_cov.copy_(w_covariance(w_all).float())
     weight, bias = fit_linear_classifier(w_all, y, num_classes)

@@ -16,13 +16,15 @@ import torch
 
 from semdir_edit.errors import UserError
 
-KINDS = ("global", "class", "voynov", "pca", "sefa", "random", "to")
+KINDS = ("global", "class", "voynov", "pca", "sefa", "random", "cpca", "to")
+CLASS_KINDS = ("class", "cpca")  # Kinds whose K directions are per class (``k@<class>``, else the image's class).
 MAX_STRIP = 101  # Longest traversal strip.
 
 
 @dataclass(frozen=True)
 class DirectionSpec:
-    """A parsed ``--direction``: kind, index k (None for ``to``), and a class name (``class:k@Name``, ``to:Name``)."""
+    """A parsed ``--direction``: kind, index k (None for ``to``), and a class name (``class:k@Name``,
+    ``cpca:k@Name``, ``to:Name``)."""
 
     kind: str
     k: int | None = None
@@ -30,8 +32,9 @@ class DirectionSpec:
 
     @property
     def needs_class(self) -> bool:
-        """Whether the vector depends on the edited image's class (``class:k`` without ``@<class>``, ``to:<class>``)."""
-        return self.kind == "to" or (self.kind == "class" and self.class_name is None)
+        """Whether the vector depends on the edited image's class (``class:k`` or ``cpca:k`` without ``@<class>``,
+        ``to:<class>``)."""
+        return self.kind == "to" or (self.kind in CLASS_KINDS and self.class_name is None)
 
     def __str__(self) -> str:
         if self.kind == "to":
@@ -47,7 +50,7 @@ def parse_direction(spec: str) -> DirectionSpec:
     m = _SPEC.match(spec.strip())
     if not m or m["kind"] not in KINDS:
         raise UserError(f"invalid --direction '{spec}' (use one of: global:K, class:K, class:K@<class>, voynov:K, "
-                        "pca:K, sefa:K, random:K, to:<class>)")
+                        "pca:K, sefa:K, random:K, cpca:K, cpca:K@<class>, to:<class>)")
     kind, arg, cls = m["kind"], m["arg"].strip(), m["cls"]
     if kind == "to":
         if cls:
@@ -55,8 +58,10 @@ def parse_direction(spec: str) -> DirectionSpec:
         return DirectionSpec("to", None, arg)
     if not arg.isdigit():
         raise UserError(f"invalid --direction '{spec}': the direction index must be a non-negative integer")
-    if cls is not None and kind != "class":
-        raise UserError(f"invalid --direction '{spec}': only class directions take @<class>")
+    if cls is not None and kind not in CLASS_KINDS:
+        raise UserError(f"invalid --direction '{spec}': only class and cpca directions take @<class>")
+    if cls is not None and not cls.strip():
+        raise UserError(f"invalid --direction '{spec}': name a class after @")
     return DirectionSpec(kind, int(arg), cls.strip() if cls else None)
 
 
@@ -80,6 +85,12 @@ def keeps_class(spec: DirectionSpec, keep_class: bool | None) -> bool:
     if keep_class and spec.kind == "to":
         raise UserError(f"'{spec}' changes the class: it cannot keep it (use --keep none)")
     return spec.kind == "class" if keep_class is None else keep_class
+
+
+def walks(spec: DirectionSpec, keep_class: bool | None) -> bool:
+    """Whether an edit is walked step by step through the networks (class-locked, or ``to:<class>``) rather than
+    added in one linear shift."""
+    return spec.kind == "to" or keeps_class(spec, keep_class)
 
 
 def edit_groups(classes: list[int | None], spec: DirectionSpec, keep_class: bool | None = None

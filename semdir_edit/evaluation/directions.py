@@ -18,7 +18,6 @@ every W+ layer, as ``apply`` does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import kornia
@@ -26,47 +25,14 @@ import torch
 
 from semdir_edit.config import ShiftPredictorConfig
 from semdir_edit.editing.baselines import spread_along
-from semdir_edit.editing.class_lock import locked_shift_codes
+from semdir_edit.editing.class_lock import locked_shift_codes, toward_class_codes
+from semdir_edit.editing.visible import SILHOUETTE
 from semdir_edit.inversion.perceptual import PerceptualLoss
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.shift_predictor import ShiftPredictor
 from semdir_edit.training.directions import DirectionLoss, FrozenDirections
 
 EDIT_EPS = (1.0, 2.0, 3.0)
-
-
-@dataclass
-class ClassSamples:
-    """Sampled codes with the classifier's label of each image."""
-
-    w: torch.Tensor        # (n, w_dim)
-    labels: torch.Tensor   # (n,)
-
-
-@torch.no_grad()
-def sample_by_class(G: Generator, C: Classifier, per_class: int, seed: int, draws_per_sample: int = 20
-                    ) -> ClassSamples:
-    """Up to ``per_class`` codes for every class, from at most ``draws_per_sample`` draws per wanted sample
-    (a class the generator rarely draws gets fewer)."""
-    device = G.mapping.w_avg.device
-    gen = torch.Generator().manual_seed(seed)
-    num_classes = C.cfg.num_classes
-    batch_size = min(500, 2 * per_class * num_classes)
-    max_batches = -(-draws_per_sample * per_class * num_classes // batch_size)
-    kept_w: list[list[torch.Tensor]] = [[] for _ in range(num_classes)]
-    counts = [0] * num_classes
-    for _ in range(max_batches):
-        w = G.mapping(torch.randn(batch_size, G.z_dim, generator=gen).to(device))
-        labels = C(G.render(G.broadcast(w))).argmax(1)  # The class of the image as shown, as edits are judged.
-        for c in range(num_classes):
-            take = w[labels == c][: per_class - counts[c]]
-            kept_w[c].append(take.cpu())
-            counts[c] += len(take)
-        if min(counts) >= per_class:
-            break
-    w_all = torch.cat([torch.cat(ws) for ws in kept_w])
-    labels_all = torch.cat([torch.full((n,), c, dtype=torch.long) for c, n in enumerate(counts)])
-    return ClassSamples(w_all, labels_all)
 
 
 @torch.no_grad()
@@ -168,6 +134,110 @@ def edit_effects(G: Generator, C: Classifier, F: PerceptualLoss, sets: torch.Ten
         kept.append(torch.stack(kept_b, 1))
         change.append(torch.stack(change_b, 1))
     return {"kept": torch.cat(kept), "change": torch.cat(change), "abs_eps": signed.abs()}
+
+
+@torch.no_grad()
+def visible_effects(G: Generator, C: Classifier, sets: torch.Tensor, spreads: torch.Tensor, w: torch.Tensor,
+                    labels: torch.Tensor, set_index: torch.Tensor, eps: float = 3.0, class_lock: bool = False,
+                    batch_size: int = 100) -> dict[str, float]:
+    """What a person sees of a direction set: every direction of each sample's set at +-``eps``, on images in [0, 1].
+
+    - ``visible``: mean absolute pixel change;
+    - ``outline``: 1 - IoU of the article's silhouette (pixels > 0.25) before and after (0 = only the ink moved);
+    - ``distinct``: 1 - the mean |cosine| between the change maps (at +eps) of two directions of the set on the
+      same sample (0 = the directions make the same change; 1 = unrelated changes);
+    - ``class_preserved``: the classifier's label unchanged.
+    class_lock: walk the edits class-locked, as ``apply`` does for class directions.
+    """
+    device = G.mapping.w_avg.device
+    K = sets.shape[2]
+    visible, outline, kept, distinct = [], [], [], []
+    for start in range(0, len(w), batch_size):
+        sl = slice(start, start + batch_size)
+        codes = G.broadcast(w[sl].to(device))
+        x0 = (G.render(codes).float() + 1) / 2
+        maps = []
+        for k in range(K):
+            unit, spread = sets[set_index[sl], :, k].to(device), spreads[set_index[sl], k].to(device)
+            if class_lock:
+                shifted = locked_shift_codes(G, C, codes, unit, [eps, -eps], spread, range(G.num_ws),
+                                             labels[sl])
+            else:
+                steps = torch.tensor([eps, -eps], device=device)[None, :, None] * spread[:, None, None]
+                shifted = codes[:, None] + (steps * unit[:, None, :])[:, :, None, :]
+            images = G.render(shifted.flatten(0, 1))
+            same = C(images).argmax(1).cpu().reshape(-1, 2) == labels[sl, None]
+            x = ((images.float() + 1) / 2).reshape(len(codes), 2, *x0.shape[1:])
+            before = x0[:, None].expand_as(x)
+            visible.append(pixel_change(before, x).cpu().flatten())
+            outline.append(outline_change(before, x).cpu().flatten())
+            kept.append(same.flatten())
+            maps.append((x[:, 0] - x0).flatten(1))
+        if K > 1:
+            distinct.append(change_map_cosines(torch.stack(maps, 1)).cpu())
+    return {"visible": torch.cat(visible).mean().item(), "outline": torch.cat(outline).mean().item(),
+            "distinct": 1 - torch.cat(distinct).mean().item() if distinct else 0.0,
+            "class_preserved": torch.cat(kept).float().mean().item()}
+
+
+def pixel_change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """Mean absolute pixel change of images (..., C, R, R) in [0, 1] -> (...)."""
+    return (after - before).abs().mean((-3, -2, -1))
+
+
+def outline_change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """1 - IoU of the silhouettes (pixels > 0.25) of images (..., C, R, R) in [0, 1] -> (...); 0 when both are
+    empty. An edit that only brightens or darkens the article inside its outline scores 0."""
+    a, b = before > SILHOUETTE, after > SILHOUETTE
+    union = (a | b).sum((-3, -2, -1)).float()
+    iou = (a & b).sum((-3, -2, -1)).float() / union.clamp_min(1)
+    return torch.where(union > 0, 1 - iou, torch.zeros_like(iou))
+
+
+def change_map_cosines(maps: torch.Tensor) -> torch.Tensor:
+    """|cosine| between every two change maps of the same sample, (B, K, P) -> (n,), leaving out maps that change
+    nothing. Distinctness = 1 - their mean (0: the directions all make the same change)."""
+    K = maps.shape[1]
+    norms = maps.norm(dim=2, keepdim=True)
+    unit = maps / norms.clamp_min(1e-8)
+    cos = (unit @ unit.transpose(1, 2)).abs()
+    moved = norms > 1e-6
+    pairs = moved & moved.transpose(1, 2) & ~torch.eye(K, dtype=torch.bool, device=maps.device)
+    return cos[pairs]
+
+
+@torch.no_grad()
+def target_reached(G: Generator, C: Classifier, w: torch.Tensor, labels: torch.Tensor, w_cov: torch.Tensor,
+                   seed: int, eps: float = 3.0, batch_size: int = 100) -> dict[str, float]:
+    """``to:<class>`` at +``eps`` towards a random other class present among ``labels``, walked as ``apply`` does.
+
+    ``to_reached``: the share the classifier then names the target; ``to_visible``: the mean pixel change.
+    """
+    device = G.mapping.w_avg.device
+    present = labels.unique()
+    if len(present) < 2:
+        return {}
+    gen = torch.Generator().manual_seed(seed)
+    pick = torch.randint(0, len(present) - 1, labels.shape, generator=gen)
+    others = torch.stack([present[present != c] for c in present])               # (P, P - 1)
+    row = (labels[:, None] == present[None]).float().argmax(1)
+    target = others[row, pick]
+    reached, change = [], []
+    for start in range(0, len(w), batch_size):
+        sl = slice(start, start + batch_size)
+        codes = G.broadcast(w[sl].to(device))
+        x0 = G.render(codes)
+        walked = toward_class_codes(G, C, codes, [eps], w_cov.to(device), range(G.num_ws), target[sl])[:, 0]
+        images = G.render(walked)
+        reached.append(C(images).argmax(1).cpu() == target[sl])
+        change.append(((images - x0).abs() / 2).mean((1, 2, 3)).cpu())
+    return {"to_reached": torch.cat(reached).float().mean().item(), "to_visible": torch.cat(change).mean().item()}
+
+
+def same_label_share(descriptions: dict[str, dict], prefix: str) -> float:
+    """The largest share of one set's directions (keys ``<prefix><k>...``) described by the same attribute."""
+    labels = [d["label"].rsplit(" ", 1)[0] for key, d in descriptions.items() if key.startswith(prefix)]
+    return max(labels.count(x) for x in set(labels)) / len(labels) if labels else 0.0
 
 
 def summarize_effects(effects: dict[str, torch.Tensor], prefix: str) -> dict[str, float]:

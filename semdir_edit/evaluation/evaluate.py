@@ -15,6 +15,8 @@ import torch
 from semdir_edit.checkpoint import load_model
 from semdir_edit.config import DataConfig, InversionConfig
 from semdir_edit.data import ImageSet, load_split
+from semdir_edit.editing.baselines import sample_by_class
+from semdir_edit.editing.directions import DirectionSpec, keeps_class
 from semdir_edit.evaluation.metrics import (
     accuracy,
     class_histogram,
@@ -26,6 +28,7 @@ from semdir_edit.evaluation.metrics import (
     perceptual_path_length,
     precision_recall,
 )
+from semdir_edit.models import Classifier, Generator
 from semdir_edit.training.classifier import predict
 
 
@@ -233,12 +236,14 @@ def direction_sources(weights_dir: str | Path, device: torch.device) -> dict[str
         sources["voynov"] = voynov.global_directions().detach().cpu()[None]
     for name in ("pca", "sefa", "random"):
         sources[name] = bank.source(name).detach().cpu()[None]
+    sources["cpca"] = bank.cpca.detach().cpu()                                   # (N, w_dim, K): one set per class.
     return sources
 
 
 def evaluate_directions(weights_dir: str | Path, device: torch.device, class_names: list[str], per_class: int = 100,
                         fresh_steps: int = 1000, eps_range: tuple[float, float] = (0.5, 6.0), seed: int = 0,
-                        describe_samples: int = 32, log=print) -> tuple[dict[str, Any], dict[str, Any]]:
+                        describe_samples: int = 32, visible_per_class: int = 20,
+                        class_fresh_steps: int = 200, log=print) -> tuple[dict[str, Any], dict[str, Any]]:
     """RCA, class preservation, edit strength, specificity and orthogonality of every direction source,
     plus a measured description of every direction. Returns (figures, descriptions)."""
     from semdir_edit.evaluation import directions as ed
@@ -249,7 +254,7 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     F = PerceptualLoss(C).to(device)
     w_cov = load_model(weights_dir, "direction_bank", device).w_cov.cpu()
     sources = direction_sources(weights_dir, device)
-    samples = ed.sample_by_class(G, C, per_class, seed)
+    samples = sample_by_class(G, C, per_class, seed)
     w, labels = samples.w, samples.labels
     num_classes = C.cfg.num_classes
     figures: dict[str, Any] = {"samples": len(w), "fresh_steps": fresh_steps,
@@ -288,7 +293,13 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     figures["edit_strength_class_on_other"] = o["change"].mean().item()
     figures["specificity_change_ratio"] = c["change"].mean().item() / max(o["change"].mean().item(), 1e-12)
 
-    baselines = {"global": ours[:1], **{k: v for k, v in sources.items() if k != "ours"}}
+    log(f"what a person sees at |eps| = {VISIBLE_EPS:g}, every source as apply edits it by default")
+    figures.update(visible_figures(G, C, sources, w_cov, w, labels, visible_per_class, seed))
+    log(f"to:<class> at eps +{VISIBLE_EPS:g}")
+    subset = _per_class_subset(labels, visible_per_class)
+    figures.update(ed.target_reached(G, C, w[subset], labels[subset], w_cov, seed, eps=VISIBLE_EPS))
+
+    baselines = {"global": ours[:1], **{k: v for k, v in sources.items() if k not in ("ours", "cpca")}}
     if "voynov" in sources:
         own = load_model(weights_dir, "shift_predictor_voynov", device)
         figures["voynov_rca_own"] = ed.reconstructor_accuracy(G, own, sources["voynov"], ed.spreads_of(
@@ -302,7 +313,12 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
                                                              seed).float().mean().item()
         if name != "global":
             effects = ed.summarize_effects(ed.edit_effects(G, C, F, sets, s, w, labels, zeros, seed), f"{name}_")
-            figures.update({k: v for k, v in effects.items() if "_eps" not in k})
+            figures.update({k.replace(f"{name}_", f"{name}_linear_", 1): v for k, v in effects.items()
+                            if "_eps" not in k})
+    if "cpca" in sources:
+        log(f"fresh shift predictors on each class's set and its per-class PCA ({class_fresh_steps} steps each)")
+        figures.update(class_set_fresh_rca(G, C, sources["ours"][1:], sources["cpca"], w_cov, w, labels,
+                                           class_fresh_steps, eps_range, seed))
 
     log("describing every direction")
     descriptions: dict[str, Any] = {}
@@ -311,19 +327,80 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     for name, sets in sources.items():
         s = ed.spreads_of(sets, w_cov)
         for set_i in range(sets.shape[0]):
-            if name == "ours" and set_i > 0:
-                cls = set_i - 1
+            if (name == "ours" and set_i > 0) or name == "cpca":
+                cls = set_i - 1 if name == "ours" else set_i
                 pool = w[labels == cls][:describe_samples]
                 if len(pool) == 0:
                     continue
-                prefix = f"class:{{k}}@{class_names[cls]}"
+                kind = "class" if name == "ours" else "cpca"
+                prefix = f"{kind}:{{k}}@{class_names[cls]}"
             else:
                 pool = mixed
                 prefix = f"{'global' if name == 'ours' else name}:{{k}}"
             for k in range(sets.shape[2]):
                 descriptions[prefix.format(k=k)] = ed.describe_direction(
                     G, C, sets[set_i, :, k], float(s[set_i, k]), pool, class_names)
+    for name, prefix in (("global", "global:"), ("voynov", "voynov:"), ("pca", "pca:"), ("sefa", "sefa:"),
+                         ("random", "random:")):
+        figures[f"{name}_same_label_share"] = ed.same_label_share(descriptions, prefix)
+    shares = [ed.same_label_share({k: v for k, v in descriptions.items() if k.endswith(f"@{n}")}, "class:")
+              for n in class_names]
+    figures["class_same_label_share_max"] = max(shares)
     return figures, descriptions
+
+
+VISIBLE_EPS = 3.0
+
+
+def _per_class_subset(labels: torch.Tensor, per_class: int) -> torch.Tensor:
+    """Indices of the first ``per_class`` samples of every class."""
+    return torch.cat([(labels == c).nonzero()[:per_class, 0] for c in labels.unique()])
+
+
+def visible_figures(G: Generator, C: Classifier, sources: dict[str, torch.Tensor], w_cov: torch.Tensor,
+                    w: torch.Tensor, labels: torch.Tensor, per_class: int, seed: int) -> dict[str, float]:
+    """``<source>_visible``, ``_outline``, ``_distinct``, ``_class_preserved`` at |eps| = 3 for every source, each
+    edited as ``apply`` edits it by default (class-locked where its default is), on ``per_class`` samples per class.
+
+    Sources: ``global`` and ``class`` (ours: each sample along its class's set), ``voynov``, ``pca``, ``sefa``,
+    ``random``, and ``cpca`` (each sample along its class's per-class PCA).
+    """
+    from semdir_edit.evaluation import directions as ed
+
+    subset = _per_class_subset(labels, per_class)
+    w, labels = w[subset], labels[subset]
+    zeros = torch.zeros_like(labels)
+    plan = {"global": (sources["ours"], zeros, "global"), "class": (sources["ours"], labels + 1, "class")}
+    plan.update({name: (sets, zeros, name) for name, sets in sources.items() if name not in ("ours", "cpca")})
+    if "cpca" in sources:
+        plan["cpca"] = (sources["cpca"], labels, "cpca")
+    figures = {"visible_samples": len(w)}
+    for name, (sets, set_index, kind) in plan.items():
+        lock = keeps_class(DirectionSpec(kind, 0), None)
+        effects = ed.visible_effects(G, C, sets, ed.spreads_of(sets, w_cov), w, labels, set_index,
+                                     eps=VISIBLE_EPS, class_lock=lock)
+        figures.update({f"{name}_{key}": value for key, value in effects.items()})
+    return figures
+
+
+def class_set_fresh_rca(G: Generator, C: Classifier, ours: torch.Tensor, cpca: torch.Tensor, w_cov: torch.Tensor,
+                        w: torch.Tensor, labels: torch.Tensor, steps: int, eps_range: tuple[float, float],
+                        seed: int) -> dict[str, float]:
+    """Fresh-predictor RCA of each class's set against that class's per-class PCA at equal K, on the class's own
+    samples (Voynov's protocol, one predictor per set): ``class_fresh_rca_median``, ``cpca_fresh_rca_median``."""
+    from semdir_edit.evaluation import directions as ed
+
+    out: dict[str, list[float]] = {"class": [], "cpca": []}
+    for c in labels.unique().tolist():
+        members = w[labels == c]
+        for name, sets in (("class", ours[c]), ("cpca", cpca[c])):
+            if sets.abs().sum() == 0:
+                continue
+            fresh = ed.train_fresh_predictor(G, C, sets, w_cov, steps, seed, eps_range=eps_range)
+            zeros = torch.zeros(len(members), dtype=torch.long)
+            out[name].append(ed.reconstructor_accuracy(G, fresh, sets[None], ed.spreads_of(sets[None], w_cov),
+                                                       members, zeros, eps_range, seed).float().mean().item())
+    return {f"{name}_fresh_rca_median": float(torch.tensor(v).median()) for name, v in out.items() if v}
 
 
 def inversion_curves(weights_dir: str | Path, data_cfg: DataConfig, device: torch.device, data_dir: str | None = None,

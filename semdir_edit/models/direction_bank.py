@@ -1,7 +1,8 @@
 """Direction sources that need no training loop, stored as one weights file.
 
 Buffers only: GANSpace (PCA of W), SeFa, random orthonormal directions (each (w_dim, K), orthonormal
-columns), the statistics of W (mean, covariance: the unit of eps), and an InterFaceGAN-style linear
+columns), per-class PCA (GANSpace on the samples the classifier puts in one class: (num_classes, w_dim, K)),
+the statistics of W (mean, covariance: the unit of eps), and an InterFaceGAN-style linear
 classifier on W (Shen et al., CVPR 2020) labelled by our classifier, whose row differences give the
 class-boundary normals used by ``to:<class>``.
 """
@@ -22,13 +23,16 @@ class DirectionBank(nn.Module):
         self.register_buffer("pca", torch.zeros(d, k))
         self.register_buffer("sefa", torch.zeros(d, k))
         self.register_buffer("random", torch.zeros(d, k))
+        self.register_buffer("cpca", torch.zeros(n, d, k))    # Per-class PCA; zeros for a class never drawn.
         self.register_buffer("w_mean", torch.zeros(d))
         self.register_buffer("w_cov", torch.eye(d))
         self.register_buffer("boundary_weight", torch.zeros(n, d))   # Logits = boundary_weight @ w + boundary_bias.
         self.register_buffer("boundary_bias", torch.zeros(n))
 
-    def source(self, kind: str) -> torch.Tensor:
-        """(w_dim, K) directions of "pca", "sefa" or "random"."""
+    def source(self, kind: str, class_index: int | None = None) -> torch.Tensor:
+        """(w_dim, K) directions of "pca", "sefa", "random", or "cpca" of ``class_index``."""
+        if kind == "cpca":
+            return self.cpca[class_index]
         return {"pca": self.pca, "sefa": self.sefa, "random": self.random}[kind]
 
     def boundary_normal(self, from_class: int, to_class: int) -> torch.Tensor:

@@ -36,8 +36,10 @@ from semdir_edit.checkpoint import (
     register_model,
     save_training_state,
 )
-from semdir_edit.config import Config, to_dict
-from semdir_edit.editing.baselines import sample_w, w_covariance
+from semdir_edit.config import Config, DirectionsTrainConfig, to_dict
+from semdir_edit.editing.baselines import sample_by_class, sample_w, w_covariance
+from semdir_edit.editing.visible import change_statistics, solve_directions
+from semdir_edit.errors import UserError
 from semdir_edit.evaluation.metrics import perceptual_distance
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.deformator import Deformators
@@ -50,6 +52,8 @@ from semdir_edit.training.common import (
     seed_everything,
     start_rng,
 )
+
+DIRECTION_INITS = ("random", "visible")
 
 
 class FrozenDirections(nn.Module):
@@ -140,6 +144,22 @@ class DirectionLoss:
         return loss, stats
 
 
+def init_visible(deformators: Deformators, G: Generator, C: Classifier, dc: DirectionsTrainConfig,
+                 progress: bool = False) -> None:
+    """Start the deformators at :mod:`~semdir_edit.editing.visible`'s closed-form directions (same seed on every
+    rank, so every process starts alike)."""
+    samples = sample_by_class(G, C, dc.init_samples_per_class, dc.seed)
+    stats = change_statistics(G, C, samples.w, samples.labels, deformators.w_cov, rank=dc.init_rank,
+                              progress=progress)
+    global_dirs, class_dirs = solve_directions(stats, deformators.k, outline_weight=dc.init_outline_weight,
+                                               keep_global=dc.init_keep_global, keep_class=dc.init_keep_class,
+                                               specificity=dc.init_specificity)
+    with torch.no_grad():
+        deformators.global_raw.copy_(global_dirs)
+        if deformators.num_classes:
+            deformators.class_raw.copy_(class_dirs)
+
+
 def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, device: torch.device, *,
                      resume: bool = False, command: str = "", time_limit_min: float = 0.0,
                      register_at_limit: bool = False, max_steps: int | None = None, progress: bool = True,
@@ -153,6 +173,8 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     Under torchrun, call it on every rank (see :mod:`semdir_edit.training.common`).
     """
     dc = cfg.train_directions
+    if dc.init not in DIRECTION_INITS:
+        raise UserError(f"train_directions.init must be one of {', '.join(DIRECTION_INITS)}, not '{dc.init}'")
     main = distributed.is_main()
     run = RunFolder(run_dir, writer=main)
     batch = distributed.per_rank_batch(dc.batch_size, "train_directions.batch_size")
@@ -172,6 +194,8 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     if init_from is not None and not (resume and run.state_path.exists()):
         load_into(deformators, init_from, "deformators" + suffix)
         load_into(predictor, init_from, "shift_predictor" + suffix)
+    elif dc.init == "visible" and not (resume and run.state_path.exists()):
+        init_visible(deformators, G, C, dc, progress=progress and main)
     if dc.freeze_global:
         deformators.global_raw.requires_grad_(False)
     if dc.freeze_class:

@@ -3,8 +3,9 @@
 Flow: the page sends an image (the raw file as the request body: held in memory, never written, never a path)
 or asks for a random test image / generated sample; the server inverts it once and keeps the W+ code in a
 session (:mod:`semdir_edit.ui.sessions`). Every slider move then posts the current shifts
-``{"global:0": 1.5, "to:Coat": 2, ...}``; the server adds ``eps * spread * direction`` of each to the stored
-code (on the chosen layers) and runs only the generator, answering with a PNG. With ``"keep_class": true`` the
+``{"global:0": 1.5, "to:Coat": 2, ...}`` (``class:k`` and ``cpca:k`` are those of the session image's class); the
+server adds ``eps * spread * direction`` of each to the stored code (on the chosen layers) and runs only the
+generator, answering with a PNG. With ``"keep_class": true`` the
 shifts other than ``to:`` are walked class-locked instead (:mod:`semdir_edit.editing.class_lock`, as ``apply``
 walks class directions): a few generator + classifier passes instead of one generator pass.
 
@@ -164,21 +165,27 @@ class EditorService:
 
     def slider_groups(self) -> list[str]:
         """Direction sources the page shows as sliders: the learned global and class sets, or (weights without
-        deformators, e.g. test weights) the PCA directions instead."""
+        deformators, e.g. test weights) the PCA and per-class PCA directions instead. The class sets (class, cpca)
+        are the session image's class's."""
         models = self.editor.manifest.get("models", {})
         if "deformators" in models:
             return ["global", "class"]
-        return ["pca"] if "direction_bank" in models else []
+        return ["pca", "cpca"] if "direction_bank" in models else []
 
     def info(self) -> dict[str, Any]:
         """What the page needs to build its controls (computed once)."""
         if self._info is None:
             with self.models() as ed:
                 groups = self.slider_groups()
-                k = {g: int(ed.direction_set(g, 0).shape[1]) for g in groups}
+                bank = ed.model("direction_bank") if "cpca" in groups else None
+                k = {g: int(bank.cpca.shape[2] if g == "cpca" else ed.direction_set(g, 0).shape[1]) for g in groups}
+                # Classes with a per-class PCA set (the page leaves the cpca sliders out for the others).
+                cpca_classes = [] if bank is None else [
+                    name for name, directions in zip(ed.class_names, bank.cpca, strict=True) if directions.any()]
                 self._info = {
                     "weights": str(ed.weights_dir), "class_names": ed.class_names, "num_ws": int(ed.G.num_ws),
-                    "groups": groups, "k": k, "boundary": "direction_bank" in ed.manifest.get("models", {}),
+                    "groups": groups, "k": k, "cpca_classes": cpca_classes,
+                    "boundary": "direction_bank" in ed.manifest.get("models", {}),
                     "descriptions": ed.descriptions(), "method": self.method, "steps": self.steps,
                     "methods": list(METHODS), "max_upload_bytes": self.max_upload_bytes, "eps_limit": EPS_LIMIT,
                     "strip_max": MAX_STRIP_COUNT, "latent_suffix": LATENT_SUFFIX,

@@ -7,7 +7,9 @@
 const $ = (id) => document.getElementById(id);
 const SLIDER = { min: -3, max: 3, step: 0.05 };
 const DOWNLOAD_SCALE = 4; // As `semdir-edit apply`'s default --scale.
-const GROUP_TITLES = { global: "Global directions", class: "Class-specific directions", pca: "PCA directions" };
+const GROUP_TITLES = { global: "Global directions", class: "Class-specific directions", pca: "PCA directions",
+  cpca: "Per-class PCA directions" };
+const CLASS_GROUPS = ["class", "cpca"]; // Sets of the image's class: `${group}:${k}` is resolved with it.
 
 const state = {
   info: null,
@@ -197,12 +199,14 @@ function buildSliders() {
   const groups = $("groups");
   groups.replaceChildren();
   for (const group of info.groups) {
+    if (group === "cpca" && !(info.cpca_classes || []).includes(session.class_name)) continue; // No set.
+    const perClass = CLASS_GROUPS.includes(group);
     const heading = document.createElement("h3");
-    heading.textContent = GROUP_TITLES[group] + (group === "class" ? ` (${session.class_name})` : "");
+    heading.textContent = GROUP_TITLES[group] + (perClass ? ` (${session.class_name})` : "");
     groups.append(heading);
     for (let k = 0; k < info.k[group]; k++) {
       const spec = `${group}:${k}`;
-      const d = describe(group === "class" ? `class:${k}@${session.class_name}` : spec);
+      const d = describe(perClass ? `${spec}@${session.class_name}` : spec);
       groups.append(makeSlider(spec, d.label, d.title));
     }
   }

@@ -1,0 +1,109 @@
+"""Directions a person can see: the change figures behave, the closed-form start is sound, to:<class> arrives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from semdir_edit.editing.baselines import sample_by_class
+from semdir_edit.editing.class_lock import class_margin, toward_class_codes
+from semdir_edit.editing.visible import change_statistics, solve_directions
+from semdir_edit.editor import Editor
+from semdir_edit.evaluation.directions import (
+    change_map_cosines,
+    outline_change,
+    pixel_change,
+    visible_effects,
+)
+
+from .conftest import make_edit_weights
+
+
+@pytest.fixture(scope="module")
+def editor(tmp_path_factory):
+    return Editor.from_pretrained(make_edit_weights(tmp_path_factory.mktemp("w")), device="cpu")
+
+
+def _article() -> torch.Tensor:
+    x = torch.zeros(2, 1, 16, 16)
+    x[:, :, 4:12, 5:11] = 0.6
+    return x
+
+
+def test_brightness_moves_pixels_but_no_outline_and_a_shape_change_moves_both():
+    before = _article()
+    brighter = before * 1.5
+    assert pixel_change(before, brighter).min() > 0.05
+    assert outline_change(before, brighter).abs().max() == 0
+    wider = before.clone()
+    wider[:, :, 4:12, 2:14] = 0.6
+    assert outline_change(before, wider).min() == pytest.approx(1 - 48 / 96)
+    assert outline_change(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4)).item() == 0
+
+
+def test_equal_directions_are_not_distinct_and_unrelated_ones_are():
+    a, b = torch.zeros(1, 64), torch.zeros(1, 64)
+    a[0, :32], b[0, 32:] = 1.0, 1.0
+    same = change_map_cosines(torch.stack([a, -a], 1))
+    assert 1 - same.mean().item() == pytest.approx(0.0, abs=1e-6)
+    apart = change_map_cosines(torch.stack([a, b], 1))
+    assert 1 - apart.mean().item() == pytest.approx(1.0)
+    nothing = change_map_cosines(torch.stack([a, torch.zeros(1, 64)], 1))
+    assert len(nothing) == 0   # A map that changes nothing takes no part.
+
+
+def test_visible_effects_of_a_repeated_direction(editor):
+    G, C = editor.G, editor.C
+    samples = sample_by_class(G, C, per_class=2, seed=0)
+    d = torch.randn(G.w_dim)
+    d = d / d.norm()
+    sets = torch.stack([d, d], 1)[None]                       # One set whose two directions are the same.
+    spreads = torch.ones(1, 2)
+    zeros = torch.zeros(len(samples.w), dtype=torch.long)
+    fx = visible_effects(G, C, sets, spreads, samples.w, samples.labels, zeros, eps=3.0)
+    assert fx["visible"] > 0
+    assert fx["distinct"] == pytest.approx(0.0, abs=1e-4)
+    assert 0 <= fx["outline"] <= 1 and 0 <= fx["class_preserved"] <= 1
+    still = visible_effects(G, C, sets, torch.zeros(1, 2), samples.w, samples.labels, zeros, eps=3.0)
+    assert still["visible"] == 0 and still["outline"] == 0 and still["class_preserved"] == 1
+
+
+def test_closed_form_directions_are_unit_orthogonal_and_visible(editor):
+    G, C = editor.G, editor.C
+    samples = sample_by_class(G, C, per_class=3, seed=1)
+    w_cov = editor.model("direction_bank").w_cov
+    stats = change_statistics(G, C, samples.w, samples.labels, w_cov, rank=8)
+    n = C.cfg.num_classes
+    assert stats.pixel.shape == (n, 8, 8) and stats.basis.shape == (G.w_dim, 8)
+    assert stats.counts.sum() == len(samples.w)
+    global_dirs, class_dirs = solve_directions(stats, k=2)
+    assert global_dirs.shape == (G.w_dim, 2) and class_dirs.shape == (n, G.w_dim, 2)
+    assert torch.allclose(global_dirs.norm(dim=0), torch.ones(2), atol=1e-5)
+    assert torch.allclose(class_dirs.norm(dim=1), torch.ones(n, 2), atol=1e-5)
+    assert (global_dirs.T @ class_dirs).abs().max() < 1e-4   # Class sets orthogonal to the global set.
+    # The top direction changes the picture more than a random one of the same spread.
+    rand = torch.linalg.qr(torch.randn(G.w_dim, 2))[0]
+    zeros = torch.zeros(len(samples.w), dtype=torch.long)
+    ours = visible_effects(G, C, global_dirs[:, :1][None], torch.ones(1, 1), samples.w, samples.labels, zeros)
+    other = visible_effects(G, C, rand[:, :1][None], torch.ones(1, 1), samples.w, samples.labels, zeros)
+    assert ours["visible"] > other["visible"]
+
+
+def test_to_class_walk_raises_the_target_and_stops_on_arrival(editor):
+    G, C = editor.G, editor.C
+    ws = G.broadcast(G.mapping(torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(3))))
+    source = C(G.render(ws)).argmax(1)
+    target = (source + 1) % C.cfg.num_classes
+    w_cov = editor.model("direction_bank").w_cov
+    walked = toward_class_codes(G, C, ws, [0.0, 1.0, 3.0], w_cov, range(G.num_ws), target)
+    assert torch.equal(walked[:, 0], ws)
+    margins = [class_margin(C(G.render(walked[:, i])), target) for i in range(3)]
+    assert (margins[2] > margins[0]).float().mean() >= 0.75
+    # A code already past the arrival margin does not move.
+    done = toward_class_codes(G, C, ws, [2.0], w_cov, range(G.num_ws), target, arrive_margin=-1e9)
+    assert torch.equal(done[:, 0], ws)
+    # Through the API: towards the target, the classifier's probability of it rises.
+    name = editor.class_names[int(target[0])]
+    images = editor.apply(ws[:1], f"to:{name}", [0.0, 3.0], class_index=int(source[0]))
+    probs = C(images[0]).softmax(1)[:, int(target[0])]
+    assert probs[1] > probs[0]
