@@ -197,7 +197,7 @@ class DirectionsTrainConfig:
     init_rank: int = 64               # W's principal axes the statistics span (95 % of W's variance here).
     init_outline_weight: float = 1.0  # Weight of the silhouette's change next to the pixels'.
     init_keep_global: float = 4.0     # Weight of the class-margin change the global set avoids.
-    init_keep_class: float = 2.0      # The same for the class sets (whose edits are also walked class-locked).
+    init_keep_class: float = 0.0      # The same for the class sets (their edits are walked class-locked anyway).
     init_specificity: float = 0.0     # >0: class sets favour changes the other classes do not share.
     spread_samples: int = 20000       # Samples of W for its covariance (the unit of eps).
     checkpoint_every: int = 500

@@ -351,6 +351,16 @@ class Editor:
         if spec.k >= k_max:
             raise UserError(f"direction index {spec.k} is out of range for '{spec.kind}' (0..{k_max - 1})")
 
+    def walk_toward(self, ws: torch.Tensor, target: int, eps: list[float], layers: range,
+                    keep_global: bool = False) -> torch.Tensor:
+        """``to:<class>``'s walk (:func:`~semdir_edit.editing.class_lock.toward_class_codes`): W+ codes
+        (B, num_ws, w_dim) -> (B, E, num_ws, w_dim), each at most |eps| spreads towards class ``target`` (away for
+        eps < 0), stopping where the classifier is sure of it. keep_global: orthogonal to the global directions."""
+        avoid = torch.linalg.qr(self.direction_set("global").to(self.device))[0] if keep_global else None
+        targets = torch.full((len(ws),), target, dtype=torch.long)
+        return toward_class_codes(self.G, self.C, ws.to(self.device), eps, self.model("direction_bank").w_cov,
+                                  layers, targets, avoid=avoid)
+
     @torch.no_grad()
     def apply(self, ws: torch.Tensor, direction: str | DirectionSpec, eps: float | list[float],
               class_index: int | None = None, layers: str | range | None = None,
@@ -383,10 +393,8 @@ class Editor:
         vector, spread = self.direction(spec, class_index, keep_global)
         layer_range = layers if isinstance(layers, range) else parse_layers(layers, self.G.num_ws)
         if spec.kind == "to":
-            target = torch.full((len(ws),), match_class(spec.class_name, self.class_names), dtype=torch.long)
-            avoid = torch.linalg.qr(self.direction_set("global").to(self.device))[0] if keep_global else None
-            shifted = toward_class_codes(self.G, self.C, ws, eps_list, self.model("direction_bank").w_cov,
-                                         layer_range, target, avoid=avoid)
+            shifted = self.walk_toward(ws, match_class(spec.class_name, self.class_names), eps_list, layer_range,
+                                       keep_global)
         elif keep_class:
             target = torch.full((len(ws),), class_index, dtype=torch.long)
             shifted = locked_shift_codes(self.G, self.C, ws, vector.to(self.device), eps_list, spread, layer_range,

@@ -46,7 +46,7 @@ def test_locked_step_removes_only_the_margin_lowering_part(editor):
     g = _margin_grad(editor, ws, target)
     # Down the margin's gradient: the lock leaves nothing along it. Up the gradient: the step is untouched.
     for step, lowers in ((-g, True), (g, False)):
-        out, _ = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), step, target, None)
+        out, _, _ = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), step, target, None)
         along = (out * g).sum(1)
         if lowers:
             assert along.abs().max() < 1e-4 * g.square().sum(1).max()
@@ -54,11 +54,11 @@ def test_locked_step_removes_only_the_margin_lowering_part(editor):
             assert torch.allclose(out, step)
     # A random step never points down the gradient, and keeps its length (redirected, not shortened).
     step = torch.randn(6, ws.shape[2])
-    out, margin = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), step, target, None)
+    out, margin, _ = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), step, target, None)
     assert ((out * g).sum(1) >= -1e-5).all()
     assert torch.allclose(out.norm(dim=1), step.norm(dim=1), rtol=1e-4)
     # Below the floor, a zero step becomes the move back up to it.
-    back, _ = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), torch.zeros(6, ws.shape[2]),
+    back, _, _ = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), torch.zeros(6, ws.shape[2]),
                            target, margin + 1.0)
     assert ((back * g).sum(1) > 0).all()
 

@@ -19,8 +19,8 @@ def batch_cmd(
     method: str = typer.Option("indomain", "--method", "-m", help="indomain | encoder | optimize | conventional."),
     steps: int | None = typer.Option(None, "--steps", min=0, help="Optimisation steps (default 100)."),
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
-    keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edits (default for class:K) | "
-                                    "'none': plain linear edits."),
+    keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edits (default for class:K "
+                                    "and global:K) | 'none': plain linear edits."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, max=4096, help="Images inverted together."),
     workers: int | None = typer.Option(None, "--workers", min=0, max=64, help="Loader processes that decode "

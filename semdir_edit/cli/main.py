@@ -300,8 +300,8 @@ def directions_show_cmd(
     eps: str = typer.Option("-3:3:7", "--eps", help="Columns: start:stop:count."),
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
     seed: int = typer.Option(0, "--seed", help="Picks the generated sample."),
-    keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edits (default with --class, "
-                                    "not with --source cpca) | 'none': plain linear edits."),
+    keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edits (default for the "
+                                    "class and global sets, not for the baselines) | 'none': plain linear edits."),
     out: Path = typer.Option(Path("directions.png"), "--out", "-o", help="PNG to write."),
     scale: int = typer.Option(3, "--scale", min=1, max=16),
     weights: Path = WeightsOpt,
@@ -516,9 +516,9 @@ def apply_cmd(
     eps: str = typer.Option("2", "--eps", help="A step (2) or a traversal start:stop:count (-3:3:13)."),
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
     keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edit, never lowering the "
-                                    "classifier's margin for the image's class (default for class:K) | 'none': "
-                                    "the plain linear edit | 'global': with to:<class>, keep the global directions "
-                                    "fixed so only the class changes."),
+                                    "classifier's margin for the image's class (default for class:K and global:K) | "
+                                    "'none': the plain linear edit | 'global': with to:<class>, keep the global "
+                                    "directions fixed so only the class changes."),
     out: Path = typer.Option(Path("edited.png"), "--out", "-o", help="PNG to write."),
     method: str = typer.Option("indomain", "--method", "-m", help="Inversion method when SOURCE is an image."),
     scale: int = typer.Option(4, "--scale", min=1, max=16, help="Enlarge the PNG by this factor."),

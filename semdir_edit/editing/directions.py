@@ -66,11 +66,12 @@ def parse_direction(spec: str) -> DirectionSpec:
 
 
 KEEP_CHOICES = ("global", "class", "none")
+LOCKED_KINDS = ("class", "global")   # Walked class-locked unless --keep none.
 
 
 def parse_keep(value: str | None) -> tuple[bool, bool | None]:
     """``--keep`` -> (keep_global, keep_class): ``global`` (with to:<class>), ``class`` (class-locked edit), ``none``
-    (a plain linear edit); None = each at its default (class-locked for ``class:k`` only)."""
+    (a plain linear edit); None = each at its default (class-locked for ``class:k`` and ``global:k``)."""
     if value is None:
         return False, None
     key = value.strip().lower()
@@ -80,11 +81,12 @@ def parse_keep(value: str | None) -> tuple[bool, bool | None]:
 
 
 def keeps_class(spec: DirectionSpec, keep_class: bool | None) -> bool:
-    """Whether an edit is class-locked: ``keep_class`` when given, else on exactly for ``class:k`` directions.
+    """Whether an edit is class-locked: ``keep_class`` when given, else on for our learned directions (``class:k``
+    and ``global:k``: semantics within a class, or shared by all classes, never meant to change the article).
     UserError for ``to:<class>`` with ``keep_class=True`` (that direction exists to change the class)."""
     if keep_class and spec.kind == "to":
         raise UserError(f"'{spec}' changes the class: it cannot keep it (use --keep none)")
-    return spec.kind == "class" if keep_class is None else keep_class
+    return spec.kind in LOCKED_KINDS if keep_class is None else keep_class
 
 
 def walks(spec: DirectionSpec, keep_class: bool | None) -> bool:

@@ -100,8 +100,8 @@ def _top_eigenvectors(matrix: torch.Tensor, k: int) -> torch.Tensor:
     return eigvecs[:, eigvals.argsort(descending=True)[:k]]
 
 
-def solve_directions(stats: ChangeStatistics, k: int, outline_weight: float = 1.0, keep_global: float = 40.0,
-                     keep_class: float = 12.0, specificity: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def solve_directions(stats: ChangeStatistics, k: int, outline_weight: float = 1.0, keep_global: float = 4.0,
+                     keep_class: float = 0.0, specificity: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(global (w_dim, K), class (N, w_dim, K)) unit directions; see the module docstring.
 
     keep_global / keep_class: the weight of the class-margin moment (relative, each moment scaled to unit trace)

@@ -53,7 +53,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from semdir_edit.config import DataConfig
 from semdir_edit.data.datasets import ImageSet, load_split, to_float
 from semdir_edit.editing.class_lock import DEFAULT_STEP, locked_shift_codes
-from semdir_edit.editing.directions import MAX_STRIP, parse_direction, parse_layers, shift_codes
+from semdir_edit.editing.directions import MAX_STRIP, match_class, parse_direction, parse_layers, shift_codes
 from semdir_edit.editor import Editor, Failed, Inverted
 from semdir_edit.errors import UserError
 from semdir_edit.imageio import make_grid
@@ -274,12 +274,13 @@ class EditorService:
         Call inside :meth:`models`. The sum is one shift of eps 1 along the summed vector, so ``shift_codes``
         (the CLI's function) applies it exactly as ``apply`` applies one direction. keep_class: the sum of the
         shifts other than ``to:`` is walked class-locked for the session's class (one slider alone: the same walk
-        as ``apply --keep class``), then the ``to:`` shift is added as it is (it exists to change the class).
+        as ``apply --keep class``); then each ``to:`` shift is walked towards its class, as ``apply`` walks it.
         """
         if len(shifts) > MAX_SHIFTS:
             raise UserError(f"too many directions in one edit ({len(shifts)} > {MAX_SHIFTS})")
         locked = torch.zeros_like(session.ws[0])
         linear = torch.zeros_like(session.ws[0])
+        towards: list[tuple[int, float]] = []
         walk = 0.0  # Sum of |eps| of the locked shifts: the walk's length in spreads.
         for spec, eps in shifts.items():
             if not math.isfinite(eps) or abs(eps) > EPS_LIMIT:
@@ -287,7 +288,10 @@ class EditorService:
             if eps == 0:
                 continue
             vector, spread = self._direction(spec, session.class_index)
-            if keep_class and parse_direction(spec).kind != "to":
+            parsed = parse_direction(spec)
+            if parsed.kind == "to":
+                towards.append((match_class(parsed.class_name, self.editor.class_names), eps))
+            elif keep_class:
                 locked = locked + eps * spread * vector
                 walk += abs(eps)
             else:
@@ -297,7 +301,10 @@ class EditorService:
         if walk > 0 and locked.norm() > 0:
             ws = self._locked(ws, locked / locked.norm(), [walk], float(locked.norm()) / walk, layer_range,
                               session.class_index)[:, 0]
-        return shift_codes(ws, linear, [1.0], 1.0, layer_range)[0, 0]
+        ws = shift_codes(ws, linear, [1.0], 1.0, layer_range)[:, 0]
+        for target, eps in towards:   # Walked last, as apply walks to:<class>: towards the class until it is sure.
+            ws = self.editor.walk_toward(ws, target, [eps], layer_range)[:, 0]
+        return ws[0]
 
     def _locked(self, ws: torch.Tensor, unit: torch.Tensor, eps: list[float], spread: float, layer_range: range,
                 class_index: int) -> torch.Tensor:
@@ -329,7 +336,11 @@ class EditorService:
             base = self.edited_code(session, others, request.layers, request.keep_class)
             vector, spread = self._direction(spec, session.class_index)
             layer_range = parse_layers(request.layers, session.ws.shape[0])
-            if request.keep_class and parse_direction(spec).kind != "to":
+            parsed = parse_direction(spec)
+            if parsed.kind == "to":
+                target = match_class(parsed.class_name, ed.class_names)
+                codes = ed.walk_toward(base[None], target, eps, layer_range)[0]
+            elif request.keep_class:
                 codes = self._locked(base[None], vector, eps, spread, layer_range, session.class_index)[0]
             else:
                 codes = shift_codes(base[None], vector, eps, spread, layer_range)[0]
