@@ -253,11 +253,17 @@ def evaluate_directions_cmd(
     device: str = DeviceOpt,
     per_class: int = typer.Option(100, "--per-class", min=4, help="Generated samples per class."),
     fresh_steps: int = typer.Option(1000, "--fresh-steps", min=1, help="Training steps of each fresh predictor."),
+    class_fresh_steps: int = typer.Option(200, "--class-fresh-steps", min=1,
+                                          help="Steps of the fresh predictor of each class set and its per-class "
+                                               "PCA (20 predictors)."),
+    visible_per_class: int = typer.Option(20, "--visible-per-class", min=1,
+                                          help="Samples per class for the visible / outline / distinct figures."),
     seed: int = typer.Option(0, "--seed"),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
     record: bool = typer.Option(True, "--record/--no-record", help="Write figures and descriptions into the manifest."),
 ) -> None:
-    """RCA, class preservation, edit strength, specificity, orthogonality; ours against Voynov, PCA, SeFa, random."""
+    """What a person sees (pixel change, outline, distinctness, class kept at |eps| 3), to:<class> arrival, RCA, edit
+    strength, specificity, orthogonality; ours against Voynov, PCA, per-class PCA, SeFa, random."""
     from semdir_edit.checkpoint import update_descriptions, update_figures
     from semdir_edit.config import load_config
     from semdir_edit.editor import Editor
@@ -268,7 +274,9 @@ def evaluate_directions_cmd(
     dc = cfg.train_directions
     figures, descriptions = evaluate_directions(weights, editor.device, editor.class_names, per_class=per_class,
                                                 fresh_steps=fresh_steps, eps_range=(dc.eps_min, dc.eps_max),
-                                                seed=seed, log=lambda m: typer.echo(m, err=True))
+                                                seed=seed, visible_per_class=visible_per_class,
+                                                class_fresh_steps=class_fresh_steps,
+                                                log=lambda m: typer.echo(m, err=True))
     print_table(figures, "directions (generated samples; eps in units of W's spread)")
     write_json(json_out, figures)
     if record:
