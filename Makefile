@@ -61,6 +61,7 @@ docs: setup
 	for c in $(DOC_CLASSES); do $(BIN)/semdir-edit directions show --class $$c -o docs/directions/class-$$c.png || exit 1; done
 	for s in 0 1 2; do $(BIN)/semdir-edit directions show --source global --seed $$s -o docs/directions/global-$$s.png || exit 1; done
 	for s in voynov pca sefa random; do $(BIN)/semdir-edit directions show --source $$s -o docs/directions/$$s-0.png || exit 1; done
+	for c in Sneaker Dress; do $(BIN)/semdir-edit directions show --source cpca --class $$c -o docs/directions/cpca-$$c.png || exit 1; done
 
 # The README's screenshot of the browser editor (the browser test, saving its screenshot).
 ui-screenshot: setup chromium
