@@ -23,7 +23,7 @@ from semdir_edit.config import FASHION_MNIST_CLASSES, InversionConfig
 from semdir_edit.data.datasets import to_float
 from semdir_edit.data.photo import load_domain_image
 from semdir_edit.device import for_inference, resolve_device
-from semdir_edit.editing.class_lock import locked_shift_codes, toward_class_codes
+from semdir_edit.editing.class_lock import TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
 from semdir_edit.editing.directions import (
     CLASS_KINDS,
     DirectionSpec,
@@ -354,12 +354,15 @@ class Editor:
     def walk_toward(self, ws: torch.Tensor, target: int, eps: list[float], layers: range,
                     keep_global: bool = False) -> torch.Tensor:
         """``to:<class>``'s walk (:func:`~semdir_edit.editing.class_lock.toward_class_codes`): W+ codes
-        (B, num_ws, w_dim) -> (B, E, num_ws, w_dim), each at most |eps| spreads towards class ``target`` (away for
-        eps < 0), stopping where the classifier is sure of it. keep_global: orthogonal to the global directions."""
+        (B, num_ws, w_dim) -> (B, E, num_ws, w_dim), each at most TO_SCALE * |eps| spreads towards class ``target``
+        (away for eps < 0), stopping where the classifier is sure of it. keep_global: orthogonal to the global
+        directions."""
         avoid = torch.linalg.qr(self.direction_set("global").to(self.device))[0] if keep_global else None
         targets = torch.full((len(ws),), target, dtype=torch.long)
-        return toward_class_codes(self.G, self.C, ws.to(self.device), eps, self.model("direction_bank").w_cov,
-                                  layers, targets, avoid=avoid)
+        bank = self.model("direction_bank")
+        return toward_class_codes(self.G, self.C, ws.to(self.device), [TO_SCALE * e for e in eps], bank.w_cov,
+                                  layers, targets, bank.boundary_weight, bank.boundary_bias, step=TO_STEP,
+                                  avoid=avoid)
 
     @torch.no_grad()
     def apply(self, ws: torch.Tensor, direction: str | DirectionSpec, eps: float | list[float],

@@ -94,13 +94,14 @@ def test_to_class_walk_raises_the_target_and_stops_on_arrival(editor):
     ws = G.broadcast(G.mapping(torch.randn(8, G.z_dim, generator=torch.Generator().manual_seed(3))))
     source = C(G.render(ws)).argmax(1)
     target = (source + 1) % C.cfg.num_classes
-    w_cov = editor.model("direction_bank").w_cov
-    walked = toward_class_codes(G, C, ws, [0.0, 1.0, 3.0], w_cov, range(G.num_ws), target)
+    bank = editor.model("direction_bank")
+    probe = (bank.w_cov, range(G.num_ws), target, bank.boundary_weight, bank.boundary_bias)
+    walked = toward_class_codes(G, C, ws, [0.0, 1.0, 3.0], *probe)
     assert torch.equal(walked[:, 0], ws)
     margins = [class_margin(C(G.render(walked[:, i])), target) for i in range(3)]
     assert (margins[2] > margins[0]).float().mean() >= 0.75
     # A code already past the arrival margin does not move.
-    done = toward_class_codes(G, C, ws, [2.0], w_cov, range(G.num_ws), target, arrive_margin=-1e9)
+    done = toward_class_codes(G, C, ws, [2.0], *probe, arrive_margin=-1e9)
     assert torch.equal(done[:, 0], ws)
     # Through the API: towards the target, the classifier's probability of it rises.
     name = editor.class_names[int(target[0])]

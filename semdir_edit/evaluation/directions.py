@@ -25,10 +25,11 @@ import torch
 
 from semdir_edit.config import ShiftPredictorConfig
 from semdir_edit.editing.baselines import spread_along
-from semdir_edit.editing.class_lock import locked_shift_codes, toward_class_codes
+from semdir_edit.editing.class_lock import TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
 from semdir_edit.editing.visible import SILHOUETTE
 from semdir_edit.inversion.perceptual import PerceptualLoss
 from semdir_edit.models import Classifier, Generator
+from semdir_edit.models.direction_bank import DirectionBank
 from semdir_edit.models.shift_predictor import ShiftPredictor
 from semdir_edit.training.directions import DirectionLoss, FrozenDirections
 
@@ -207,9 +208,9 @@ def change_map_cosines(maps: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def target_reached(G: Generator, C: Classifier, w: torch.Tensor, labels: torch.Tensor, w_cov: torch.Tensor,
+def target_reached(G: Generator, C: Classifier, w: torch.Tensor, labels: torch.Tensor, bank: DirectionBank,
                    seed: int, eps: float = 3.0, batch_size: int = 100) -> dict[str, float]:
-    """``to:<class>`` at +``eps`` towards a random other class present among ``labels``, walked as ``apply`` does.
+    """``to:<class>`` at +``eps`` towards a random other class present among ``labels``, walked as ``apply`` walks it.
 
     ``to_reached``: the share the classifier then names the target; ``to_visible``: the mean pixel change.
     """
@@ -227,7 +228,8 @@ def target_reached(G: Generator, C: Classifier, w: torch.Tensor, labels: torch.T
         sl = slice(start, start + batch_size)
         codes = G.broadcast(w[sl].to(device))
         x0 = G.render(codes)
-        walked = toward_class_codes(G, C, codes, [eps], w_cov.to(device), range(G.num_ws), target[sl])[:, 0]
+        walked = toward_class_codes(G, C, codes, [TO_SCALE * eps], bank.w_cov, range(G.num_ws), target[sl],
+                                    bank.boundary_weight, bank.boundary_bias, step=TO_STEP)[:, 0]
         images = G.render(walked)
         reached.append(C(images).argmax(1).cpu() == target[sl])
         change.append(((images - x0).abs() / 2).mean((1, 2, 3)).cpu())

@@ -297,7 +297,8 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     figures.update(visible_figures(G, C, sources, w_cov, w, labels, visible_per_class, seed))
     log(f"to:<class> at eps +{VISIBLE_EPS:g}")
     subset = _per_class_subset(labels, visible_per_class)
-    figures.update(ed.target_reached(G, C, w[subset], labels[subset], w_cov, seed, eps=VISIBLE_EPS))
+    bank = load_model(weights_dir, "direction_bank", device)
+    figures.update(ed.target_reached(G, C, w[subset], labels[subset], bank, seed, eps=VISIBLE_EPS))
 
     baselines = {"global": ours[:1], **{k: v for k, v in sources.items() if k not in ("ours", "cpca")}}
     if "voynov" in sources:
