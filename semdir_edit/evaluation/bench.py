@@ -262,7 +262,10 @@ def run_bench(weights_dir: str | Path, device: str | torch.device = "auto", quic
 
         def apply_achieved() -> None:
             with amp_ctx():
-                apply_files(editor, latent_paths, tmp / "applied", spec, eps=APPLY_EPS, batch_size=bs)
+                # Linear edits (--keep none), the work the floor measures; the class-locked walk, the default for
+                # global:K and class:K, is timed on its own as the locked slider step below.
+                apply_files(editor, latent_paths, tmp / "applied", spec, eps=APPLY_EPS, batch_size=bs,
+                            keep_class=False)
 
         @torch.inference_mode()
         def apply_floor() -> None:
@@ -282,7 +285,8 @@ def run_bench(weights_dir: str | Path, device: str | torch.device = "auto", quic
         def batch_achieved() -> None:
             with amp_ctx():
                 summary = run_batch(editor, in_dir, tmp / f"batch{next(runs)}", spec, eps=APPLY_EPS,
-                                    method="encoder", batch_size=bs, progress=False, log=lambda _m: None)
+                                    method="encoder", batch_size=bs, progress=False, log=lambda _m: None,
+                                    keep_class=False if spec.kind != "to" else None)
             # to:<class> refuses images already of that class (an error line each); nothing else may fail.
             if summary["ok"] + summary["errors"] != n or (summary["errors"] and spec.kind != "to"):
                 raise RuntimeError(f"batch run edited {summary['ok']} of {n} images")
