@@ -19,6 +19,7 @@ CONFIG = load_config(ROOT / "configs" / "fashion_mnist.yaml")
 # 2026-11-30; evaluate directions: 96.4 % locked, 87.9 % linear on 1,000 generated samples, where the classifier is
 # less sure); below 95 % something broke.
 KEEP_CLASS_THRESHOLD = 0.95
+CLASS_VISIBLE_THRESHOLD = 0.07
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +78,8 @@ def test_indomain_inversion_of_real_test_images(test_set):
 
 @requires_dataset
 def test_shipped_directions_on_real_test_images(test_set):
-    """Class directions stay orthogonal to the global ones, move real (inverted) articles visibly, and mostly keep
-    their class at |eps| = 2."""
+    """Class directions stay orthogonal to the global ones, move real (inverted) articles visibly, and both sets
+    keep their class at |eps| = 2 (walked class-locked, as apply does by default)."""
     from semdir_edit.editor import Editor
     from semdir_edit.evaluation.directions import max_abs_cos
 
@@ -93,7 +94,9 @@ def test_shipped_directions_on_real_test_images(test_set):
             for k in range(d.k):
                 images = ed.apply(res.ws[None], f"{kind}:{k}", [-2.0, 2.0], class_index=res.class_index)[0]
                 moved[kind].append((images - base).abs().mean().item())
-                if kind == "class":
-                    kept.extend((ed.classify(images)[0] == res.class_index).tolist())
+                kept.extend((ed.classify(images)[0] == res.class_index).tolist())
     assert min(moved["class"] + moved["global"]) > 0.002     # Every direction does something ...
-    assert sum(kept) / len(kept) >= KEEP_CLASS_THRESHOLD     # ... and class directions keep the article's class.
+    assert sum(kept) / len(kept) >= KEEP_CLASS_THRESHOLD     # ... both sets keep the article's class (locked) ...
+    # ... and a person sees the class edits: mean change 0.096 of [-1, 1] (shipped, 2026-12-02), against ~0.04 for
+    # the learned sets before them, which changed the picture no more than random directions did.
+    assert sum(moved["class"]) / len(moved["class"]) >= CLASS_VISIBLE_THRESHOLD
