@@ -194,11 +194,14 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     if init_from is not None and not (resume and run.state_path.exists()):
         load_into(deformators, init_from, "deformators" + suffix)
         load_into(predictor, init_from, "shift_predictor" + suffix)
-    elif dc.init == "visible" and not (resume and run.state_path.exists()):
+    elif dc.init == "visible" and not global_only and not (resume and run.state_path.exists()):
         init_visible(deformators, G, C, dc, progress=progress and main)
-    if dc.freeze_global:
+    # The Voynov baseline is Voynov & Babenko's own method whatever the config says of ours (a random start, trained);
+    # freezing applies to it only when fine-tuning one (--init-from).
+    freezes = not global_only or init_from is not None
+    if dc.freeze_global and freezes:
         deformators.global_raw.requires_grad_(False)
-    if dc.freeze_class:
+    if dc.freeze_class and freezes:
         deformators.class_raw.requires_grad_(False)
     trainable = [p for p in deformators.parameters() if p.requires_grad]
     opt_d = torch.optim.Adam(trainable, lr=dc.lr_deformator or dc.lr) if trainable else None
