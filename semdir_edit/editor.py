@@ -362,7 +362,7 @@ class Editor:
         bank = self.model("direction_bank")
         return toward_class_codes(self.G, self.C, ws.to(self.device), [TO_SCALE * e for e in eps], bank.w_cov,
                                   layers, targets, bank.boundary_weight, bank.boundary_bias, step=TO_STEP,
-                                  avoid=avoid)
+                                  avoid=avoid, centroids=bank.class_mean)
 
     @torch.no_grad()
     def apply(self, ws: torch.Tensor, direction: str | DirectionSpec, eps: float | list[float],

@@ -119,3 +119,21 @@ def test_to_class_through_the_api_raises_the_targets_probability(editor):
     images = editor.apply(ws, f"to:{editor.class_names[target]}", [0.0, 3.0], class_index=source)
     probs = torch.stack([C(images[:, i]).softmax(1)[:, target] for i in range(2)], 1)
     assert (probs[:, 1] > probs[:, 0]).all()
+
+
+def test_to_class_walk_heads_for_the_targets_mean_code(editor):
+    G, C = editor.G, editor.C
+    ws = G.broadcast(G.mapping(torch.randn(6, G.z_dim, generator=torch.Generator().manual_seed(4))))
+    target = torch.zeros(len(ws), dtype=torch.long)
+    bank = editor.model("direction_bank")
+    centroids = torch.zeros(C.cfg.num_classes, G.w_dim)
+    centroids[0] = ws[:, 0].mean(0) + 5 * torch.randn(G.w_dim, generator=torch.Generator().manual_seed(5))
+    args = (bank.w_cov, range(G.num_ws), target, bank.boundary_weight, bank.boundary_bias)
+    # The walk never arrives (arrival margin unreachable), so it takes every step; half of each heads for the mean.
+    kw = dict(step=0.5, arrive_margin=1e9, centroids=centroids)
+    plain = toward_class_codes(G, C, ws, [2.0], *args, **kw, centroid_share=0.0)[:, 0, 0]
+    mixed = toward_class_codes(G, C, ws, [2.0], *args, **kw)[:, 0, 0]
+    assert ((mixed - centroids[0]).norm(dim=1) < (plain - centroids[0]).norm(dim=1)).all()
+    # A class never drawn (zero mean code) falls back to the margin alone.
+    unseen = toward_class_codes(G, C, ws, [2.0], *args, **{**kw, "centroids": torch.zeros_like(centroids)})[:, 0]
+    assert torch.allclose(unseen[:, 0], plain)

@@ -36,6 +36,8 @@ def build_direction_bank(G: Generator, C: Classifier, k: int, n: int = 20_000, s
     bank.random.copy_(random_directions(G.w_dim, k, seed))
     bank.cpca.copy_(class_pca_directions(w_all, y, num_classes, k, min_samples=50))
     bank.w_mean.copy_(w_all.mean(0))
+    for c in y.unique().tolist():
+        bank.class_mean[c] = w_all[y == c].mean(0)
     bank.w_cov.copy_(w_covariance(w_all).float())
     weight, bias = fit_linear_classifier(w_all, y, num_classes)
     bank.boundary_weight.copy_(weight.float())

@@ -25,7 +25,7 @@ import torch
 
 from semdir_edit.config import ShiftPredictorConfig
 from semdir_edit.editing.baselines import spread_along
-from semdir_edit.editing.class_lock import TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
+from semdir_edit.editing.class_lock import TO_CENTROID, TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
 from semdir_edit.editing.visible import SILHOUETTE
 from semdir_edit.inversion.perceptual import PerceptualLoss
 from semdir_edit.models import Classifier, Generator
@@ -209,8 +209,10 @@ def change_map_cosines(maps: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def target_reached(G: Generator, C: Classifier, w: torch.Tensor, labels: torch.Tensor, bank: DirectionBank,
-                   seed: int, eps: float = 3.0, batch_size: int = 100) -> dict[str, float]:
-    """``to:<class>`` at +``eps`` towards a random other class present among ``labels``, walked as ``apply`` walks it.
+                   seed: int, eps: float = 3.0, batch_size: int = 100, centroid_share: float = TO_CENTROID
+                   ) -> dict[str, float]:
+    """``to:<class>`` at +``eps`` towards a random other class present among ``labels``, walked as ``apply`` walks it
+    (``centroid_share``: see :func:`~semdir_edit.editing.class_lock.toward_class_codes`).
 
     ``to_reached``: the share the classifier then names the target; ``to_visible``: the mean pixel change.
     """
@@ -229,7 +231,8 @@ def target_reached(G: Generator, C: Classifier, w: torch.Tensor, labels: torch.T
         codes = G.broadcast(w[sl].to(device))
         x0 = G.render(codes)
         walked = toward_class_codes(G, C, codes, [TO_SCALE * eps], bank.w_cov, range(G.num_ws), target[sl],
-                                    bank.boundary_weight, bank.boundary_bias, step=TO_STEP)[:, 0]
+                                    bank.boundary_weight, bank.boundary_bias, step=TO_STEP,
+                                    centroids=bank.class_mean, centroid_share=centroid_share)[:, 0]
         images = G.render(walked)
         reached.append(C(images).argmax(1).cpu() == target[sl])
         change.append(((images - x0).abs() / 2).mean((1, 2, 3)).cpu())

@@ -4,7 +4,7 @@ Buffers only: GANSpace (PCA of W), SeFa, random orthonormal directions (each (w_
 columns), per-class PCA (GANSpace on the samples the classifier puts in one class: (num_classes, w_dim, K)),
 the statistics of W (mean, covariance: the unit of eps), and an InterFaceGAN-style linear
 classifier on W (Shen et al., CVPR 2020) labelled by our classifier, whose row differences give the
-class-boundary normals used by ``to:<class>``.
+class-boundary normals used by ``to:<class>``, and the mean code of each class (where ``to:<class>`` heads).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class DirectionBank(nn.Module):
         self.register_buffer("w_cov", torch.eye(d))
         self.register_buffer("boundary_weight", torch.zeros(n, d))   # Logits = boundary_weight @ w + boundary_bias.
         self.register_buffer("boundary_bias", torch.zeros(n))
+        self.register_buffer("class_mean", torch.zeros(n, d))   # Mean code of each class's samples (to:<class>).
 
     def source(self, kind: str, class_index: int | None = None) -> torch.Tensor:
         """(w_dim, K) directions of "pca", "sefa", "random", or "cpca" of ``class_index``."""
