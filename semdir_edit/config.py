@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from semdir_edit.errors import UserError
+from semdir_edit.core.errors import UserError
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -191,7 +191,7 @@ class DirectionsTrainConfig:
     freeze_global: bool = False
     freeze_class: bool = False
     # Where the deformators start (ignored with --init-from or --resume): "random" (Kim & Lee), or "visible" (ours,
-    # semdir_edit/editing/visible.py: the directions that change the picture most at the least cost to its class).
+    # semdir_edit/ops/visible.py: the directions that change the picture most at the least cost to its class).
     init: str = "random"
     init_samples_per_class: int = 30  # Codes per class for the change statistics (2 * init_rank passes each).
     init_rank: int = 64               # W's principal axes the statistics span (95 % of W's variance here).

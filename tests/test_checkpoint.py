@@ -16,7 +16,7 @@ from semdir_edit.checkpoint import (
     save_training_state,
 )
 from semdir_edit.config import GeneratorConfig
-from semdir_edit.errors import UserError
+from semdir_edit.core.errors import UserError
 from semdir_edit.models import Generator
 
 CFG = GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8, 32: 8})

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from semdir_edit.config import DataConfig
+from semdir_edit.core.errors import UserError
 from semdir_edit.data import load_split, read_idx
-from semdir_edit.errors import UserError
 
 from .conftest import requires_dataset
 

@@ -11,12 +11,12 @@ import torch
 
 from semdir_edit.checkpoint import load_model, load_training_state, read_manifest, register_model
 from semdir_edit.config import ClassifierConfig, EncoderConfig, GeneratorConfig
-from semdir_edit.errors import UserError
-from semdir_edit.evaluation.reconstruction import psnr, ssim, to_unit_range
+from semdir_edit.core.errors import UserError
 from semdir_edit.inversion import PerceptualLoss, invert, invert_encoder, invert_indomain, invert_optimize
-from semdir_edit.inversion import perceptual as perceptual_module
 from semdir_edit.models import Classifier, Discriminator, Generator
 from semdir_edit.models.encoder import Encoder
+from semdir_edit.ops import perceptual as perceptual_module
+from semdir_edit.ops.reconstruction import psnr, ssim, to_unit_range
 from semdir_edit.training.encoder import ConventionalEncoderLoss, train_encoder
 
 from .conftest import requires_dataset

@@ -37,12 +37,12 @@ def batch_cmd(
     one line per input in OUT_DIR/manifest.jsonl. A bad file is reported and recorded; the run goes on.
     Under `torchrun --nproc_per_node=N -m semdir_edit batch ...` the N processes share the inputs (one GPU each).
     """
-    from semdir_edit import distributed
     from semdir_edit.config import InversionConfig, load_config
+    from semdir_edit.core import distributed
+    from semdir_edit.core.errors import UserError
     from semdir_edit.editing.batch import run_batch
-    from semdir_edit.editing.directions import parse_keep
     from semdir_edit.editor import Editor
-    from semdir_edit.errors import UserError
+    from semdir_edit.ops.shift_codes import parse_keep
 
     keep_global, keep_class = parse_keep(keep)
     if keep_global:

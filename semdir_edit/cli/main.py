@@ -1,6 +1,6 @@
 """`semdir-edit` entry point. Each command parses options and calls one Python function.
 
-A :class:`~semdir_edit.errors.UserError` becomes one line on stderr and exit code 2.
+A :class:`~semdir_edit.core.errors.UserError` becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from semdir_edit.cli.batch import batch_cmd
-from semdir_edit.errors import UserError
+from semdir_edit.core.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="GAN inversion and real-image editing along global and class-specific directions.")
@@ -53,7 +53,7 @@ def print_table(figures: dict, title: str) -> None:
 
 def write_json(path: Path | None, figures: dict) -> None:
     if path is not None:
-        from semdir_edit.checkpoint import atomic_write_json
+        from semdir_edit.core.io import atomic_write_json
 
         try:
             atomic_write_json(path, figures)
@@ -82,8 +82,8 @@ def generate_cmd(
 
     from semdir_edit import generation
     from semdir_edit.checkpoint import load_model
-    from semdir_edit.device import resolve_device
-    from semdir_edit.imageio import save_grid
+    from semdir_edit.core.device import resolve_device
+    from semdir_edit.core.images import save_grid
 
     G = load_model(weights, "generator", resolve_device(device))
     if mix and noise_variation:
@@ -115,7 +115,7 @@ def evaluate_classifier_cmd(
     """Classifier accuracy on the test split (overall and per class)."""
     from semdir_edit.checkpoint import update_figures
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
+    from semdir_edit.core.device import resolve_device
     from semdir_edit.evaluation.evaluate import evaluate_classifier
 
     cfg = load_config(config)
@@ -141,7 +141,7 @@ def evaluate_generator_cmd(
     """FID / floor, precision / recall, class histogram, PPL and linear separability (classifier features)."""
     from semdir_edit.checkpoint import update_figures
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
+    from semdir_edit.core.device import resolve_device
     from semdir_edit.evaluation.evaluate import evaluate_generator
 
     cfg = load_config(config)
@@ -170,8 +170,8 @@ def train_gan_cmd(
                                              "training whose run folder is gone (new optimisers, step 0)."),
 ) -> None:
     """Train the StyleGAN2-style generator and discriminator."""
-    from semdir_edit import distributed
     from semdir_edit.config import load_config
+    from semdir_edit.core import distributed
     from semdir_edit.training.gan import train_gan
 
     cfg = load_config(config)
@@ -200,7 +200,7 @@ def train_classifier_cmd(
 ) -> None:
     """Train the classifier (its features are the project's feature space)."""
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
+    from semdir_edit.core.device import resolve_device
     from semdir_edit.training.classifier import train_classifier
 
     cfg = load_config(config)
@@ -233,7 +233,7 @@ def evaluate_inversion_cmd(
     interpolations (with its floor) and of edited reconstructions, in the classifier's feature space."""
     from semdir_edit.checkpoint import update_figures
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
+    from semdir_edit.core.device import resolve_device
     from semdir_edit.evaluation.evaluate import evaluate_inversion
 
     cfg = load_config(config)
@@ -316,9 +316,9 @@ def directions_show_cmd(
     device: str = DeviceOpt,
 ) -> None:
     """A grid: rows = directions of one set, columns = eps (the middle column is the unedited image)."""
-    from semdir_edit.editing.directions import match_class, parse_eps, parse_keep
+    from semdir_edit.core.images import save_grid
     from semdir_edit.editor import Editor
-    from semdir_edit.imageio import save_grid
+    from semdir_edit.ops.shift_codes import match_class, parse_eps, parse_keep
 
     eps_list = parse_eps(eps)
     keep_global, keep_class = parse_keep(keep)
@@ -363,7 +363,7 @@ def evaluate_inversion_curve_cmd(
     """Mean PSNR per step: plain optimisation from the mean code vs in-domain inversion from the encoder."""
     from semdir_edit.checkpoint import update_figures
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
+    from semdir_edit.core.device import resolve_device
     from semdir_edit.evaluation.evaluate import inversion_curves, plot_curves
 
     cfg = load_config(config)
@@ -395,7 +395,8 @@ def invert_cmd(
     side-by-side PNG, latent file (for `apply`), and a JSON of figures."""
     from semdir_edit.cli.outputs import write_inversion
     from semdir_edit.config import InversionConfig, load_config
-    from semdir_edit.editor import Editor, Failed
+    from semdir_edit.core.types import Failed
+    from semdir_edit.editor import Editor
 
     inversion = load_config(config).invert if config else InversionConfig()
     editor = Editor.from_pretrained(weights, device, inversion)
@@ -435,8 +436,8 @@ def train_encoder_cmd(
                                           "this kind (fine-tuning, e.g. for a further-trained generator)."),
 ) -> None:
     """Train the domain-guided (or the conventional) encoder against the shipped generator."""
-    from semdir_edit import distributed
     from semdir_edit.config import load_config
+    from semdir_edit.core import distributed
     from semdir_edit.training.encoder import train_encoder
 
     if kind not in ("domain_guided", "conventional"):
@@ -474,8 +475,8 @@ def train_directions_cmd(
                                       "--freeze-global too: train only the shift predictor)."),
 ) -> None:
     """Train the N+1 deformators and the shift predictor against the shipped generator and classifier."""
-    from semdir_edit import distributed
     from semdir_edit.config import load_config
+    from semdir_edit.core import distributed
     from semdir_edit.training.directions import train_directions
 
     cfg = load_config(config)
@@ -505,8 +506,8 @@ def train_baselines_cmd(
     register them."""
     from semdir_edit.checkpoint import load_model, register_model
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
-    from semdir_edit.editing.bank import build_direction_bank
+    from semdir_edit.core.device import resolve_device
+    from semdir_edit.directions.bank import build_direction_bank
 
     cfg = load_config(config)
     dev = resolve_device(device)
@@ -534,9 +535,10 @@ def apply_cmd(
     device: str = DeviceOpt,
 ) -> None:
     """Edit an inverted image along a direction; a range of eps writes a traversal strip (middle = eps 0)."""
-    from semdir_edit.editing.directions import parse_direction, parse_eps, parse_keep
-    from semdir_edit.editor import Editor, Failed
-    from semdir_edit.imageio import save_grid
+    from semdir_edit.core.images import save_grid
+    from semdir_edit.core.types import Failed
+    from semdir_edit.editor import Editor
+    from semdir_edit.ops.shift_codes import parse_direction, parse_eps, parse_keep
 
     spec = parse_direction(direction)
     eps_list = parse_eps(eps)
@@ -591,7 +593,7 @@ def bench_cmd(
     amp: bool = typer.Option(False, "--amp", help="bfloat16 autocast on both sides (CUDA only)."),
 ) -> None:
     """Images/s of generator, encoder, in-domain inversion, apply and batch, each against its compute floor."""
-    from semdir_edit.device import resolve_device
+    from semdir_edit.core.device import resolve_device
     from semdir_edit.evaluation.bench import format_table, run_bench
 
     figures = run_bench(weights, resolve_device(device), quick=quick, direction=direction, amp=amp, threads=threads,

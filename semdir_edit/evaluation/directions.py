@@ -24,13 +24,13 @@ import kornia
 import torch
 
 from semdir_edit.config import ShiftPredictorConfig
-from semdir_edit.editing.baselines import spread_along
-from semdir_edit.editing.class_lock import TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
-from semdir_edit.editing.visible import SILHOUETTE
-from semdir_edit.inversion.perceptual import PerceptualLoss
+from semdir_edit.directions.baselines import spread_along
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.direction_bank import DirectionBank
 from semdir_edit.models.shift_predictor import ShiftPredictor
+from semdir_edit.ops.class_lock import TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
+from semdir_edit.ops.perceptual import PerceptualLoss
+from semdir_edit.ops.visible import SILHOUETTE
 from semdir_edit.training.directions import DirectionLoss, FrozenDirections
 
 EDIT_EPS = (1.0, 2.0, 3.0)
@@ -106,7 +106,7 @@ def edit_effects(G: Generator, C: Classifier, F: PerceptualLoss, sets: torch.Ten
                  ) -> dict[str, torch.Tensor]:
     """Edit every sample along one random direction of its set at +-each eps.
 
-    class_lock: walk each edit class-locked (:mod:`~semdir_edit.editing.class_lock`, keeping ``labels``), as
+    class_lock: walk each edit class-locked (:mod:`~semdir_edit.ops.class_lock`, keeping ``labels``), as
     ``apply`` edits along class directions by default; False = the plain linear edit.
     Returns ``kept`` (n, 2E) bool (classifier label unchanged), ``change`` (n, 2E) perceptual distance
     per unit |eps|, and ``abs_eps`` (2E,), ordered +e1, -e1, +e2, -e2, ...

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from semdir_edit.evaluation.reconstruction import mse_to_psnr
-from semdir_edit.inversion.perceptual import PerceptualLoss
 from semdir_edit.models.encoder import Encoder
 from semdir_edit.models.generator import Generator
+from semdir_edit.ops.perceptual import PerceptualLoss
+from semdir_edit.ops.reconstruction import mse_to_psnr
 
 METHODS = ("indomain", "encoder", "optimize", "conventional")
 
