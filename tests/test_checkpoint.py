@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,3 +123,10 @@ def test_manifest_updates_from_parallel_processes_are_not_lost(weights_dir):
     figures = read_manifest(weights_dir)["figures"]
     assert all(figures[s] == {"i": 14} for s in sections)
     assert "generator" in read_manifest(weights_dir)["models"]
+
+
+def test_shipped_manifest_names_no_local_folders():
+    """Every command in the shipped manifest can be rerun from a checkout: no run, temp or per-job folders."""
+    text = (Path(__file__).resolve().parent.parent / "weights" / "fashion_mnist" / "manifest.json").read_text()
+    for local in ("runs/", "/tmp", "candidates/", ".gpu/", "--no-record"):
+        assert local not in text, local
