@@ -130,3 +130,16 @@ def test_shipped_manifest_names_no_local_folders():
     text = (Path(__file__).resolve().parent.parent / "weights" / "fashion_mnist" / "manifest.json").read_text()
     for local in ("runs/", "/tmp", "candidates/", ".gpu/", "--no-record"):
         assert local not in text, local
+
+
+def test_weights_are_found_by_path_then_environment_then_checkout(tmp_path, monkeypatch):
+    from semdir_edit import config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(config.WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(config, "CHECKOUT", tmp_path / "not-a-checkout")
+    with pytest.raises(UserError, match="no weights found: pass --weights DIR or set SEMDIR_WEIGHTS"):
+        config.find_weights()
+    monkeypatch.setenv(config.WEIGHTS_ENV, "from-env")
+    assert config.find_weights() == Path("from-env")
+    assert config.find_weights("given") == Path("given")

@@ -106,7 +106,7 @@ def test_optimize_reduces_reconstruction_error_of_every_image(nets):
 
 def test_indomain_reduces_its_objective_and_stays_closer_to_the_domain(nets):
     G, E, F, x = nets["G"], nets["E"], nets["F"], nets["x"]
-    indomain = invert_indomain(G, E, x, F, steps=20, lr=0.03)
+    indomain = invert_indomain(G, E, x, F, steps=20, lr=0.03, lambda_dom=2.0)
     # It starts from E(x): its first objective is the encoder's reconstruction loss plus lambda_dom * domain term.
     with torch.no_grad():
         start = E(x)

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from semdir_edit.cli.batch import batch_cmd
+from semdir_edit.cli.options import WeightsOpt
 from semdir_edit.core.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -27,20 +28,19 @@ app.add_typer(evaluate_app, name="evaluate")
 directions_app = typer.Typer(no_args_is_help=True, help="Look at the learned and baseline directions.")
 app.add_typer(directions_app, name="directions")
 
-DEFAULT_CONFIG = "configs/fashion_mnist.yaml"
-DEFAULT_WEIGHTS = "weights/fashion_mnist"
+DEFAULT_CONFIG = "fashion_mnist"  # The packaged config (config.DEFAULT_CONFIG); kept literal so --help needs no import.
 
 
 def command_line() -> str:
     return "semdir-edit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML config file.")
+ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML config file, or the name of a packaged one.")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda[:N].")
 RegisterAtLimitOpt = typer.Option(False, "--register-at-limit", help="When --time-limit stops the run, register "
                                   "the weights as they are (the manifest records the steps reached).")
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder with the dataset (overrides data.path).")
-WeightsOpt = typer.Option(Path(DEFAULT_WEIGHTS), "--weights", "-w", help="Weights folder (with manifest.json).")
+
 JsonOpt = typer.Option(None, "--json", help="Also write the figures as one flat JSON object.")
 # Off by default: a quick measurement must never replace the recorded figures. --no-record (the old way to say
 # so) is still accepted and changes nothing.
