@@ -1,4 +1,4 @@
-"""How good a set of latent directions is, measured as /work/shared/EVALUATION.md says.
+"""How good a set of latent directions is, measured as docs/EVALUATION.md says.
 
 Sources compared on the same generator: ours (Kim & Lee: a global set and one class set per class),
 Voynov & Babenko's global-only set (when trained), GANSpace PCA, SeFa and random orthonormal

@@ -1,4 +1,4 @@
-"""`evaluate` jobs: each loads shipped weights, measures one model as /work/shared/EVALUATION.md says,
+"""`evaluate` jobs: each loads shipped weights, measures one model as docs/EVALUATION.md says,
 and returns one flat dict of figures (also written into the weights manifest by the CLI).
 
 Distribution figures use the project's classifier features, not Inception: compare them within

@@ -1,4 +1,4 @@
-"""Distribution, smoothness and disentanglement figures of a generator, measured as in /work/shared/EVALUATION.md.
+"""Distribution, smoothness and disentanglement figures of a generator, measured as in docs/EVALUATION.md.
 
 Every figure uses the project's own classifier (its penultimate features, its feature maps, its labels) in place of
 ImageNet Inception / VGG networks, which cannot be fetched here; such figures compare within this project only and
