@@ -68,7 +68,8 @@ ui-screenshot: setup chromium
 	SEMDIR_UI_SCREENSHOT=docs/ui.png $(BIN)/pytest -q tests/test_ui_browser.py
 
 lint: setup
-	$(BIN)/ruff check semdir_edit tests
+	$(BIN)/ruff check semdir_edit tests scripts
+	$(BIN)/lint-imports
 
 test: setup dataset chromium lint
 	$(BIN)/pytest -q

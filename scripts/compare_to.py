@@ -15,7 +15,7 @@ import json
 import torch
 
 from semdir_edit.checkpoint import load_model
-from semdir_edit.editing.baselines import sample_by_class
+from semdir_edit.directions.baselines import sample_by_class
 from semdir_edit.evaluation.directions import target_reached
 
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)

@@ -15,9 +15,9 @@ import json
 import torch
 
 from semdir_edit.checkpoint import load_model
-from semdir_edit.editing.baselines import sample_by_class
-from semdir_edit.editing.visible import change_statistics, solve_directions
+from semdir_edit.directions.baselines import sample_by_class
 from semdir_edit.evaluation.directions import spreads_of, visible_effects
+from semdir_edit.ops.visible import change_statistics, solve_directions
 
 CANDIDATES = [  # (name, keep_global, keep_class, outline_weight)
     ("keep 4 / 0 (shipped)", 4.0, 0.0, 1.0),

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Measure a weights folder with every `evaluate` command side by side (the manifest writes are locked), each
-# recording its figures into the manifest and writing its JSON into REPORT_DIR. Extra weights folders given after
-# DATA_DIR get `evaluate directions` too (e.g. the orthonormal variant from scripts/train_weights.sh).
+# recording its figures (--record) into the manifest and writing its JSON into REPORT_DIR. Extra weights folders
+# given after DATA_DIR get `evaluate directions` too (e.g. the orthonormal variant from scripts/train_weights.sh).
 #
 #   scripts/evaluate_weights.sh WEIGHTS_DIR REPORT_DIR [DATA_DIR [MORE_WEIGHTS_DIRS...]]
 # Environment: CFG, DEVICE, N_INV (1000), PER_CLASS (100), FRESH (1000), LIMIT (seconds per job, 0 = none),
@@ -28,19 +28,19 @@ run() {  # run NAME ARGS...: one evaluation in the background, its log in REPORT
   fi
 }
 D=(--config "$CFG" --device "$DEVICE" --data-dir "$DATA" --weights "$W")
-run classifier evaluate classifier "${D[@]}" --json "$R/classifier.json"
-run generator evaluate generator "${D[@]}" --json "$R/generator.json"
+run classifier evaluate classifier "${D[@]}" --record --json "$R/classifier.json"
+run generator evaluate generator "${D[@]}" --record --json "$R/generator.json"
 # One process per inversion method (side by side); their figures are merged into one manifest section below.
 for m in indomain encoder optimize conventional; do
-  run "inversion-$m" evaluate inversion "${D[@]}" --n "$N_INV" --methods "$m" --photo-like --no-record --json "$R/inversion-$m.json"
+  run "inversion-$m" evaluate inversion "${D[@]}" --n "$N_INV" --methods "$m" --photo-like --json "$R/inversion-$m.json"
 done
-run inversion-curve evaluate inversion-curve "${D[@]}" -o "$R/inversion-curve.png" --json "$R/inversion-curve.json"
-run directions evaluate directions --config "$CFG" --device "$DEVICE" --weights "$W" --per-class "$PER_CLASS" \
+run inversion-curve evaluate inversion-curve "${D[@]}" --record -o "$R/inversion-curve.png" --json "$R/inversion-curve.json"
+run directions evaluate directions --record --config "$CFG" --device "$DEVICE" --weights "$W" --per-class "$PER_CLASS" \
   --fresh-steps "$FRESH" --json "$R/directions.json"
 i=0
 for extra in "$@"; do
   i=$((i + 1))
-  run "directions-$i" evaluate directions --config "$CFG" --device "$DEVICE" --weights "$extra" \
+  run "directions-$i" evaluate directions --record --config "$CFG" --device "$DEVICE" --weights "$extra" \
     --per-class "$PER_CLASS" --fresh-steps "$FRESH" --json "$R/directions-$i.json"
 done
 if [ "${BENCH:-0}" = 1 ]; then
@@ -57,7 +57,7 @@ for f in sorted(report.glob("inversion-*.json")):
     if f.name != "inversion-curve.json":
         figures.update(json.loads(f.read_text()))
 if figures:
-    cmd = f"scripts/evaluate_weights.sh: semdir-edit evaluate inversion --n {n} --methods <each> --no-record"
+    cmd = f"scripts/evaluate_weights.sh: semdir-edit evaluate inversion --n {n} --methods <each> --photo-like"
     update_figures(weights, "inversion", {**figures, "command": cmd})
     (report / "inversion.json").write_text(json.dumps(figures, indent=2) + "\n")
 PY

@@ -18,8 +18,8 @@ import torch
 
 from semdir_edit.checkpoint import load_model
 from semdir_edit.config import load_config
+from semdir_edit.core.images import to_float
 from semdir_edit.data import load_split
-from semdir_edit.data.datasets import to_float
 from semdir_edit.evaluation.metrics import classifier_features, fid_from_features
 
 N = 10_000

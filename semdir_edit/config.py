@@ -1,18 +1,29 @@
 """Typed configs, loaded from plain YAML and stored with the weights to rebuild each model.
 
-Every model is rebuilt as ``Model(ModelConfig(**stored_dict))``; nothing is looked up by string.
+Every model is rebuilt as ``Model(ModelConfig(**stored_dict))``; nothing is looked up by string. The dataclass
+defaults are the shipped config's values (``semdir_edit/configs/fashion_mnist.yaml``, packaged with the code; a test
+holds the two equal), so a YAML file only needs the fields it changes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from semdir_edit.errors import UserError
+from semdir_edit.core.errors import UserError
+
+# Configs packaged with the code (package data): load_config("fashion_mnist") reads the shipped weights' config.
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = "fashion_mnist"
+# Where the CLI finds weights without --weights (see find_weights).
+WEIGHTS_ENV = "SEMDIR_WEIGHTS"
+DEFAULT_WEIGHTS = Path("weights") / "fashion_mnist"
+CHECKOUT = Path(__file__).resolve().parent.parent  # The repository root, when running from a checkout.
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -49,7 +60,7 @@ class GeneratorConfig:
 class DiscriminatorConfig:
     resolution: int = 32
     img_channels: int = 1
-    channels: dict[int, int] = field(default_factory=lambda: {32: 32, 16: 64, 8: 128, 4: 128})
+    channels: dict[int, int] = field(default_factory=lambda: {32: 16, 16: 32, 8: 64, 4: 128})
     mbstd_group: int = 4              # Minibatch-stddev group size; 0 = no minibatch-stddev layer.
 
     def __post_init__(self) -> None:
@@ -67,7 +78,7 @@ class ClassifierConfig:
 @dataclass
 class GANTrainConfig:
     batch_size: int = 32
-    steps: int = 20000                # Total generator steps.
+    steps: int = 8000                 # Total generator steps.
     lr: float = 0.0025                # Adam learning rate for G and D (betas 0, 0.99).
     r1_gamma: float = 0.05            # R1 weight; 0 = no R1.
     r1_interval: int = 16             # Lazy regularisation: R1 every N D steps.
@@ -81,15 +92,15 @@ class GANTrainConfig:
     ema_kimg: float = 10.0            # Half-life of the G EMA in thousands of images.
     ema_rampup: float = 0.05          # EMA half-life ramps up as this fraction of images seen; 0 = no ramp-up.
     augment: bool = False             # Differentiable augmentation (kornia) on real and fake for D.
-    sample_every: int = 1000          # Write a sample grid every N steps.
-    checkpoint_every: int = 500       # Write a resumable checkpoint every N steps.
+    sample_every: int = 500           # Write a sample grid every N steps.
+    checkpoint_every: int = 250       # Write a resumable checkpoint every N steps.
     seed: int = 0
 
 
 @dataclass
 class ClassifierTrainConfig:
     batch_size: int = 128
-    epochs: int = 12
+    epochs: int = 40
     lr: float = 0.003                 # Peak AdamW learning rate (one-cycle schedule).
     weight_decay: float = 0.05
     augment: bool = True              # Random shifts and horizontal flips.
@@ -109,9 +120,9 @@ class EncoderConfig:
 @dataclass
 class EncoderTrainConfig:
     # Hyper-parameters of genforce/idinvert (train_encoder.py, training/loss_encoder.py) unless noted.
-    batch_size: int = 32
+    batch_size: int = 64
     steps: int = 20000                # Total encoder steps (one E step and, domain-guided, one D step each).
-    lr: float = 1e-4                  # Adam learning rate of E and D (betas 0.9, 0.99).
+    lr: float = 1e-3                  # Adam learning rate of E and D (betas 0.9, 0.99); idinvert's is 1e-4.
     lr_decay_rate: float = 0.8        # Exponential decay: lr * lr_decay_rate ** (step / lr_decay_steps), not staircase.
     lr_decay_steps: int = 0           # 0 = steps // 4 (idinvert).
     # Weight of the perceptual term. idinvert uses 5e-5 on the MSE of raw VGG16 conv4_3 features (0-255 inputs), which
@@ -121,8 +132,8 @@ class EncoderTrainConfig:
     lambda_adv: float = 0.08          # Weight of softplus(-D(G(E(x)))) in the encoder loss.
     r1_gamma: float = 10.0            # R1 weight of the discriminator, every step; 0 = no R1.
     perceptual: str = "classifier"    # Perceptual network F: "classifier" or "vgg" / "alex" (lpips, local weights).
-    sample_every: int = 1000          # Write a reconstruction grid every N steps.
-    checkpoint_every: int = 500       # Write a resumable checkpoint every N steps.
+    sample_every: int = 500           # Write a reconstruction grid every N steps.
+    checkpoint_every: int = 250       # Write a resumable checkpoint every N steps.
     seed: int = 0
 
 
@@ -169,11 +180,11 @@ class DirectionBankConfig:
 class DirectionsTrainConfig:
     # Starting points of Voynov & Babenko's released code unless noted.
     batch_size: int = 32
-    steps: int = 20000
-    lr: float = 1e-4                  # Adam, the shift predictor (and the deformators when lr_deformator is 0).
+    steps: int = 2000
+    lr: float = 1e-3                  # Adam, the shift predictor (and the deformators when lr_deformator is 0).
     # Voynov & Babenko train ~100k steps at 1e-4. In our ~10k-step budget the deformators barely leave their
     # random init at that rate (cos(init, learned) = 0.95-0.99 after 9,000 steps), so they get their own rate.
-    lr_deformator: float = 0.0        # 0 = same as lr.
+    lr_deformator: float = 0.01       # 0 = same as lr.
     eps_min: float = 0.5              # |eps| ~ U[eps_min, eps_max] with a random sign, in units of W's spread.
     eps_max: float = 6.0
     shift_weight: float = 0.25        # Weight of the L1 shift regression next to the cross-entropy.
@@ -188,11 +199,11 @@ class DirectionsTrainConfig:
     class_strength_target: float = 0.1
     # Fine-tuning (with --init-from): the frozen deformators keep their directions; with both frozen, only the
     # shift predictor trains (more reconstructor training on fixed directions).
-    freeze_global: bool = False
-    freeze_class: bool = False
+    freeze_global: bool = True
+    freeze_class: bool = True
     # Where the deformators start (ignored with --init-from or --resume): "random" (Kim & Lee), or "visible" (ours,
-    # semdir_edit/editing/visible.py: the directions that change the picture most at the least cost to its class).
-    init: str = "random"
+    # semdir_edit/ops/visible.py: the directions that change the picture most at the least cost to its class).
+    init: str = "visible"
     init_samples_per_class: int = 30  # Codes per class for the change statistics (2 * init_rank passes each).
     init_rank: int = 64               # W's principal axes the statistics span (95 % of W's variance here).
     init_outline_weight: float = 1.0  # Weight of the silhouette's change next to the pixels'.
@@ -200,7 +211,7 @@ class DirectionsTrainConfig:
     init_keep_class: float = 0.0      # The same for the class sets (their edits are walked class-locked anyway).
     init_specificity: float = 0.0     # >0: class sets favour changes the other classes do not share.
     spread_samples: int = 20000       # Samples of W for its covariance (the unit of eps).
-    checkpoint_every: int = 500
+    checkpoint_every: int = 250
     seed: int = 0
 
 
@@ -254,8 +265,9 @@ def config_from_dict(values: dict[str, Any]) -> Config:
 
 
 def load_config(path: str | Path) -> Config:
-    """Read a YAML config file, e.g. ``configs/fashion_mnist.yaml``."""
-    path = Path(path)
+    """Read a YAML config file (e.g. ``configs/tiny.yaml``), or a config packaged with semdir-edit by its name
+    (``fashion_mnist``: :data:`DEFAULT_CONFIG`)."""
+    path = packaged_config(path) or Path(path)
     try:
         values = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -265,6 +277,29 @@ def load_config(path: str | Path) -> Config:
     if not isinstance(values, dict):
         raise UserError(f"config file {path} is not a YAML mapping")
     return config_from_dict(values)
+
+
+def packaged_config(name: str | Path) -> Path | None:
+    """The packaged config file a bare name (no folder, no suffix) stands for, or None."""
+    name = str(name)
+    if "/" in name or "\\" in name or "." in name:
+        return None
+    path = PACKAGED_CONFIGS / f"{name}.yaml"
+    return path if path.is_file() else None
+
+
+def find_weights(path: str | Path | None = None) -> Path:
+    """The weights folder to use: ``path`` when given, else ``$SEMDIR_WEIGHTS``, else ``weights/fashion_mnist`` in
+    the current folder or in the checkout this package runs from. A one-line error when there is none."""
+    if path is not None:
+        return Path(path)
+    if os.environ.get(WEIGHTS_ENV):
+        return Path(os.environ[WEIGHTS_ENV])
+    for candidate in (DEFAULT_WEIGHTS, CHECKOUT / DEFAULT_WEIGHTS):
+        if (candidate / "manifest.json").is_file():
+            return candidate
+    raise UserError(f"no weights found: pass --weights DIR or set {WEIGHTS_ENV} to a folder with manifest.json "
+                    f"(a checkout ships {DEFAULT_WEIGHTS})")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

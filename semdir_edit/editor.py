@@ -10,9 +10,7 @@ The CLI commands are thin layers over these methods.
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +18,17 @@ import torch
 
 from semdir_edit.checkpoint import load_model, read_manifest, weights_id
 from semdir_edit.config import FASHION_MNIST_CLASSES, InversionConfig
-from semdir_edit.data.datasets import to_float
+from semdir_edit.core.device import for_inference, resolve_device
+from semdir_edit.core.errors import UserError
+from semdir_edit.core.images import to_float
+from semdir_edit.core.types import Failed, Inverted
 from semdir_edit.data.photo import load_domain_image
-from semdir_edit.device import for_inference, resolve_device
-from semdir_edit.editing.class_lock import TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
-from semdir_edit.editing.directions import (
+from semdir_edit.inversion.invert import METHODS, NONFINITE_INPUT, check_images, invert
+from semdir_edit.latents import load_latent
+from semdir_edit.ops.class_lock import TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
+from semdir_edit.ops.perceptual import PerceptualLoss
+from semdir_edit.ops.reconstruction import psnr, ssim, to_unit_range
+from semdir_edit.ops.shift_codes import (
     CLASS_KINDS,
     DirectionSpec,
     edit_groups,
@@ -36,47 +40,6 @@ from semdir_edit.editing.directions import (
     spread_of,
     walks,
 )
-from semdir_edit.errors import UserError
-from semdir_edit.evaluation.reconstruction import psnr, ssim, to_unit_range
-from semdir_edit.inversion.invert import METHODS, NONFINITE_INPUT, check_images, invert
-from semdir_edit.inversion.perceptual import PerceptualLoss
-from semdir_edit.latents import load_latent
-
-
-@dataclass
-class Inverted:
-    """One image's inversion: its domain image, W+ code, reconstruction, class and quality figures."""
-
-    name: str
-    domain: torch.Tensor          # (1, R, R) uint8: what was inverted.
-    ws: torch.Tensor              # (num_ws, w_dim)
-    reconstruction: torch.Tensor  # (1, R, R) float in [-1, 1]
-    class_index: int
-    class_name: str
-    confidence: float
-    psnr: float
-    ssim: float
-    perceptual: float
-    method: str
-    steps: int
-    seconds: float
-    ok: bool = True
-    message: str = ""
-    notes: list[str] = field(default_factory=list)
-
-    def summary(self) -> dict[str, Any]:
-        """The JSON-able figures (no tensors)."""
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("domain", "ws", "reconstruction")}
-
-
-@dataclass
-class Failed:
-    """An input that could not be loaded or inverted, with its one-line reason."""
-
-    name: str
-    message: str
-    ok: bool = False
 
 
 class Editor:
@@ -353,7 +316,7 @@ class Editor:
 
     def walk_toward(self, ws: torch.Tensor, target: int, eps: list[float], layers: range,
                     keep_global: bool = False) -> torch.Tensor:
-        """``to:<class>``'s walk (:func:`~semdir_edit.editing.class_lock.toward_class_codes`): W+ codes
+        """``to:<class>``'s walk (:func:`~semdir_edit.ops.class_lock.toward_class_codes`): W+ codes
         (B, num_ws, w_dim) -> (B, E, num_ws, w_dim), each at most TO_SCALE * |eps| spreads towards class ``target``
         (away for eps < 0), stopping where the classifier is sure of it. keep_global: orthogonal to the global
         directions."""
@@ -372,7 +335,7 @@ class Editor:
 
         ``class_index`` is the images' class (for class and boundary directions and class-locked edits; None = the
         classifier's label of each code's reconstruction, codes of different classes edited class by class).
-        keep_class: walk the edit class-locked (:mod:`~semdir_edit.editing.class_lock`): it never lowers the
+        keep_class: walk the edit class-locked (:mod:`~semdir_edit.ops.class_lock`): it never lowers the
         classifier's margin for the image's class. None = on for class-specific directions (``class:k``), off
         for the others; ``to:<class>`` refuses it (it exists to change the class).
         """

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 
-from semdir_edit.checkpoint import atomic_save_safetensors
-from semdir_edit.errors import UserError
-
-if TYPE_CHECKING:
-    from semdir_edit.editor import Inverted
+from semdir_edit.core.errors import UserError
+from semdir_edit.core.io import atomic_save_safetensors
+from semdir_edit.core.types import Inverted
 
 FORMAT = "semdir-edit latent v1"
 

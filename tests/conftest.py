@@ -29,7 +29,7 @@ def make_edit_weights(path: Path, bank_samples: int = 500) -> Path:
     """Tiny random G + C and their direction bank registered in ``path``: enough for invert/apply/batch tests."""
     from semdir_edit.checkpoint import register_model
     from semdir_edit.config import ClassifierConfig, GeneratorConfig
-    from semdir_edit.editing.bank import build_direction_bank
+    from semdir_edit.directions.bank import build_direction_bank
     from semdir_edit.models import Classifier, Generator
 
     torch.manual_seed(0)

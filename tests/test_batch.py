@@ -21,10 +21,10 @@ import yaml
 
 from semdir_edit.checkpoint import load_model, register_model
 from semdir_edit.config import EncoderConfig
-from semdir_edit.data.datasets import to_float
+from semdir_edit.core.errors import UserError
+from semdir_edit.core.images import to_float
 from semdir_edit.editing.batch import LOCK, Manifest, find_images, output_stems, read_manifest_lines, run_batch
 from semdir_edit.editor import Editor
-from semdir_edit.errors import UserError
 from semdir_edit.latents import load_latent
 from semdir_edit.models.encoder import Encoder
 

@@ -19,15 +19,15 @@ import torch
 
 from semdir_edit.checkpoint import load_model, register_model
 from semdir_edit.config import EncoderConfig, load_config
+from semdir_edit.core.errors import UserError
+from semdir_edit.core.images import make_grid
+from semdir_edit.core.writer import BackgroundWriter, read_ahead
 from semdir_edit.editing.apply import apply_files
 from semdir_edit.editor import Editor
-from semdir_edit.errors import UserError
 from semdir_edit.evaluation.bench import TASKS, format_table, run_bench, targets_met
-from semdir_edit.imageio import make_grid
-from semdir_edit.inversion.perceptual import PerceptualLoss
 from semdir_edit.latents import save_latent
 from semdir_edit.models.encoder import Encoder
-from semdir_edit.writer import BackgroundWriter, read_ahead
+from semdir_edit.ops.perceptual import PerceptualLoss
 
 from .conftest import ROOT, make_edit_weights
 

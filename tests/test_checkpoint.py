@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from semdir_edit.checkpoint import (
     save_training_state,
 )
 from semdir_edit.config import GeneratorConfig
-from semdir_edit.errors import UserError
+from semdir_edit.core.errors import UserError
 from semdir_edit.models import Generator
 
 CFG = GeneratorConfig(z_dim=16, w_dim=16, mapping_layers=2, channels={4: 16, 8: 16, 16: 8, 32: 8})
@@ -122,3 +123,23 @@ def test_manifest_updates_from_parallel_processes_are_not_lost(weights_dir):
     figures = read_manifest(weights_dir)["figures"]
     assert all(figures[s] == {"i": 14} for s in sections)
     assert "generator" in read_manifest(weights_dir)["models"]
+
+
+def test_shipped_manifest_names_no_local_folders():
+    """Every command in the shipped manifest can be rerun from a checkout: no run, temp or per-job folders."""
+    text = (Path(__file__).resolve().parent.parent / "weights" / "fashion_mnist" / "manifest.json").read_text()
+    for local in ("runs/", "/tmp", "candidates/", ".gpu/", "--no-record"):
+        assert local not in text, local
+
+
+def test_weights_are_found_by_path_then_environment_then_checkout(tmp_path, monkeypatch):
+    from semdir_edit import config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(config.WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(config, "CHECKOUT", tmp_path / "not-a-checkout")
+    with pytest.raises(UserError, match="no weights found: pass --weights DIR or set SEMDIR_WEIGHTS"):
+        config.find_weights()
+    monkeypatch.setenv(config.WEIGHTS_ENV, "from-env")
+    assert config.find_weights() == Path("from-env")
+    assert config.find_weights("given") == Path("given")

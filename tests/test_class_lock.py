@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semdir_edit.editing.baselines import sample_by_class
+from semdir_edit.core.errors import UserError
+from semdir_edit.directions.baselines import sample_by_class
 from semdir_edit.editing.batch import resolve_options
-from semdir_edit.editing.class_lock import _locked_step, class_margin, locked_shift_codes
-from semdir_edit.editing.directions import edit_groups, parse_direction, parse_keep
 from semdir_edit.editor import Editor
-from semdir_edit.errors import UserError
 from semdir_edit.latents import save_latent
+from semdir_edit.ops.class_lock import _locked_step, class_margin, locked_shift_codes
+from semdir_edit.ops.shift_codes import edit_groups, parse_direction, parse_keep
 
 from .conftest import make_edit_weights
 from .test_cli import run_cli

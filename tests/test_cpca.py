@@ -6,9 +6,9 @@ import cv2
 import pytest
 import torch
 
-from semdir_edit.editing.directions import DirectionSpec, edit_groups, parse_direction
+from semdir_edit.core.errors import UserError
 from semdir_edit.editor import Editor
-from semdir_edit.errors import UserError
+from semdir_edit.ops.shift_codes import DirectionSpec, edit_groups, parse_direction
 
 from .conftest import make_edit_weights
 from .test_cli import assert_user_error, run_cli

@@ -8,9 +8,9 @@ import struct
 import numpy as np
 import pytest
 
-from semdir_edit.config import DataConfig
+from semdir_edit.config import Config, DataConfig, load_config, to_dict
+from semdir_edit.core.errors import UserError
 from semdir_edit.data import load_split, read_idx
-from semdir_edit.errors import UserError
 
 from .conftest import requires_dataset
 
@@ -86,3 +86,10 @@ def test_fashion_mnist_test_split():
     assert len(data) == 10_000 and data.images.shape[1:] == (1, 32, 32)
     assert data.class_names[7] == "Sneaker"
     assert sorted(set(data.labels.tolist())) == list(range(10))
+
+
+def test_dataclass_defaults_are_the_shipped_config():
+    """One place for the defaults: the dataclasses hold the shipped YAML's values, the packaged file is that YAML."""
+    shipped = load_config("fashion_mnist")
+    assert to_dict(Config()) == to_dict(shipped)
+    assert to_dict(load_config("configs/fashion_mnist.yaml")) == to_dict(shipped)

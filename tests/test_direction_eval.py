@@ -10,7 +10,7 @@ import torch
 
 from semdir_edit.checkpoint import read_manifest, register_model, update_descriptions
 from semdir_edit.config import ClassifierConfig, GeneratorConfig
-from semdir_edit.editing.bank import build_direction_bank
+from semdir_edit.directions.bank import build_direction_bank
 from semdir_edit.editor import Editor
 from semdir_edit.evaluation.directions import _pearson, image_attributes
 from semdir_edit.evaluation.evaluate import evaluate_directions

@@ -9,7 +9,7 @@ import torch
 
 from semdir_edit.checkpoint import load_model, register_model
 from semdir_edit.config import ClassifierConfig, DeformatorConfig, GeneratorConfig
-from semdir_edit.editing.baselines import pca_directions, random_directions, sefa_directions
+from semdir_edit.directions.baselines import pca_directions, random_directions, sefa_directions
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.deformator import Deformators
 from semdir_edit.training.directions import train_directions

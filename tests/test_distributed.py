@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from semdir_edit import distributed
 from semdir_edit.checkpoint import load_model, load_training_state, read_manifest, register_model
+from semdir_edit.core import distributed
+from semdir_edit.core.errors import UserError
 from semdir_edit.editing.batch import MANIFEST, manifest_part, merge_manifest_parts, read_manifest_lines, run_batch
 from semdir_edit.editor import Editor
-from semdir_edit.errors import UserError
 from semdir_edit.training.common import checkpoint_rng, rank_seed, start_rng
 
 from .conftest import ROOT, make_edit_weights, requires_dataset

@@ -8,7 +8,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from semdir_edit.editing.directions import (
+from semdir_edit.core.errors import UserError
+from semdir_edit.editor import Editor
+from semdir_edit.latents import save_latent
+from semdir_edit.ops.shift_codes import (
     DirectionSpec,
     match_class,
     parse_direction,
@@ -16,9 +19,6 @@ from semdir_edit.editing.directions import (
     parse_layers,
     shift_codes,
 )
-from semdir_edit.editor import Editor
-from semdir_edit.errors import UserError
-from semdir_edit.latents import save_latent
 
 from .conftest import make_edit_weights
 from .test_cli import run_cli

@@ -11,12 +11,12 @@ import torch
 
 from semdir_edit.checkpoint import load_model, load_training_state, read_manifest, register_model
 from semdir_edit.config import ClassifierConfig, EncoderConfig, GeneratorConfig
-from semdir_edit.errors import UserError
-from semdir_edit.evaluation.reconstruction import psnr, ssim, to_unit_range
+from semdir_edit.core.errors import UserError
 from semdir_edit.inversion import PerceptualLoss, invert, invert_encoder, invert_indomain, invert_optimize
-from semdir_edit.inversion import perceptual as perceptual_module
 from semdir_edit.models import Classifier, Discriminator, Generator
 from semdir_edit.models.encoder import Encoder
+from semdir_edit.ops import perceptual as perceptual_module
+from semdir_edit.ops.reconstruction import psnr, ssim, to_unit_range
 from semdir_edit.training.encoder import ConventionalEncoderLoss, train_encoder
 
 from .conftest import requires_dataset
@@ -106,7 +106,7 @@ def test_optimize_reduces_reconstruction_error_of_every_image(nets):
 
 def test_indomain_reduces_its_objective_and_stays_closer_to_the_domain(nets):
     G, E, F, x = nets["G"], nets["E"], nets["F"], nets["x"]
-    indomain = invert_indomain(G, E, x, F, steps=20, lr=0.03)
+    indomain = invert_indomain(G, E, x, F, steps=20, lr=0.03, lambda_dom=2.0)
     # It starts from E(x): its first objective is the encoder's reconstruction loss plus lambda_dom * domain term.
     with torch.no_grad():
         start = E(x)

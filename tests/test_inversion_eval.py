@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -131,8 +132,9 @@ def test_no_direction_bank_no_edit_fid(tmp_path):
 @requires_dataset
 def test_cli_photo_like_adds_photo_figures(weights, tmp_path):
     out = tmp_path / "figures.json"
+    manifest = (Path(weights) / "manifest.json").read_text()
     result = run_cli("evaluate", "inversion", "-w", str(weights), "-c", "configs/tiny.yaml", "--n", str(N),
-                     "--steps", "2", "--methods", ",".join(METHODS), "--photo-like", "--no-record",
+                     "--steps", "2", "--methods", ",".join(METHODS), "--photo-like",
                      "--json", str(out), "--device", "cpu")
     assert result.returncode == 0, result.stderr
     figures = json.loads(out.read_text())
@@ -142,3 +144,4 @@ def test_cli_photo_like_adds_photo_figures(weights, tmp_path):
     for method in METHODS:
         assert 0 <= figures[f"{method}_photo_class_accuracy"] <= 1 and figures[f"{method}_photo_failed"] == 0
     assert "photo_domain_accuracy" in result.stdout  # The table.
+    assert (Path(weights) / "manifest.json").read_text() == manifest  # Recorded only with --record.

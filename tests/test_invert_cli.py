@@ -11,7 +11,7 @@ import torch
 
 from semdir_edit.checkpoint import register_model
 from semdir_edit.config import ClassifierConfig, EncoderConfig, GeneratorConfig
-from semdir_edit.errors import UserError
+from semdir_edit.core.errors import UserError
 from semdir_edit.latents import load_latent, save_latent
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.encoder import Encoder

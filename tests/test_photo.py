@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from semdir_edit.core.errors import UserError
 from semdir_edit.data.photo import load_domain_image, load_image, to_domain
-from semdir_edit.errors import UserError
 
 H, W = 120, 200  # Photo size: landscape, like a shoe shot.
 

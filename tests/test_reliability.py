@@ -28,8 +28,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from semdir_edit.checkpoint import load_training_state, weights_id
+from semdir_edit.core.errors import UserError
 from semdir_edit.data.photo import load_domain_image
-from semdir_edit.errors import UserError
 from semdir_edit.latents import _decode_value, load_latent, save_latent
 
 from .conftest import ROOT, make_edit_weights, requires_dataset

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from semdir_edit.checkpoint import load_model, load_training_state, read_manifest
-from semdir_edit.errors import UserError
+from semdir_edit.core.errors import UserError
 from semdir_edit.training.classifier import train_classifier
 from semdir_edit.training.gan import train_gan
 

@@ -132,7 +132,7 @@ def test_sum_of_shifts_and_downloads_match_the_cli(client, editor, session, tmp_
     ws, meta = load_latent(path, editor.weights_id, editor.G.num_ws, editor.G.w_dim)
     assert meta["class_index"] == session["class_index"] and meta["method"] == "optimize"
     # The page's edit equals what `semdir-edit apply <latent> --direction pca:0 --eps 2` computes.
-    from semdir_edit.imageio import make_grid
+    from semdir_edit.core.images import make_grid
 
     expected = make_grid(editor.apply(ws, "pca:0", 2.0, class_index=meta["class_index"])[0], 1, pad=0)
     small = decode(edit(client, sid, {"pca:0": 2.0}).content)
@@ -148,7 +148,7 @@ def test_sum_of_shifts_and_downloads_match_the_cli(client, editor, session, tmp_
 
 def test_keep_class_walks_the_edit_as_apply_does(client, editor, session, tmp_path):
     """keep_class: one slider = `apply --keep class` (class-locked walk); off = the linear edit; to: stays linear."""
-    from semdir_edit.imageio import make_grid
+    from semdir_edit.core.images import make_grid
 
     sid, c = session["session"], session["class_index"]
     latent = client.get(f"/api/sessions/{sid}/latent").content

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from semdir_edit.editing.baselines import sample_by_class
-from semdir_edit.editing.class_lock import class_margin, toward_class_codes
-from semdir_edit.editing.visible import change_statistics, solve_directions
+from semdir_edit.directions.baselines import sample_by_class
 from semdir_edit.editor import Editor
 from semdir_edit.evaluation.directions import (
     change_map_cosines,
@@ -15,6 +13,8 @@ from semdir_edit.evaluation.directions import (
     pixel_change,
     visible_effects,
 )
+from semdir_edit.ops.class_lock import class_margin, toward_class_codes
+from semdir_edit.ops.visible import change_statistics, solve_directions
 
 from .conftest import make_edit_weights
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from semdir_edit.cli.options import WeightsOpt
+
 
 def batch_cmd(
     in_dir: Path = typer.Argument(..., help="Folder of photos or domain images (png, jpg, bmp, gif, webp, tiff)."),
@@ -25,8 +27,7 @@ def batch_cmd(
     batch_size: int = typer.Option(16, "--batch-size", min=1, max=4096, help="Images inverted together."),
     workers: int | None = typer.Option(None, "--workers", min=0, max=64, help="Loader processes that decode "
                                        "and convert images (default 0 on CPU, up to 4 on a GPU)."),
-    weights: Path = typer.Option(Path("weights/fashion_mnist"), "--weights", "-w",
-                                 help="Weights folder (with manifest.json)."),
+    weights: Path = WeightsOpt,
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config whose 'invert' section "
                                           "overrides the inversion defaults (lr, lambda_dom, ...)."),
@@ -37,12 +38,12 @@ def batch_cmd(
     one line per input in OUT_DIR/manifest.jsonl. A bad file is reported and recorded; the run goes on.
     Under `torchrun --nproc_per_node=N -m semdir_edit batch ...` the N processes share the inputs (one GPU each).
     """
-    from semdir_edit import distributed
     from semdir_edit.config import InversionConfig, load_config
+    from semdir_edit.core import distributed
+    from semdir_edit.core.errors import UserError
     from semdir_edit.editing.batch import run_batch
-    from semdir_edit.editing.directions import parse_keep
     from semdir_edit.editor import Editor
-    from semdir_edit.errors import UserError
+    from semdir_edit.ops.shift_codes import parse_keep
 
     keep_global, keep_class = parse_keep(keep)
     if keep_global:

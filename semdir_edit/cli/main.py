@@ -1,6 +1,6 @@
 """`semdir-edit` entry point. Each command parses options and calls one Python function.
 
-A :class:`~semdir_edit.errors.UserError` becomes one line on stderr and exit code 2.
+A :class:`~semdir_edit.core.errors.UserError` becomes one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from pathlib import Path
 import typer
 
 from semdir_edit.cli.batch import batch_cmd
-from semdir_edit.errors import UserError
+from semdir_edit.cli.options import WeightsOpt
+from semdir_edit.core.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="GAN inversion and real-image editing along global and class-specific directions.")
@@ -21,25 +22,30 @@ train_app = typer.Typer(no_args_is_help=True, help="Train the project's networks
                         "DistributedDataParallel; the config's batch_size is then the global batch, split over the "
                         "N processes.")
 app.add_typer(train_app, name="train")
-evaluate_app = typer.Typer(no_args_is_help=True, help="Measure shipped weights; figures go into the manifest.")
+evaluate_app = typer.Typer(no_args_is_help=True, help="Measure shipped weights (--record writes the figures into "
+                           "the manifest).")
 app.add_typer(evaluate_app, name="evaluate")
 directions_app = typer.Typer(no_args_is_help=True, help="Look at the learned and baseline directions.")
 app.add_typer(directions_app, name="directions")
 
-DEFAULT_CONFIG = "configs/fashion_mnist.yaml"
-DEFAULT_WEIGHTS = "weights/fashion_mnist"
+DEFAULT_CONFIG = "fashion_mnist"  # The packaged config (config.DEFAULT_CONFIG); kept literal so --help needs no import.
 
 
 def command_line() -> str:
     return "semdir-edit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML config file.")
+ConfigOpt = typer.Option(DEFAULT_CONFIG, "--config", "-c", help="YAML config file, or the name of a packaged one.")
 DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda[:N].")
 RegisterAtLimitOpt = typer.Option(False, "--register-at-limit", help="When --time-limit stops the run, register "
                                   "the weights as they are (the manifest records the steps reached).")
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder with the dataset (overrides data.path).")
-WeightsOpt = typer.Option(Path(DEFAULT_WEIGHTS), "--weights", "-w", help="Weights folder (with manifest.json).")
+
+JsonOpt = typer.Option(None, "--json", help="Also write the figures as one flat JSON object.")
+# Off by default: a quick measurement must never replace the recorded figures. --no-record (the old way to say
+# so) is still accepted and changes nothing.
+RecordOpt = typer.Option(False, "--record/--no-record", help="Write the figures, with this command, into the "
+                         "weights manifest.")
 
 
 def print_table(figures: dict, title: str) -> None:
@@ -51,9 +57,20 @@ def print_table(figures: dict, title: str) -> None:
         typer.echo(f"  {key:<{width}}  {text}")
 
 
+def report(figures: dict, title: str, json_out: Path | None, record: bool, weights: Path, section: str) -> None:
+    """Print the figures, write them as JSON (``--json``), and with ``--record`` store them, with the command line
+    that measured them, as ``section`` of the weights manifest's figures."""
+    print_table(figures, title)
+    write_json(json_out, figures)
+    if record:
+        from semdir_edit.checkpoint import update_figures
+
+        update_figures(weights, section, {**figures, "command": command_line()})
+
+
 def write_json(path: Path | None, figures: dict) -> None:
     if path is not None:
-        from semdir_edit.checkpoint import atomic_write_json
+        from semdir_edit.core.io import atomic_write_json
 
         try:
             atomic_write_json(path, figures)
@@ -82,8 +99,8 @@ def generate_cmd(
 
     from semdir_edit import generation
     from semdir_edit.checkpoint import load_model
-    from semdir_edit.device import resolve_device
-    from semdir_edit.imageio import save_grid
+    from semdir_edit.core.device import resolve_device
+    from semdir_edit.core.images import save_grid
 
     G = load_model(weights, "generator", resolve_device(device))
     if mix and noise_variation:
@@ -109,21 +126,17 @@ def evaluate_classifier_cmd(
     config: Path = ConfigOpt,
     data_dir: Path | None = DataDirOpt,
     device: str = DeviceOpt,
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
-    record: bool = typer.Option(True, "--record/--no-record", help="Write the figures into the weights manifest."),
+    json_out: Path | None = JsonOpt,
+    record: bool = RecordOpt,
 ) -> None:
     """Classifier accuracy on the test split (overall and per class)."""
-    from semdir_edit.checkpoint import update_figures
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
+    from semdir_edit.core.device import resolve_device
     from semdir_edit.evaluation.evaluate import evaluate_classifier
 
     cfg = load_config(config)
     figures = evaluate_classifier(weights, cfg.data, resolve_device(device), str(data_dir) if data_dir else None)
-    print_table(figures, "classifier")
-    write_json(json_out, figures)
-    if record:
-        update_figures(weights, "classifier", {**figures, "command": command_line()})
+    report(figures, "classifier", json_out, record, weights, "classifier")
 
 
 @evaluate_app.command("generator")
@@ -135,22 +148,19 @@ def evaluate_generator_cmd(
     n: int = typer.Option(10_000, "--n", min=100, help="Generated (and real) images for FID and precision/recall."),
     ppl_samples: int = typer.Option(5_000, "--ppl-samples", min=10),
     seed: int = typer.Option(0, "--seed"),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
-    record: bool = typer.Option(True, "--record/--no-record", help="Write the figures into the weights manifest."),
+    json_out: Path | None = JsonOpt,
+    record: bool = RecordOpt,
 ) -> None:
     """FID / floor, precision / recall, class histogram, PPL and linear separability (classifier features)."""
-    from semdir_edit.checkpoint import update_figures
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
+    from semdir_edit.core.device import resolve_device
     from semdir_edit.evaluation.evaluate import evaluate_generator
 
     cfg = load_config(config)
     figures = evaluate_generator(weights, cfg.data, resolve_device(device), str(data_dir) if data_dir else None,
                                  n=n, ppl_samples=ppl_samples, seed=seed)
-    print_table(figures, "generator (figures in the classifier's feature space, not Inception)")
-    write_json(json_out, figures)
-    if record:
-        update_figures(weights, "generator", {**figures, "command": command_line()})
+    report(figures, "generator (figures in the classifier's feature space, not Inception)", json_out, record, weights,
+           "generator")
 
 
 @train_app.command("gan")
@@ -170,8 +180,8 @@ def train_gan_cmd(
                                              "training whose run folder is gone (new optimisers, step 0)."),
 ) -> None:
     """Train the StyleGAN2-style generator and discriminator."""
-    from semdir_edit import distributed
     from semdir_edit.config import load_config
+    from semdir_edit.core import distributed
     from semdir_edit.training.gan import train_gan
 
     cfg = load_config(config)
@@ -200,7 +210,7 @@ def train_classifier_cmd(
 ) -> None:
     """Train the classifier (its features are the project's feature space)."""
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
+    from semdir_edit.core.device import resolve_device
     from semdir_edit.training.classifier import train_classifier
 
     cfg = load_config(config)
@@ -221,8 +231,8 @@ def evaluate_inversion_cmd(
     n: int = typer.Option(1000, "--n", min=1, help="First N test images."),
     methods: str = typer.Option("indomain,encoder,optimize", "--methods", help="Comma-separated methods."),
     steps: int = typer.Option(100, "--steps", min=0, help="Optimisation steps (indomain, optimize)."),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
-    record: bool = typer.Option(True, "--record/--no-record", help="Write the figures into the weights manifest."),
+    json_out: Path | None = JsonOpt,
+    record: bool = RecordOpt,
     photo_like: bool = typer.Option(False, "--photo-like", help="Also invert photo-like versions of the same test "
                                     "images (enlarged, dark on a light background, tinted, off-centre, noise, JPEG) "
                                     "through the photo conversion: <method>_photo_class_accuracy and "
@@ -231,19 +241,15 @@ def evaluate_inversion_cmd(
     """PSNR / SSIM / perceptual distance / class preserved / class accuracy / time per image of each inversion
     method, and its in-domain figures (Zhu et al. 2020): domain distance ||w - E(G(w))||, FID of same-class
     interpolations (with its floor) and of edited reconstructions, in the classifier's feature space."""
-    from semdir_edit.checkpoint import update_figures
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
+    from semdir_edit.core.device import resolve_device
     from semdir_edit.evaluation.evaluate import evaluate_inversion
 
     cfg = load_config(config)
     figures = evaluate_inversion(weights, cfg.data, resolve_device(device), str(data_dir) if data_dir else None,
                                  n=n, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), steps=steps,
                                  photo_like=photo_like, inversion=cfg.invert)
-    print_table(figures, "inversion (first test images)")
-    write_json(json_out, figures)
-    if record:
-        update_figures(weights, "inversion", {**figures, "command": command_line()})
+    report(figures, "inversion (first test images)", json_out, record, weights, "inversion")
 
 
 @evaluate_app.command("directions")
@@ -259,12 +265,12 @@ def evaluate_directions_cmd(
     visible_per_class: int = typer.Option(20, "--visible-per-class", min=1,
                                           help="Samples per class for the visible / outline / distinct figures."),
     seed: int = typer.Option(0, "--seed"),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
-    record: bool = typer.Option(True, "--record/--no-record", help="Write figures and descriptions into the manifest."),
+    json_out: Path | None = JsonOpt,
+    record: bool = RecordOpt,
 ) -> None:
     """What a person sees (pixel change, outline, distinctness, class kept at |eps| 3), to:<class> arrival, RCA, edit
     strength, specificity, orthogonality; ours against Voynov, PCA, per-class PCA, SeFa, random."""
-    from semdir_edit.checkpoint import update_descriptions, update_figures
+    from semdir_edit.checkpoint import update_descriptions
     from semdir_edit.config import load_config
     from semdir_edit.editor import Editor
     from semdir_edit.evaluation.evaluate import evaluate_directions
@@ -277,10 +283,9 @@ def evaluate_directions_cmd(
                                                 seed=seed, visible_per_class=visible_per_class,
                                                 class_fresh_steps=class_fresh_steps,
                                                 log=lambda m: typer.echo(m, err=True))
-    print_table(figures, "directions (generated samples; eps in units of W's spread)")
-    write_json(json_out, figures)
+    report(figures, "directions (generated samples; eps in units of W's spread)", json_out, record, weights,
+           "directions")
     if record:
-        update_figures(weights, "directions", {**figures, "command": command_line()})
         update_descriptions(weights, descriptions)
 
 
@@ -316,9 +321,9 @@ def directions_show_cmd(
     device: str = DeviceOpt,
 ) -> None:
     """A grid: rows = directions of one set, columns = eps (the middle column is the unedited image)."""
-    from semdir_edit.editing.directions import match_class, parse_eps, parse_keep
+    from semdir_edit.core.images import save_grid
     from semdir_edit.editor import Editor
-    from semdir_edit.imageio import save_grid
+    from semdir_edit.ops.shift_codes import match_class, parse_eps, parse_keep
 
     eps_list = parse_eps(eps)
     keep_global, keep_class = parse_keep(keep)
@@ -357,13 +362,12 @@ def evaluate_inversion_curve_cmd(
     optimize_steps: int = typer.Option(500, "--optimize-steps", min=1),
     indomain_steps: int = typer.Option(200, "--indomain-steps", min=1),
     out: Path = typer.Option(Path("inversion-curve.png"), "--out", "-o", help="PNG of PSNR against steps."),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
-    record: bool = typer.Option(True, "--record/--no-record", help="Write the figures into the weights manifest."),
+    json_out: Path | None = JsonOpt,
+    record: bool = RecordOpt,
 ) -> None:
     """Mean PSNR per step: plain optimisation from the mean code vs in-domain inversion from the encoder."""
-    from semdir_edit.checkpoint import update_figures
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
+    from semdir_edit.core.device import resolve_device
     from semdir_edit.evaluation.evaluate import inversion_curves, plot_curves
 
     cfg = load_config(config)
@@ -371,10 +375,7 @@ def evaluate_inversion_curve_cmd(
                                        n=n, optimize_steps=optimize_steps, indomain_steps=indomain_steps,
                                        inversion=cfg.invert)
     plot_curves(curves, out, f"first {n} Fashion-MNIST test images, batched, fixed noise")
-    print_table(figures, "inversion PSNR per step")
-    write_json(json_out, figures)
-    if record:
-        update_figures(weights, "inversion_curve", {**figures, "command": command_line()})
+    report(figures, "inversion PSNR per step", json_out, record, weights, "inversion_curve")
     typer.echo(f"wrote {out}")
 
 
@@ -395,7 +396,8 @@ def invert_cmd(
     side-by-side PNG, latent file (for `apply`), and a JSON of figures."""
     from semdir_edit.cli.outputs import write_inversion
     from semdir_edit.config import InversionConfig, load_config
-    from semdir_edit.editor import Editor, Failed
+    from semdir_edit.core.types import Failed
+    from semdir_edit.editor import Editor
 
     inversion = load_config(config).invert if config else InversionConfig()
     editor = Editor.from_pretrained(weights, device, inversion)
@@ -435,8 +437,8 @@ def train_encoder_cmd(
                                           "this kind (fine-tuning, e.g. for a further-trained generator)."),
 ) -> None:
     """Train the domain-guided (or the conventional) encoder against the shipped generator."""
-    from semdir_edit import distributed
     from semdir_edit.config import load_config
+    from semdir_edit.core import distributed
     from semdir_edit.training.encoder import train_encoder
 
     if kind not in ("domain_guided", "conventional"):
@@ -474,8 +476,8 @@ def train_directions_cmd(
                                       "--freeze-global too: train only the shift predictor)."),
 ) -> None:
     """Train the N+1 deformators and the shift predictor against the shipped generator and classifier."""
-    from semdir_edit import distributed
     from semdir_edit.config import load_config
+    from semdir_edit.core import distributed
     from semdir_edit.training.directions import train_directions
 
     cfg = load_config(config)
@@ -505,8 +507,8 @@ def train_baselines_cmd(
     register them."""
     from semdir_edit.checkpoint import load_model, register_model
     from semdir_edit.config import load_config
-    from semdir_edit.device import resolve_device
-    from semdir_edit.editing.bank import build_direction_bank
+    from semdir_edit.core.device import resolve_device
+    from semdir_edit.directions.bank import build_direction_bank
 
     cfg = load_config(config)
     dev = resolve_device(device)
@@ -534,9 +536,10 @@ def apply_cmd(
     device: str = DeviceOpt,
 ) -> None:
     """Edit an inverted image along a direction; a range of eps writes a traversal strip (middle = eps 0)."""
-    from semdir_edit.editing.directions import parse_direction, parse_eps, parse_keep
-    from semdir_edit.editor import Editor, Failed
-    from semdir_edit.imageio import save_grid
+    from semdir_edit.core.images import save_grid
+    from semdir_edit.core.types import Failed
+    from semdir_edit.editor import Editor
+    from semdir_edit.ops.shift_codes import parse_direction, parse_eps, parse_keep
 
     spec = parse_direction(direction)
     eps_list = parse_eps(eps)
@@ -583,7 +586,7 @@ def ui_cmd(
 def bench_cmd(
     weights: Path = WeightsOpt,
     device: str = DeviceOpt,
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
+    json_out: Path | None = JsonOpt,
     quick: bool = typer.Option(False, "--quick", help="Tiny sizes: checks that everything runs, measures nothing."),
     direction: str | None = typer.Option(None, "--direction", "-d", help="Edit of apply and batch "
                                          "(default global:0, or pca:0 without deformators)."),
@@ -591,7 +594,7 @@ def bench_cmd(
     amp: bool = typer.Option(False, "--amp", help="bfloat16 autocast on both sides (CUDA only)."),
 ) -> None:
     """Images/s of generator, encoder, in-domain inversion, apply and batch, each against its compute floor."""
-    from semdir_edit.device import resolve_device
+    from semdir_edit.core.device import resolve_device
     from semdir_edit.evaluation.bench import format_table, run_bench
 
     figures = run_bench(weights, resolve_device(device), quick=quick, direction=direction, amp=amp, threads=threads,

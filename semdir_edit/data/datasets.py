@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from semdir_edit.config import DataConfig
+from semdir_edit.core.errors import UserError
+from semdir_edit.core.images import to_float
+from semdir_edit.core.io import IMAGE_SUFFIXES
 from semdir_edit.data.idx import find_idx_pair, read_idx
-from semdir_edit.errors import UserError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 @dataclass
@@ -34,16 +34,6 @@ class ImageSet:
     def batch(self, index: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Images scaled to [-1, 1] (float32) and labels, on ``device``."""
         return to_float(self.images[index].to(device)), self.labels[index].to(device)
-
-
-def to_float(images_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1]."""
-    return images_u8.float() / 127.5 - 1.0
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """float [-1, 1] -> uint8 [0, 255], clamped."""
-    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def fit_resolution(images: np.ndarray, resolution: int) -> torch.Tensor:

@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from semdir_edit.core.errors import UserError
 from semdir_edit.data.datasets import fit_resolution
-from semdir_edit.errors import UserError
 
 # A truncated file must fail, never decode into an image with a grey bottom (this is Pillow's default; stated here
 # so that no other import can change it behind our back).

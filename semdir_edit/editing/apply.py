@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semdir_edit.data.datasets import to_uint8
-from semdir_edit.editing.directions import DirectionSpec, edit_groups, parse_direction
+from semdir_edit.core.images import save_grid, to_uint8
+from semdir_edit.core.io import LATENT_SUFFIX
+from semdir_edit.core.writer import BackgroundWriter
 from semdir_edit.editor import Editor
-from semdir_edit.imageio import save_grid
-from semdir_edit.writer import BackgroundWriter
-
-LATENT_SUFFIX = ".latent.safetensors"
+from semdir_edit.ops.shift_codes import DirectionSpec, edit_groups, parse_direction
 
 
 def output_name(path: Path) -> str:

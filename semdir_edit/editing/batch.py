@@ -38,11 +38,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from semdir_edit import distributed
-from semdir_edit.checkpoint import atomic_write_bytes
-from semdir_edit.data.datasets import to_float, to_uint8
+from semdir_edit.core import distributed
+from semdir_edit.core.errors import UserError
+from semdir_edit.core.images import save_grid, to_float, to_uint8
+from semdir_edit.core.io import IMAGE_SUFFIXES, LATENT_SUFFIX, atomic_write_bytes
+from semdir_edit.core.types import Failed, Inverted
+from semdir_edit.core.writer import BackgroundWriter, read_ahead
 from semdir_edit.data.photo import check_regular_file, load_domain_image
-from semdir_edit.editing.directions import (
+from semdir_edit.editor import Editor
+from semdir_edit.inversion.invert import METHODS
+from semdir_edit.latents import latent_meta, save_latent
+from semdir_edit.ops.shift_codes import (
     DirectionSpec,
     keeps_class,
     match_class,
@@ -50,14 +56,7 @@ from semdir_edit.editing.directions import (
     parse_eps,
     parse_layers,
 )
-from semdir_edit.editor import Editor, Failed, Inverted
-from semdir_edit.errors import UserError
-from semdir_edit.imageio import save_grid
-from semdir_edit.inversion.invert import METHODS
-from semdir_edit.latents import latent_meta, save_latent
-from semdir_edit.writer import BackgroundWriter, read_ahead
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 MANIFEST = "manifest.jsonl"
 _PART = re.compile(r"^manifest\.rank(\d+)\.jsonl$")  # One rank's part of the manifest (torchrun).
 LOCK = ".semdir-batch.lock"
@@ -140,7 +139,7 @@ def find_images(in_dir: str | Path, recursive: bool = False, exclude: str | Path
                 sub = (st.st_dev, st.st_ino)
                 if sub not in seen and sub not in skip:  # The output folder is left out.
                     (linked if entry.is_symlink() else real).append((rel, sub))
-            elif Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+            elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
                 # Broken links, FIFOs etc. are kept: the loader reports them as bad files instead of hiding them.
                 found.append(str(rel))
     return sorted(found)
@@ -227,7 +226,7 @@ class ImageFolder(Dataset):
 def classified(batches: Iterable[list[LoadResult]], editor: Editor) -> Iterator[list[LoadResult]]:
     """Each loaded batch with its images classified (``LoadResult.label``), one classifier call per batch.
 
-    ``run_batch`` runs this on its reader thread (:func:`~semdir_edit.writer.read_ahead`), so the classifier of
+    ``run_batch`` runs this on its reader thread (:func:`~semdir_edit.core.writer.read_ahead`), so the classifier of
     the next chunk runs while the encoder and generator edit this one.
     """
     for records in batches:
@@ -435,7 +434,7 @@ class BatchOptions:
     layers: range
     weights_id: str
     inversion: dict[str, Any]  # Inversion hyper-parameters other than steps (from the Editor's config).
-    keep_class: bool = False   # Class-locked edits (see semdir_edit.editing.class_lock).
+    keep_class: bool = False   # Class-locked edits (see semdir_edit.ops.class_lock).
 
     def figures(self) -> dict[str, Any]:
         """The options as JSON-able values (what the hash covers)."""
@@ -540,7 +539,7 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
     stops everything: a missing input folder, bad options, no images, another run holding ``out_dir``.
     workers: DataLoader processes that decode and convert images (None = 0 on CPU, up to 4 on a GPU).
     keep_class: class-locked edits (None = on for ``class:k`` directions; see :meth:`Editor.apply`).
-    Under torchrun (see :mod:`semdir_edit.distributed`), call it on every rank: each edits its share of the inputs.
+    Under torchrun (see :mod:`semdir_edit.core.distributed`), call it on every rank: each edits its share of the inputs.
     Returns a summary: inputs, ok, errors, skipped (over all ranks), options (hash), manifest (path), seconds.
     """
     t0 = time.perf_counter()
@@ -554,7 +553,7 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
         raise UserError("the output folder must differ from the input folder")
     rels = find_images(in_dir, recursive, exclude=out_dir)
     if not rels:
-        raise UserError(f"no images found in {in_dir} ({', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}"
+        raise UserError(f"no images found in {in_dir} ({', '.join(sorted(e[1:] for e in IMAGE_SUFFIXES))}"
                         f"{'' if recursive else '; use --recursive for sub-folders'})")
     opts = resolve_options(editor, direction, eps, method, steps, layers, keep_class)
     key = opts.key()
@@ -638,7 +637,7 @@ def _run(editor: Editor, in_dir: Path, out_dir: Path, rels: list[str], stems: di
     def write(item: LoadResult, res: Inverted, images: np.ndarray) -> None:
         stem = stems[item.rel]
         # Outputs first (each atomic), the manifest line last: a line on disk means its outputs are complete.
-        edited_rel, latent_rel = f"{stem}.{suffix}", f"{stem}.latent.safetensors"
+        edited_rel, latent_rel = f"{stem}.{suffix}", stem + LATENT_SUFFIX
         save_grid(out_dir / edited_rel, images, nrow=len(opts.eps), pad=2 if len(opts.eps) > 1 else 0)
         save_latent(out_dir / latent_rel, res.ws, latent_meta(res, opts.weights_id))
         finish(_record(item.rel, item.sha256, key, res=res, outputs=[edited_rel, latent_rel]))

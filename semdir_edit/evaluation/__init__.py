@@ -1,4 +1,4 @@
-"""Evaluation figures (see /work/shared/EVALUATION.md): pure metric functions, no I/O."""
+"""Evaluation figures (the protocol: docs/EVALUATION.md): metric functions, the `evaluate` jobs and the bench."""
 
 from semdir_edit.evaluation.metrics import (
     accuracy,

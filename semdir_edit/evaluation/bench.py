@@ -40,14 +40,14 @@ from typing import Any
 import cv2
 import torch
 
-from semdir_edit.data.datasets import to_float, to_uint8
-from semdir_edit.device import autocast, resolve_device
+from semdir_edit.core.device import autocast, resolve_device
+from semdir_edit.core.images import to_float, to_uint8
 from semdir_edit.editing.apply import apply_files
 from semdir_edit.editing.batch import run_batch
-from semdir_edit.editing.directions import match_class, parse_direction
 from semdir_edit.editor import Editor
 from semdir_edit.generation import sample_images
 from semdir_edit.latents import save_latent
+from semdir_edit.ops.shift_codes import match_class, parse_direction
 
 TASKS = ("generator", "encoder", "invert", "apply", "batch")
 # Minimum floor ratio per task (issue 6); the others have no target.

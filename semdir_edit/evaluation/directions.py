@@ -1,4 +1,4 @@
-"""How good a set of latent directions is, measured as /work/shared/EVALUATION.md says.
+"""How good a set of latent directions is, measured as docs/EVALUATION.md says.
 
 Sources compared on the same generator: ours (Kim & Lee: a global set and one class set per class),
 Voynov & Babenko's global-only set (when trained), GANSpace PCA, SeFa and random orthonormal
@@ -24,13 +24,13 @@ import kornia
 import torch
 
 from semdir_edit.config import ShiftPredictorConfig
-from semdir_edit.editing.baselines import spread_along
-from semdir_edit.editing.class_lock import TO_CENTROID, TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
-from semdir_edit.editing.visible import SILHOUETTE
-from semdir_edit.inversion.perceptual import PerceptualLoss
+from semdir_edit.directions.baselines import spread_along
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.direction_bank import DirectionBank
 from semdir_edit.models.shift_predictor import ShiftPredictor
+from semdir_edit.ops.class_lock import TO_CENTROID, TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
+from semdir_edit.ops.perceptual import PerceptualLoss
+from semdir_edit.ops.visible import SILHOUETTE
 from semdir_edit.training.directions import DirectionLoss, FrozenDirections
 
 EDIT_EPS = (1.0, 2.0, 3.0)
@@ -106,7 +106,7 @@ def edit_effects(G: Generator, C: Classifier, F: PerceptualLoss, sets: torch.Ten
                  ) -> dict[str, torch.Tensor]:
     """Edit every sample along one random direction of its set at +-each eps.
 
-    class_lock: walk each edit class-locked (:mod:`~semdir_edit.editing.class_lock`, keeping ``labels``), as
+    class_lock: walk each edit class-locked (:mod:`~semdir_edit.ops.class_lock`, keeping ``labels``), as
     ``apply`` edits along class directions by default; False = the plain linear edit.
     Returns ``kept`` (n, 2E) bool (classifier label unchanged), ``change`` (n, 2E) perceptual distance
     per unit |eps|, and ``abs_eps`` (2E,), ordered +e1, -e1, +e2, -e2, ...
@@ -212,7 +212,7 @@ def target_reached(G: Generator, C: Classifier, w: torch.Tensor, labels: torch.T
                    seed: int, eps: float = 3.0, batch_size: int = 100, centroid_share: float = TO_CENTROID
                    ) -> dict[str, float]:
     """``to:<class>`` at +``eps`` towards a random other class present among ``labels``, walked as ``apply`` walks it
-    (``centroid_share``: see :func:`~semdir_edit.editing.class_lock.toward_class_codes`).
+    (``centroid_share``: see :func:`~semdir_edit.ops.class_lock.toward_class_codes`).
 
     ``to_reached``: the share the classifier then names the target; ``to_visible``: the mean pixel change.
     """

@@ -1,4 +1,4 @@
-"""`evaluate` jobs: each loads shipped weights, measures one model as /work/shared/EVALUATION.md says,
+"""`evaluate` jobs: each loads shipped weights, measures one model as docs/EVALUATION.md says,
 and returns one flat dict of figures (also written into the weights manifest by the CLI).
 
 Distribution figures use the project's classifier features, not Inception: compare them within
@@ -7,28 +7,42 @@ this project only.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from semdir_edit.checkpoint import load_model
+from semdir_edit.checkpoint import load_model, read_manifest
 from semdir_edit.config import DataConfig, InversionConfig
+from semdir_edit.core.device import eval_mode
+from semdir_edit.core.errors import UserError
+from semdir_edit.core.images import to_float
+from semdir_edit.core.io import atomic_write_bytes
+from semdir_edit.core.types import Inverted
 from semdir_edit.data import ImageSet, load_split
-from semdir_edit.editing.baselines import sample_by_class
-from semdir_edit.editing.directions import DirectionSpec, keeps_class
+from semdir_edit.directions.baselines import sample_by_class
+from semdir_edit.editor import Editor
+from semdir_edit.evaluation import directions as ed
 from semdir_edit.evaluation.metrics import (
     accuracy,
     class_histogram,
     classifier_features,
+    code_features,
+    domain_distance,
     fid_from_features,
     generate_batches,
     linear_separability,
     min_class_share_ratio,
     perceptual_path_length,
     precision_recall,
+    same_label_pairs,
 )
+from semdir_edit.evaluation.photolike import photo_like_jpegs
+from semdir_edit.inversion.invert import invert
 from semdir_edit.models import Classifier, Generator
+from semdir_edit.ops.perceptual import PerceptualLoss
+from semdir_edit.ops.shift_codes import DirectionSpec, keeps_class
 from semdir_edit.training.classifier import predict
 
 
@@ -141,11 +155,6 @@ def evaluate_inversion(weights_dir: str | Path, data_cfg: DataConfig, device: to
     Generated images use constant noise and are clamped to [-1, 1]; every network runs in eval mode without
     gradients, ``batch_size`` images at a time, on ``device``.
     """
-    from semdir_edit.data.datasets import to_float
-    from semdir_edit.editor import Editor, Inverted
-    from semdir_edit.errors import UserError
-    from semdir_edit.evaluation.metrics import _eval_mode, code_features, domain_distance, same_label_pairs
-
     editor = Editor.from_pretrained(weights_dir, device, inversion)
     device = editor.device
     models = editor.manifest.get("models", {})
@@ -165,7 +174,6 @@ def evaluate_inversion(weights_dir: str | Path, data_cfg: DataConfig, device: to
 
     photo_domains, photo_labels = None, None
     if photo_like:
-        from semdir_edit.evaluation.photolike import photo_like_jpegs
 
         domains, keep = [], []
         for i, jpeg in enumerate(photo_like_jpegs(images, seed)):
@@ -209,7 +217,7 @@ def evaluate_inversion(weights_dir: str | Path, data_cfg: DataConfig, device: to
             figures[f"{method}_interp_fid"] = fid_from_features(code_features(G, C, mid, device, batch_size)[0],
                                                                 real_feats)
         if edit is not None and len(ws) >= 2:
-            with _eval_mode(G, C):  # Editor.apply runs under no_grad, with constant noise, clamped.
+            with eval_mode(G, C):  # Editor.apply runs under no_grad, with constant noise, clamped.
                 edited = [editor.apply(chunk, edit, 2.0)[:, 0] for chunk in ws.split(batch_size)]
             figures[f"{method}_edit_fid"] = fid_from_features(classifier_features(C, edited, device)[0], real_feats)
         if photo_domains is not None:
@@ -226,7 +234,6 @@ def evaluate_inversion(weights_dir: str | Path, data_cfg: DataConfig, device: to
 def direction_sources(weights_dir: str | Path, device: torch.device) -> dict[str, torch.Tensor]:
     """Every direction source the weights hold, each as (S, w_dim, K) sets: ``ours`` (global + N class sets),
     ``voynov`` (global-only, when trained), ``pca``, ``sefa``, ``random``."""
-    from semdir_edit.checkpoint import read_manifest
 
     models = read_manifest(weights_dir).get("models", {})
     bank = load_model(weights_dir, "direction_bank", device)
@@ -246,8 +253,6 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
                         class_fresh_steps: int = 200, log=print) -> tuple[dict[str, Any], dict[str, Any]]:
     """RCA, class preservation, edit strength, specificity and orthogonality of every direction source,
     plus a measured description of every direction. Returns (figures, descriptions)."""
-    from semdir_edit.evaluation import directions as ed
-    from semdir_edit.inversion.perceptual import PerceptualLoss
 
     G = load_model(weights_dir, "generator", device)
     C = load_model(weights_dir, "classifier", device)
@@ -366,8 +371,6 @@ def visible_figures(G: Generator, C: Classifier, sources: dict[str, torch.Tensor
     Sources: ``global`` and ``class`` (ours: each sample along its class's set), ``voynov``, ``pca``, ``sefa``,
     ``random``, and ``cpca`` (each sample along its class's per-class PCA).
     """
-    from semdir_edit.evaluation import directions as ed
-
     subset = _per_class_subset(labels, per_class)
     w, labels = w[subset], labels[subset]
     zeros = torch.zeros_like(labels)
@@ -389,7 +392,6 @@ def class_set_fresh_rca(G: Generator, C: Classifier, ours: torch.Tensor, cpca: t
                         seed: int) -> dict[str, float]:
     """Fresh-predictor RCA of each class's set against that class's per-class PCA at equal K, on the class's own
     samples (Voynov's protocol, one predictor per set): ``class_fresh_rca_median``, ``cpca_fresh_rca_median``."""
-    from semdir_edit.evaluation import directions as ed
 
     out: dict[str, list[float]] = {"class": [], "cpca": []}
     for c in labels.unique().tolist():
@@ -413,9 +415,6 @@ def inversion_curves(weights_dir: str | Path, data_cfg: DataConfig, device: torc
     500-step PSNR in far fewer steps. Returns figures (``indomain_steps_to_match_optimize500``; -1 = never within
     ``indomain_steps``) and the two curves (index = number of updates).
     """
-    from semdir_edit.editor import Editor
-    from semdir_edit.inversion.invert import invert
-
     editor = Editor.from_pretrained(weights_dir, device, inversion)
     test = load_split(data_cfg, "test", data_dir)
     x = test.batch(torch.arange(min(n, len(test))), editor.device)[0]
@@ -435,14 +434,11 @@ def inversion_curves(weights_dir: str | Path, data_cfg: DataConfig, device: torc
 
 def plot_curves(curves: dict[str, list[float]], path: str | Path, title: str) -> None:
     """PSNR-vs-steps PNG (written atomically)."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from semdir_edit.checkpoint import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     labels = {"optimize": "plain optimisation (from mean w)", "indomain": "in-domain (from encoder)"}

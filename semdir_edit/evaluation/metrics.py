@@ -1,4 +1,4 @@
-"""Distribution, smoothness and disentanglement figures of a generator, measured as in /work/shared/EVALUATION.md.
+"""Distribution, smoothness and disentanglement figures of a generator, measured as in docs/EVALUATION.md.
 
 Every figure uses the project's own classifier (its penultimate features, its feature maps, its labels) in place of
 ImageNet Inception / VGG networks, which cannot be fetched here; such figures compare within this project only and
@@ -26,15 +26,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-import lpips
 import numpy as np
 import scipy.linalg
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semdir_edit.core.device import eval_mode
 from semdir_edit.models.classifier import Classifier
 from semdir_edit.models.generator import Generator
+from semdir_edit.ops.linear import fit_linear_classifier
+from semdir_edit.ops.perceptual import perceptual_distance
 
 __all__ = [
     "accuracy",
@@ -53,20 +55,6 @@ __all__ = [
     "precision_recall",
     "same_label_pairs",
 ]
-
-
-@contextmanager
-def _eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Put modules in eval mode (BatchNorm running stats, no dropout) and restore their flags afterwards."""
-    flags = [[m.training for m in module.modules()] for module in modules]
-    for module in modules:
-        module.eval()
-    try:
-        yield
-    finally:
-        for module, module_flags in zip(modules, flags, strict=True):
-            for m, flag in zip(module.modules(), module_flags, strict=True):
-                m.training = flag
 
 
 def _check_features(feats: torch.Tensor, name: str) -> None:
@@ -161,7 +149,7 @@ def generate_batches(G: Generator, n: int, batch_size: int, device: torch.device
     if n < 0 or batch_size < 1:
         raise ValueError(f"need n >= 0 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     gen = torch.Generator().manual_seed(seed)
-    with _eval_mode(G):
+    with eval_mode(G):
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             z = torch.randn(b, G.z_dim, generator=gen).to(device)
@@ -185,7 +173,7 @@ def classifier_features(C: Classifier, images: Iterable[torch.Tensor],
     features, labels the argmax of its logits.
     """
     feats, preds = [], []
-    with _eval_mode(C):
+    with eval_mode(C):
         for x in images:
             f = C.features(x.to(device))
             feats.append(f.float().cpu())
@@ -205,7 +193,7 @@ def code_features(G: Generator, C: Classifier, ws: torch.Tensor, device: torch.d
         for chunk in ws.split(batch_size):
             yield G.render(chunk.to(device))
 
-    with _eval_mode(G):
+    with eval_mode(G):
         return classifier_features(C, images(), device)
 
 
@@ -217,7 +205,7 @@ def domain_distance(G: Generator, E: nn.Module, ws: torch.Tensor, device: torch.
     than their per-element mean square). G(w) with ``noise_mode="const"``, unclamped, as in the inversion objective;
     G and E in eval mode, ``batch_size`` codes at a time. Returned as float32 on the CPU."""
     out = []
-    with _eval_mode(G, E):
+    with eval_mode(G, E):
         for chunk in ws.split(batch_size):
             w = chunk.to(device).float()
             out.append((w - E(G.synthesis(w, noise_mode="const"))).flatten(1).norm(dim=1).float().cpu())
@@ -242,19 +230,6 @@ def same_label_pairs(labels: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Perceptual path length.
-
-
-def perceptual_distance(C: Classifier, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
-    """(B,) LPIPS-style distance in C's feature maps, without learned weights.
-
-    For each map: unit-normalise every spatial position's channel vector (``lpips.normalize_tensor``), square the
-    difference, sum over channels, average over positions; then sum over maps. C should be in eval mode.
-    """
-    dist = x0.new_zeros(x0.shape[0])
-    for f0, f1 in zip(C.feature_maps(x0), C.feature_maps(x1), strict=True):
-        diff = (lpips.normalize_tensor(f0) - lpips.normalize_tensor(f1)).square()  # (B, C_i, H_i, W_i)
-        dist = dist + diff.sum(dim=1).mean(dim=(1, 2))
-    return dist
 
 
 @contextmanager
@@ -283,7 +258,7 @@ def perceptual_path_length(G: Generator, C: Classifier, n: int, device: torch.de
         raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     gen = torch.Generator().manual_seed(seed)
     dists = []
-    with _eval_mode(G, C), _full_precision():
+    with eval_mode(G, C), _full_precision():
         for start in range(0, n, batch_size):
             b = min(batch_size, n - start)
             # Sample endpoints in Z and the position t on the path.
@@ -305,36 +280,6 @@ def perceptual_path_length(G: Generator, C: Classifier, n: int, device: torch.de
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Linear separability.
-
-
-def fit_linear_classifier(x: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float = 1e-3,
-                          max_iter: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multinomial logistic regression ``softmax(A w + c)`` on (N, D) points, fitted with full-batch L-BFGS.
-
-    The fit runs on standardised inputs (train mean / std) minimising mean cross-entropy + ``weight_decay * ||A||^2``;
-    the returned ``(A (num_classes, D), c (num_classes,))`` act on the raw inputs, in float64. Row differences
-    ``A[b] - A[a]`` are the normals of the boundaries between classes a and b (InterFaceGAN-style directions).
-    """
-    x = x.detach().double()
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-8)
-    xs = (x - mean) / std
-    linear = nn.Linear(x.shape[1], num_classes, dtype=torch.float64, device=x.device)
-    nn.init.zeros_(linear.weight)
-    nn.init.zeros_(linear.bias)
-    opt = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-    labels = labels.to(x.device).long()
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(linear(xs), labels) + weight_decay * linear.weight.square().sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    weight = linear.weight.detach() / std                     # A / sigma
-    bias = linear.bias.detach() - weight @ mean               # c - (A / sigma) mu
-    return weight, bias
 
 
 def linear_separability(ws: torch.Tensor, labels: torch.Tensor, num_classes: int, train_fraction: float = 0.5,

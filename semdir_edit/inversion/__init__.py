@@ -9,7 +9,7 @@ from semdir_edit.inversion.invert import (
     invert_optimize,
     mean_start,
 )
-from semdir_edit.inversion.perceptual import PerceptualLoss
+from semdir_edit.ops.perceptual import PerceptualLoss
 
 __all__ = [
     "METHODS",

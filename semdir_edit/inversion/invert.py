@@ -10,9 +10,10 @@ Methods (Zhu, Shen, Zhao, Zhou, "In-Domain GAN Inversion for Real Image Editing"
   ||x - G(w)||^2 + lambda_vgg ||F(x) - F(G(w))|| + lambda_dom ||w - E(G(w))||^2.
 
 Hyper-parameters follow genforce/idinvert_pytorch (``utils/inverter.py``): Adam with lr 0.01 on the code, 100 steps,
-lambda_dom = 2.0, noise fixed (``noise_mode="const"``), each squared norm a mean over its elements. Unlike their
-one-image-at-a-time loop, a whole batch is inverted at once: every objective is computed per image and the gradient
-is that of the *sum* over images, and Adam is element-wise, so the images never influence each other (no batch-mean
+lambda_dom = 2.0 (0.25 here, scaled to our W: the defaults are :class:`~semdir_edit.config.InversionConfig`'s), noise
+fixed (``noise_mode="const"``), each squared norm a mean over its elements. Unlike their one-image-at-a-time loop, a
+whole batch is inverted at once: every objective is computed per image and the gradient is that of the *sum* over
+images, and Adam is element-wise, so the images never influence each other (no batch-mean
 normalisation; G, E and F run in eval mode). An image whose input or objective turns NaN / Inf is flagged not ok,
 frozen at its last finite code and excluded from the gradient; the rest of the batch is unaffected.
 """
@@ -26,12 +27,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from semdir_edit.evaluation.reconstruction import mse_to_psnr
-from semdir_edit.inversion.perceptual import PerceptualLoss
+from semdir_edit.config import InversionConfig
 from semdir_edit.models.encoder import Encoder
 from semdir_edit.models.generator import Generator
+from semdir_edit.ops.perceptual import PerceptualLoss
+from semdir_edit.ops.reconstruction import mse_to_psnr
 
-METHODS = ("indomain", "encoder", "optimize", "conventional")
+# The inversion methods, each named once; METHODS is the registry every option and check reads.
+INDOMAIN, ENCODER, OPTIMIZE, CONVENTIONAL = "indomain", "encoder", "optimize", "conventional"
+METHODS = (INDOMAIN, ENCODER, OPTIMIZE, CONVENTIONAL)
+NEEDS_ENCODER = (INDOMAIN, ENCODER, CONVENTIONAL)  # Methods that take an encoder E.
+OPTIMIZING = (INDOMAIN, OPTIMIZE)                  # Methods that optimise the code (steps, lr, F required).
+_DEFAULTS = InversionConfig()  # Keyword defaults below: the config's (one place for them).
 
 # Called once per optimisation step, before the update: (step, per-image objective (B,), detached).
 StepCallback = Callable[[int, torch.Tensor], None]
@@ -185,7 +192,7 @@ def mean_start(G: Generator, batch_size: int) -> torch.Tensor:
 
 
 def invert_encoder(E: Encoder, G: Generator, x: torch.Tensor, F: PerceptualLoss | None = None, *,
-                   lambda_perceptual: float = 0.1, method: str = "encoder") -> InversionResult:
+                   lambda_perceptual: float = _DEFAULTS.lambda_perceptual, method: str = ENCODER) -> InversionResult:
     """w = E(x) (B, num_ws, w_dim), no optimisation; works for the domain-guided and the conventional encoder.
 
     ``losses`` = pixel MSE (+ ``lambda_perceptual`` * F when F is given). ``method`` only labels the result.
@@ -197,8 +204,9 @@ def invert_encoder(E: Encoder, G: Generator, x: torch.Tensor, F: PerceptualLoss 
         return _run(method, G, x, finite, start, F, None, 0, 0.0, lambda_perceptual, 0.0, None)
 
 
-def invert_optimize(G: Generator, x: torch.Tensor, F: PerceptualLoss, steps: int = 100, lr: float = 0.01,
-                    start: torch.Tensor | None = None, *, lambda_perceptual: float = 0.1,
+def invert_optimize(G: Generator, x: torch.Tensor, F: PerceptualLoss, steps: int = _DEFAULTS.steps,
+                    lr: float = _DEFAULTS.lr, start: torch.Tensor | None = None, *,
+                    lambda_perceptual: float = _DEFAULTS.lambda_perceptual,
                     callback: StepCallback | None = None) -> InversionResult:
     """Image2StyleGAN-style: min_w ||x - G(w)||^2 + lambda_perceptual * F(x, G(w)) with Adam, from ``start``.
 
@@ -207,11 +215,12 @@ def invert_optimize(G: Generator, x: torch.Tensor, F: PerceptualLoss, steps: int
     x, finite = check_images(G, x)
     start = mean_start(G, x.shape[0]) if start is None else start
     with _frozen(G, F):
-        return _run("optimize", G, x, finite, start, F, None, steps, lr, lambda_perceptual, 0.0, callback)
+        return _run(OPTIMIZE, G, x, finite, start, F, None, steps, lr, lambda_perceptual, 0.0, callback)
 
 
-def invert_indomain(G: Generator, E: Encoder, x: torch.Tensor, F: PerceptualLoss, steps: int = 100,
-                    lr: float = 0.01, lambda_dom: float = 2.0, *, lambda_perceptual: float = 0.1,
+def invert_indomain(G: Generator, E: Encoder, x: torch.Tensor, F: PerceptualLoss, steps: int = _DEFAULTS.steps,
+                    lr: float = _DEFAULTS.lr, lambda_dom: float = _DEFAULTS.lambda_dom, *,
+                    lambda_perceptual: float = _DEFAULTS.lambda_perceptual,
                     callback: StepCallback | None = None) -> InversionResult:
     """In-domain inversion (Eq. 4): from w = E(x), min_w ||x - G(w)||^2 + lambda_perceptual * F(x, G(w))
     + lambda_dom * ||w - E(G(w))||^2 with Adam. E must be the domain-guided encoder."""
@@ -219,11 +228,12 @@ def invert_indomain(G: Generator, E: Encoder, x: torch.Tensor, F: PerceptualLoss
     with _frozen(E, G, F):
         with torch.no_grad():
             start = E(x)
-        return _run("indomain", G, x, finite, start, F, E, steps, lr, lambda_perceptual, lambda_dom, callback)
+        return _run(INDOMAIN, G, x, finite, start, F, E, steps, lr, lambda_perceptual, lambda_dom, callback)
 
 
 def invert(method: str, G: Generator, x: torch.Tensor, *, E: Encoder | None = None, F: PerceptualLoss | None = None,
-           steps: int = 100, lr: float = 0.01, lambda_perceptual: float = 0.1, lambda_dom: float = 2.0,
+           steps: int = _DEFAULTS.steps, lr: float = _DEFAULTS.lr,
+           lambda_perceptual: float = _DEFAULTS.lambda_perceptual, lambda_dom: float = _DEFAULTS.lambda_dom,
            callback: StepCallback | None = None) -> InversionResult:
     """Invert ``x`` with one of :data:`METHODS`.
 
@@ -234,13 +244,13 @@ def invert(method: str, G: Generator, x: torch.Tensor, *, E: Encoder | None = No
     """
     if method not in METHODS:
         raise ValueError(f"unknown inversion method '{method}' (use {', '.join(METHODS)})")
-    if method in ("indomain", "encoder", "conventional") and E is None:
+    if method in NEEDS_ENCODER and E is None:
         raise ValueError(f"method '{method}' needs an encoder E")
-    if method in ("indomain", "optimize") and F is None:
+    if method in OPTIMIZING and F is None:
         raise ValueError(f"method '{method}' needs a perceptual network F")
-    if method == "indomain":
+    if method == INDOMAIN:
         return invert_indomain(G, E, x, F, steps, lr, lambda_dom, lambda_perceptual=lambda_perceptual,
                                callback=callback)
-    if method == "optimize":
+    if method == OPTIMIZE:
         return invert_optimize(G, x, F, steps, lr, lambda_perceptual=lambda_perceptual, callback=callback)
     return invert_encoder(E, G, x, F, lambda_perceptual=lambda_perceptual, method=method)

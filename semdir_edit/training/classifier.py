@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 from semdir_edit.checkpoint import git_commit, load_training_state, register_model, save_training_state
 from semdir_edit.config import Config, to_dict
+from semdir_edit.core.device import autocast
 from semdir_edit.data import ImageSet, load_split
-from semdir_edit.device import autocast
 from semdir_edit.models import Classifier
 from semdir_edit.training.common import RunFolder, TimeBudget, rng_state, seed_everything, set_rng_state
 

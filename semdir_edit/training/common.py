@@ -1,6 +1,6 @@
 """What every training loop shares: the run folder, its options and stats files, the time budget, the RNG.
 
-Under torchrun (see :mod:`semdir_edit.distributed`) the trainers wrap what they train in DistributedDataParallel;
+Under torchrun (see :mod:`semdir_edit.core.distributed`) the trainers wrap what they train in DistributedDataParallel;
 each config's ``batch_size`` is the *global* batch, split evenly over the processes, so a config means the same
 training (learning rates, EMA, kimg) whatever the number of processes. Every rank builds the networks from the
 same seed, then draws from its own random stream (its own batches); only rank 0 writes the run folder and
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from semdir_edit import distributed
-from semdir_edit.checkpoint import atomic_write_json
+from semdir_edit.core import distributed
+from semdir_edit.core.io import atomic_write_json
 
 
 class RunFolder:

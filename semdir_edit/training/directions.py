@@ -26,7 +26,6 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from semdir_edit import distributed
 from semdir_edit.checkpoint import (
     git_commit,
     init_record,
@@ -37,13 +36,14 @@ from semdir_edit.checkpoint import (
     save_training_state,
 )
 from semdir_edit.config import Config, DirectionsTrainConfig, to_dict
-from semdir_edit.editing.baselines import sample_by_class, sample_w, w_covariance
-from semdir_edit.editing.visible import change_statistics, solve_directions
-from semdir_edit.errors import UserError
-from semdir_edit.evaluation.metrics import perceptual_distance
+from semdir_edit.core import distributed
+from semdir_edit.core.errors import UserError
+from semdir_edit.directions.baselines import sample_by_class, sample_w, w_covariance
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.deformator import Deformators
 from semdir_edit.models.shift_predictor import ShiftPredictor, shift_predictor_loss
+from semdir_edit.ops.perceptual import perceptual_distance
+from semdir_edit.ops.visible import change_statistics, solve_directions
 from semdir_edit.training.common import (
     RunFolder,
     TimeBudget,
@@ -146,7 +146,7 @@ class DirectionLoss:
 
 def init_visible(deformators: Deformators, G: Generator, C: Classifier, dc: DirectionsTrainConfig,
                  progress: bool = False) -> None:
-    """Start the deformators at :mod:`~semdir_edit.editing.visible`'s closed-form directions (same seed on every
+    """Start the deformators at :mod:`~semdir_edit.ops.visible`'s closed-form directions (same seed on every
     rank, so every process starts alike)."""
     samples = sample_by_class(G, C, dc.init_samples_per_class, dc.seed)
     stats = change_statistics(G, C, samples.w, samples.labels, deformators.w_cov, rank=dc.init_rank,

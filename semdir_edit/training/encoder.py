@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from semdir_edit import distributed
 from semdir_edit.checkpoint import (
     git_commit,
     init_record,
@@ -40,12 +39,13 @@ from semdir_edit.checkpoint import (
     weights_id,
 )
 from semdir_edit.config import Config, EncoderConfig, to_dict
-from semdir_edit.data import load_split, to_float
-from semdir_edit.errors import UserError
-from semdir_edit.imageio import save_grid
-from semdir_edit.inversion.perceptual import PerceptualLoss
+from semdir_edit.core import distributed
+from semdir_edit.core.errors import UserError
+from semdir_edit.core.images import save_grid, to_float
+from semdir_edit.data import load_split
 from semdir_edit.models import Discriminator, Generator
 from semdir_edit.models.encoder import Encoder
+from semdir_edit.ops.perceptual import PerceptualLoss
 from semdir_edit.training.common import (
     RunFolder,
     TimeBudget,

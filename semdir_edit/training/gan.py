@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from semdir_edit import distributed
 from semdir_edit.checkpoint import (
     git_commit,
     init_record,
@@ -29,9 +28,10 @@ from semdir_edit.checkpoint import (
     save_training_state,
 )
 from semdir_edit.config import Config, to_dict
+from semdir_edit.core import distributed
+from semdir_edit.core.device import autocast
+from semdir_edit.core.images import save_grid
 from semdir_edit.data import load_split
-from semdir_edit.device import autocast
-from semdir_edit.imageio import save_grid
 from semdir_edit.models import Discriminator, Generator
 from semdir_edit.training.common import (
     RunFolder,

@@ -1,7 +1,7 @@
 """The browser editor (`semdir-edit ui`): a local FastAPI server and one static page.
 
 FastAPI and uvicorn are an optional extra (``pip install -e '.[ui]'``), so nothing here imports them at module
-level: :func:`require_ui_packages` turns their absence into a one-line :class:`~semdir_edit.errors.UserError`.
+level: :func:`require_ui_packages` turns their absence into a one-line :class:`~semdir_edit.core.errors.UserError`.
 The server lives in :mod:`semdir_edit.ui.server`, the per-tab state in :mod:`semdir_edit.ui.sessions`.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from semdir_edit.errors import UserError
+from semdir_edit.core.errors import UserError
 
 INSTALL_HINT = "pip install -e '.[ui]'"
 

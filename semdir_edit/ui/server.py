@@ -6,7 +6,7 @@ session (:mod:`semdir_edit.ui.sessions`). Every slider move then posts the curre
 ``{"global:0": 1.5, "to:Coat": 2, ...}`` (``class:k`` and ``cpca:k`` are those of the session image's class); the
 server adds ``eps * spread * direction`` of each to the stored code (on the chosen layers) and runs only the
 generator, answering with a PNG. With ``"keep_class": true`` the
-shifts other than ``to:`` are walked class-locked instead (:mod:`semdir_edit.editing.class_lock`, as ``apply``
+shifts other than ``to:`` are walked class-locked instead (:mod:`semdir_edit.ops.class_lock`, as ``apply``
 walks class directions): a few generator + classifier passes instead of one generator pass.
 
 Errors are JSON ``{"error": "<one line>"}``: a UserError (bad image, bad direction, bad eps) is a 400, an unknown
@@ -40,7 +40,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import cv2
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -51,14 +50,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from semdir_edit.config import DataConfig
-from semdir_edit.data.datasets import ImageSet, load_split, to_float
-from semdir_edit.editing.class_lock import DEFAULT_STEP, locked_shift_codes
-from semdir_edit.editing.directions import MAX_STRIP, match_class, parse_direction, parse_layers, shift_codes
-from semdir_edit.editor import Editor, Failed, Inverted
-from semdir_edit.errors import UserError
-from semdir_edit.imageio import make_grid
+from semdir_edit.core.errors import UserError
+from semdir_edit.core.images import png_bytes, to_float
+from semdir_edit.core.io import LATENT_SUFFIX
+from semdir_edit.core.types import Failed, Inverted
+from semdir_edit.data.datasets import ImageSet, load_split
+from semdir_edit.editor import Editor
 from semdir_edit.inversion.invert import METHODS
 from semdir_edit.latents import latent_meta, save_latent
+from semdir_edit.ops.class_lock import DEFAULT_STEP, locked_shift_codes
+from semdir_edit.ops.shift_codes import MAX_STRIP, match_class, parse_direction, parse_layers, shift_codes
 from semdir_edit.ui.sessions import Session, SessionNotFound, SessionStore
 
 log = logging.getLogger("semdir_edit.ui")
@@ -72,7 +73,6 @@ LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # and on a CPU busy with other work extra threads are much slower (measured on the 2-core machine under load:
 # a generator step 9 ms with 1 thread vs 250 ms with 2; an in-domain inversion 8.5 s vs 57 s).
 TORCH_THREADS = 1
-LATENT_SUFFIX = ".latent.safetensors"
 # Steps of a class-locked slider edit: DEFAULT_STEP spreads each (as `apply`) up to this many, longer ones in
 # proportionally longer steps, so that one slider move stays a fraction of a second (~10 ms a step on a CPU).
 MAX_LOCKED_STEPS = 24
@@ -96,17 +96,6 @@ class StripRequest(EditRequest):
     eps_max: float = 3.0
     count: int = Field(7, ge=2, le=min(MAX_STRIP_COUNT, MAX_STRIP))
     scale: int = Field(4, ge=1, le=16)
-
-
-def png_bytes(images: torch.Tensor, nrow: int = 1, scale: int = 1, pad: int = 0) -> bytes:
-    """Images (N, C, R, R) in [-1, 1] -> PNG bytes of one grid (``nrow`` per row), enlarged by ``scale``."""
-    grid = make_grid(images, nrow, pad=pad)
-    if scale > 1:
-        grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    ok, buf = cv2.imencode(".png", grid)
-    if not ok:  # Only on an OpenCV failure; not the user's fault.
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
 
 
 def safe_name(name: str | None, default: str = "image") -> str:

@@ -1,4 +1,4 @@
-"""Reconstruction figures of an inversion, per image, as in /work/shared/EVALUATION.md.
+"""Reconstruction figures of an inversion, per image, as in docs/EVALUATION.md.
 
 - PSNR on [0, 1] images (32x32): ``10 log10(1 / MSE)``; identical images give +inf.
 - SSIM: Wang, Bovik, Sheikh, Simoncelli, "Image Quality Assessment: From Error Visibility to Structural Similarity",

@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from semdir_edit.device import resolve_device
-from semdir_edit.errors import UserError
+from semdir_edit.core.device import resolve_device
+from semdir_edit.core.errors import UserError
 
 T = TypeVar("T")
 # A shard of a batch run can take much longer than another (different image sizes, resumed inputs): the ranks
@@ -70,7 +70,7 @@ def barrier() -> None:
 def session(device: str | torch.device = "auto") -> Iterator[torch.device]:
     """Join torchrun's process group for the duration of a command; yields this process's device.
 
-    ``device`` as for :func:`~semdir_edit.device.resolve_device`; under torchrun a CUDA device becomes
+    ``device`` as for :func:`~semdir_edit.core.device.resolve_device`; under torchrun a CUDA device becomes
     ``cuda:LOCAL_RANK`` (one GPU per process, whatever index was asked for). Outside torchrun this only resolves
     the device. A group that is already up (set up by the caller) is used and left up.
     """

@@ -5,16 +5,16 @@ from __future__ import annotations
 import torch
 
 from semdir_edit.config import DirectionBankConfig
-from semdir_edit.editing.baselines import (
+from semdir_edit.directions.baselines import (
     class_pca_directions,
     pca_directions,
     random_directions,
     sefa_directions,
     w_covariance,
 )
-from semdir_edit.evaluation.metrics import fit_linear_classifier
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.direction_bank import DirectionBank
+from semdir_edit.ops.linear import fit_linear_classifier
 
 
 @torch.no_grad()

@@ -83,7 +83,7 @@ def _last_kept(G: Generator, C: Classifier, ws: torch.Tensor, mask: torch.Tensor
 def locked_shift_codes(G: Generator, C: Classifier, ws: torch.Tensor, direction: torch.Tensor,
                        eps: list[float], spread: float | torch.Tensor, layers: range, target: torch.Tensor,
                        step: float = DEFAULT_STEP) -> torch.Tensor:
-    """Like :func:`~semdir_edit.editing.directions.shift_codes`, but class-locked.
+    """Like :func:`~semdir_edit.ops.shift_codes.shift_codes`, but class-locked.
 
     ws: (B, num_ws, w_dim); direction: (w_dim,) unit vector, or (B, w_dim) one per code; spread: W's spread along
     it (a number, or (B,)); target: (B,) the class each image must keep.

@@ -3,7 +3,7 @@
 In-domain inversion (Zhu et al., ECCV 2020) uses VGG16 conv4_3 features as F. No ImageNet weights can be
 downloaded on our machines, so the default F is the project's own classifier: its feature maps with LPIPS-style
 channel normalisation (Zhang et al., "The Unreasonable Effectiveness of Deep Features as a Perceptual Metric", CVPR
-2018), the same distance as :func:`semdir_edit.evaluation.metrics.perceptual_distance`. For users whose machine has
+2018), the same distance as :func:`perceptual_distance`. For users whose machine has
 the torchvision ImageNet weights in its torch hub cache, ``backbone="vgg" | "alex" | "squeeze"`` wraps
 ``lpips.LPIPS(net=...)`` (learned LPIPS weights, shipped with the ``lpips`` package).
 """
@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from semdir_edit.errors import UserError
-from semdir_edit.evaluation.metrics import perceptual_distance
+from semdir_edit.core.errors import UserError
 from semdir_edit.models.classifier import Classifier
 
 # lpips backbone -> the torchvision ImageNet weights file it loads (lpips 0.1.x asks for the IMAGENET1K_V1 weights).
@@ -29,6 +28,19 @@ LPIPS_BACKBONE_FILES = {
     "squeeze": "squeezenet1_1-b8a52dc0.pth",
 }
 BACKBONES = ("classifier", *LPIPS_BACKBONE_FILES)
+
+
+def perceptual_distance(C: Classifier, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
+    """(B,) LPIPS-style distance in C's feature maps, without learned weights.
+
+    For each map: unit-normalise every spatial position's channel vector (``lpips.normalize_tensor``), square the
+    difference, sum over channels, average over positions; then sum over maps. C should be in eval mode.
+    """
+    dist = x0.new_zeros(x0.shape[0])
+    for f0, f1 in zip(C.feature_maps(x0), C.feature_maps(x1), strict=True):
+        diff = (lpips.normalize_tensor(f0) - lpips.normalize_tensor(f1)).square()  # (B, C_i, H_i, W_i)
+        dist = dist + diff.sum(dim=1).mean(dim=(1, 2))
+    return dist
 
 
 def _build_lpips(net: str) -> nn.Module:
@@ -52,7 +64,7 @@ class PerceptualLoss(nn.Module):
     classifier: the project's classifier (required for ``backbone="classifier"``, ignored otherwise); it is put in
         eval mode with gradients off, and stays in eval mode (F is a fixed metric: batch norm must never use batch
         statistics, which would also make one image's distance depend on the others).
-    backbone: "classifier" (default) = :func:`~semdir_edit.evaluation.metrics.perceptual_distance` on the
+    backbone: "classifier" (default) = :func:`~perceptual_distance` on the
         classifier's feature maps; "vgg" | "alex" | "squeeze" = LPIPS with that ImageNet backbone (grayscale is
         repeated to RGB).
     resize: lpips backbones only: images smaller than this are upsampled (bilinear) to this size first, because

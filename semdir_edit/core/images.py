@@ -1,4 +1,7 @@
-"""The one place for writing images (PNG grids and strips), always atomically."""
+"""Pixels <-> tensors and the one PNG encoder: grids, strips and single images, written atomically.
+
+Decoding user files (JPEG, PNG, ... with their EXIF turns and alpha) is :mod:`semdir_edit.data.photo`'s job.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,18 @@ import cv2
 import numpy as np
 import torch
 
-from semdir_edit.checkpoint import atomic_write_bytes
-from semdir_edit.data.datasets import to_uint8
-from semdir_edit.errors import UserError
+from semdir_edit.core.errors import UserError
+from semdir_edit.core.io import atomic_write_bytes
+
+
+def to_float(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images_u8.float() / 127.5 - 1.0
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255], clamped."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def make_grid(images: torch.Tensor, nrow: int, pad: int = 2, pad_value: int = 64) -> np.ndarray:
@@ -31,15 +43,30 @@ def arrange_grid(x: np.ndarray, nrow: int, pad: int = 2, pad_value: int = 64) ->
     return grid[..., 0] if c == 1 else grid[..., ::-1]  # OpenCV wants BGR.
 
 
-def write_png(path: str | Path, image: np.ndarray, scale: int = 1) -> None:
-    """Encode a uint8 image as PNG (optionally enlarged by nearest-neighbour ``scale``) and write it atomically."""
+def encode_png(image: np.ndarray, scale: int = 1) -> bytes | None:
+    """A uint8 image (H, W) or (H, W, 3 BGR) as PNG bytes, enlarged by nearest-neighbour ``scale``; None when
+    OpenCV cannot encode it."""
     if scale > 1:
         image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     ok, buf = cv2.imencode(".png", image)
-    if not ok:
+    return buf.tobytes() if ok else None
+
+
+def png_bytes(images: torch.Tensor, nrow: int = 1, scale: int = 1, pad: int = 0) -> bytes:
+    """Images (N, C, R, R) in [-1, 1] -> PNG bytes of one grid (``nrow`` per row), enlarged by ``scale``."""
+    png = encode_png(make_grid(images, nrow, pad=pad), scale)
+    if png is None:  # Only on an OpenCV failure; not the user's fault.
+        raise RuntimeError("PNG encoding failed")
+    return png
+
+
+def write_png(path: str | Path, image: np.ndarray, scale: int = 1) -> None:
+    """Encode a uint8 image as PNG (optionally enlarged by nearest-neighbour ``scale``) and write it atomically."""
+    png = encode_png(image, scale)
+    if png is None:
         raise UserError(f"cannot encode PNG for {path}")
     try:
-        atomic_write_bytes(path, buf.tobytes())
+        atomic_write_bytes(path, png)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from semdir_edit.errors import UserError
+import torch
+from torch import nn
+
+from semdir_edit.core.errors import UserError
 
 
 def resolve_device(spec: str = "auto") -> torch.device:
@@ -36,3 +40,17 @@ def for_inference(module: torch.nn.Module, device: torch.device) -> torch.nn.Mod
 def autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
     """Mixed precision (bfloat16) on GPU; a no-op context on CPU."""
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Put modules in eval mode (BatchNorm running stats, no dropout) and restore their flags afterwards."""
+    flags = [[m.training for m in module.modules()] for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, module_flags in zip(modules, flags, strict=True):
+            for m, flag in zip(module.modules(), module_flags, strict=True):
+                m.training = flag

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from semdir_edit.editing.class_lock import class_margin
 from semdir_edit.models import Classifier, Generator
+from semdir_edit.ops.class_lock import class_margin
 
 SILHOUETTE = 0.25   # Pixel level (images in [0, 1]) that separates the article from the background.
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from semdir_edit.errors import UserError
+from semdir_edit.core.errors import UserError
 
 KINDS = ("global", "class", "voynov", "pca", "sefa", "random", "cpca", "to")
 CLASS_KINDS = ("class", "cpca")  # Kinds whose K directions are per class (``k@<class>``, else the image's class).

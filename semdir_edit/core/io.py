@@ -1,0 +1,76 @@
+"""File I/O every layer may use: atomic writes (bytes, JSON, safetensors), sha256, and the file suffixes.
+
+Imports nothing of the project, so writing a file never loads a network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save
+
+# Image files the tools read (``batch`` folder walks, folder data sets); compared lower-case.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# An inverted code written by ``invert``, ``batch`` and the browser editor: ``<stem>.latent.safetensors``.
+LATENT_SUFFIX = ".latent.safetensors"
+
+_TEMP_SERIAL = itertools.count()
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write via a temp file in the same folder + fsync + rename, so a killed process leaves no half file.
+
+    The temp file is ``.<name>.<pid>x<n>.tmp`` (same file system, so the rename is atomic), created with mode 0666
+    less the umask like any other output: a process serial rather than mkstemp's random name and chmod, because
+    batch runs write thousands of these from a thread that must hold the GIL as little as it can. Its name is known
+    before it exists, so a Ctrl-C at any point (even right after the open) leaves no temp file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = ""
+    try:
+        while True:
+            tmp = str(path.parent / f".{path.name}.{os.getpid()}x{next(_TEMP_SERIAL)}.tmp")
+            try:
+                fd = os.open(tmp, _CREATE, 0o666)
+                break
+            except FileExistsError:  # Left by a killed process that had the same pid: take the next number.
+                tmp = ""
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+
+def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Write a safetensors file via a temp file + rename (never a half-written file).
+
+    Serialised in memory first: safetensors' own file writer reports a full disk as a SafetensorError, which
+    callers would not recognise as the OSError it is.
+    """
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
