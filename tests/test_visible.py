@@ -82,11 +82,15 @@ def test_closed_form_directions_are_unit_orthogonal_and_visible(editor):
     assert torch.allclose(class_dirs.norm(dim=1), torch.ones(n, 2), atol=1e-5)
     assert (global_dirs.T @ class_dirs).abs().max() < 1e-4   # Class sets orthogonal to the global set.
     # The top direction changes the picture more than a random one of the same spread.
-    rand = torch.linalg.qr(torch.randn(G.w_dim, 2))[0]
+    rand = torch.linalg.qr(torch.randn(G.w_dim, 2, generator=torch.Generator().manual_seed(0)))[0]
     zeros = torch.zeros(len(samples.w), dtype=torch.long)
     ours = visible_effects(G, C, global_dirs[:, :1][None], torch.ones(1, 1), samples.w, samples.labels, zeros)
     other = visible_effects(G, C, rand[:, :1][None], torch.ones(1, 1), samples.w, samples.labels, zeros)
     assert ours["visible"] > other["visible"]
+    # Functionals the global set must leave alone: every global direction is orthogonal to them.
+    exclude = torch.randn(G.w_dim, 3, generator=torch.Generator().manual_seed(2))
+    off, _ = solve_directions(stats, k=2, global_exclude=exclude)
+    assert (exclude.T @ off).abs().max() < 1e-4
 
 
 def test_to_class_walk_raises_the_target_and_stops_on_arrival(editor):

@@ -101,12 +101,14 @@ def _top_eigenvectors(matrix: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def solve_directions(stats: ChangeStatistics, k: int, outline_weight: float = 1.0, keep_global: float = 4.0,
-                     keep_class: float = 0.0, specificity: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                     keep_class: float = 0.0, specificity: float = 0.0, global_exclude: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(global (w_dim, K), class (N, w_dim, K)) unit directions; see the module docstring.
 
     keep_global / keep_class: the weight of the class-margin moment (relative, each moment scaled to unit trace)
     for the global and the class sets. A class with no samples gets the top of the class-averaged matrix on the
-    global set's complement.
+    global set's complement. global_exclude: (w_dim, r) linear functionals of W (e.g. the rows of a linear
+    classifier of W, transposed) that the global directions must not change (their span is projected out first).
     """
     present = stats.counts > 0
     if not present.any():
@@ -114,7 +116,13 @@ def solve_directions(stats: ChangeStatistics, k: int, outline_weight: float = 1.
     change = _scaled(stats.pixel, present) + outline_weight * _scaled(stats.outline, present)
     margin = _scaled(stats.margin, present)
     basis = stats.basis.double()
-    u_global = _top_eigenvectors((change - keep_global * margin)[present].mean(0), k)
+    matrix = (change - keep_global * margin)[present].mean(0)
+    if global_exclude is not None:
+        # a . (basis @ u) = (basis^T a) . u: the functionals' normals in whitened coordinates.
+        q, _ = torch.linalg.qr(basis.T @ global_exclude.double())
+        keep = torch.eye(basis.shape[1], dtype=torch.float64) - q @ q.T
+        matrix = keep @ matrix @ keep
+    u_global = _top_eigenvectors(matrix, k)
     global_dirs = basis @ u_global
     # d = basis @ u is orthogonal to a global direction g exactly when u is orthogonal to basis^T g.
     q, _ = torch.linalg.qr(basis.T @ global_dirs)
