@@ -309,6 +309,20 @@ class Editor:
         """Measured description of each direction (written by ``evaluate directions``), keyed by spec."""
         return dict(self.manifest.get("descriptions", {}))
 
+    def direction_label(self, spec: str | DirectionSpec, class_index: int | None = None) -> str:
+        """What a picture's row says of a direction: ``class:2@Sneaker  width +`` (its measured description,
+        when there is one). class_index: the image's class, for class sets named without ``@<class>``."""
+        spec = parse_direction(spec) if isinstance(spec, str) else spec
+        if spec.kind == "to":
+            return str(spec)
+        if spec.class_name is not None:
+            class_index = match_class(spec.class_name, self.class_names)
+        name = f"{spec.kind}:{spec.k}"
+        if spec.kind in CLASS_KINDS and class_index is not None:
+            name += f"@{self.class_names[class_index]}"
+        label = self.descriptions().get(name, {}).get("label")
+        return f"{name}  {label}" if label else name
+
     @staticmethod
     def _check_k(spec: DirectionSpec, k_max: int) -> None:
         if spec.k >= k_max:

@@ -90,9 +90,13 @@ def test_directions_list_and_show_cli(trained, tmp_path):
     out = tmp_path / "grid.png"
     ed = Editor.from_pretrained(trained, device="cpu")
     result = run_cli("directions", "show", "--source", "pca", "--eps", "-2:2:5", "--scale", "1", "-w", str(trained),
-                     "-o", str(out))
+                     "-o", str(out), "--no-labels")
     assert result.returncode == 0, result.stderr
     assert cv2.imread(str(out), cv2.IMREAD_GRAYSCALE).shape == (3 * 34 + 2, 5 * 34 + 2)
+    result = run_cli("directions", "show", "--source", "pca", "--eps", "-2:2:5", "--scale", "1", "-w", str(trained),
+                     "-o", str(out))
+    labelled = cv2.imread(str(out), cv2.IMREAD_GRAYSCALE)
+    assert labelled.shape[0] > 3 * 34 + 2 and labelled.shape[1] > 5 * 34 + 2
     grid = ed.direction_grid(ed.sample_code(None, 0), "global", [-1.0, 0.0, 1.0])
     assert grid.shape == (3, 3, 1, 32, 32)
     assert torch.allclose(grid[0, 1], grid[2, 1])  # The middle column is the unedited image.

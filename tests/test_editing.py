@@ -126,8 +126,18 @@ def test_apply_cli_writes_strip(weights, tmp_path):
     save_latent(latent, ws, {"weights_id": ed.weights_id, "class_index": 1})
     out = tmp_path / "strip.png"
     result = run_cli("apply", str(latent), "-d", "random:1", "--eps", "-3:3:7", "-w", str(weights), "-o", str(out),
+                     "--scale", "1", "--no-labels")
+    assert result.returncode == 0, result.stderr
+    raw = cv2.imread(str(out), cv2.IMREAD_GRAYSCALE)
+    assert raw.shape == (36, 7 * 34 + 2)
+    # Labelled (the default): a header naming each eps and a left band naming the direction, tiles unchanged.
+    result = run_cli("apply", str(latent), "-d", "random:1", "--eps", "-3:3:7", "-w", str(weights), "-o", str(out),
                      "--scale", "1")
     assert result.returncode == 0, result.stderr
-    assert cv2.imread(str(out), cv2.IMREAD_GRAYSCALE).shape == (36, 7 * 34 + 2)
+    labelled = cv2.imread(str(out), cv2.IMREAD_GRAYSCALE)
+    top, left = labelled.shape[0] - raw.shape[0], labelled.shape[1] - raw.shape[1]
+    assert top > 0 and left > 0
+    assert (labelled[top:, left:] == raw).all()
+    assert labelled[:top].max() > 200 and labelled[top:, :left].max() > 200     # Text was drawn in both bands.
     result = run_cli("apply", str(latent), "-d", "bogus:1", "-w", str(weights), "-o", str(out))
     assert result.returncode == 2 and "invalid --direction" in result.stderr and "Traceback" not in result.stderr

@@ -40,6 +40,9 @@ DeviceOpt = typer.Option("auto", "--device", help="auto | cpu | cuda[:N].")
 RegisterAtLimitOpt = typer.Option(False, "--register-at-limit", help="When --time-limit stops the run, register "
                                   "the weights as they are (the manifest records the steps reached).")
 DataDirOpt = typer.Option(None, "--data-dir", help="Folder with the dataset (overrides data.path).")
+ScaleOpt = typer.Option(4, "--scale", min=1, max=16, help="Enlarge every 32 x 32 tile of the PNG this many times.")
+LabelsOpt = typer.Option(True, "--labels/--no-labels", help="Name the columns (eps) and rows (directions) of a "
+                         "strip or grid; --no-labels writes the tiles alone.")
 
 JsonOpt = typer.Option(None, "--json", help="Also write the figures as one flat JSON object.")
 # Off by default: a quick measurement must never replace the recorded figures. --no-record (the old way to say
@@ -90,7 +93,7 @@ def generate_cmd(
                                              "sources (default num_ws/2)."),
     noise_variation: bool = typer.Option(False, "--noise-variation", help="One code, several noise draws, and the "
                                          "per-pixel standard deviation."),
-    scale: int = typer.Option(2, "--scale", min=1, max=16, help="Enlarge the PNG by this factor."),
+    scale: int = ScaleOpt,
     weights: Path = WeightsOpt,
     device: str = DeviceOpt,
 ) -> None:
@@ -316,14 +319,15 @@ def directions_show_cmd(
     keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edits (default for the "
                                     "class and global sets, not for the baselines) | 'none': plain linear edits."),
     out: Path = typer.Option(Path("directions.png"), "--out", "-o", help="PNG to write."),
-    scale: int = typer.Option(3, "--scale", min=1, max=16),
+    scale: int = ScaleOpt,
+    labels: bool = LabelsOpt,
     weights: Path = WeightsOpt,
     device: str = DeviceOpt,
 ) -> None:
     """A grid: rows = directions of one set, columns = eps (the middle column is the unedited image)."""
-    from semdir_edit.core.images import save_grid
+    from semdir_edit.core.images import eps_labels, save_grid
     from semdir_edit.editor import Editor
-    from semdir_edit.ops.shift_codes import match_class, parse_eps, parse_keep
+    from semdir_edit.ops.shift_codes import DirectionSpec, match_class, parse_eps, parse_keep
 
     eps_list = parse_eps(eps)
     keep_global, keep_class = parse_keep(keep)
@@ -346,7 +350,9 @@ def directions_show_cmd(
         ws = editor.sample_code(class_index, seed)
     grid = editor.direction_grid(ws, kind, eps_list, class_index=class_index, layers=layers, keep_class=keep_class,
                                  image_class=image_class)
-    save_grid(out, grid.flatten(0, 1), nrow=len(eps_list), scale=scale)
+    rows = [editor.direction_label(DirectionSpec(kind, k), class_index) for k in range(grid.shape[0])]
+    save_grid(out, grid.flatten(0, 1), nrow=len(eps_list), scale=scale,
+              cols=eps_labels(eps_list) if labels else None, rows=rows if labels else None)
     named = cls or (kind == "cpca" and class_index is not None)
     typer.echo(f"wrote {out} ({kind}{'@' + editor.class_names[class_index] if named else ''}: "
                f"{grid.shape[0]} directions x {len(eps_list)} eps)")
@@ -531,12 +537,13 @@ def apply_cmd(
                                     "directions fixed so only the class changes."),
     out: Path = typer.Option(Path("edited.png"), "--out", "-o", help="PNG to write."),
     method: str = typer.Option("indomain", "--method", "-m", help="Inversion method when SOURCE is an image."),
-    scale: int = typer.Option(4, "--scale", min=1, max=16, help="Enlarge the PNG by this factor."),
+    scale: int = ScaleOpt,
+    labels: bool = LabelsOpt,
     weights: Path = WeightsOpt,
     device: str = DeviceOpt,
 ) -> None:
     """Edit an inverted image along a direction; a range of eps writes a traversal strip (middle = eps 0)."""
-    from semdir_edit.core.images import save_grid
+    from semdir_edit.core.images import eps_labels, save_grid
     from semdir_edit.core.types import Failed
     from semdir_edit.editor import Editor
     from semdir_edit.ops.shift_codes import parse_direction, parse_eps, parse_keep
@@ -556,7 +563,10 @@ def apply_cmd(
         ws, class_index = res.ws, res.class_index
     images = editor.apply(ws, spec, eps_list, class_index=class_index, layers=layers, keep_global=keep_global,
                            keep_class=keep_class)
-    save_grid(out, images[0], nrow=len(eps_list), scale=scale, pad=2 if len(eps_list) > 1 else 0)
+    strip = labels and len(eps_list) > 1       # A single edited image stays a plain picture of the article.
+    save_grid(out, images[0], nrow=len(eps_list), scale=scale, pad=2 if len(eps_list) > 1 else 0,
+              cols=eps_labels(eps_list) if strip else None,
+              rows=[editor.direction_label(spec, class_index)] if strip else None)
     typer.echo(f"wrote {out} ({spec}, eps {eps})")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from semdir_edit.core.errors import UserError
-from semdir_edit.core.images import make_grid, save_grid, to_float, write_png
+from semdir_edit.core.images import save_grid, to_float
 from semdir_edit.core.io import LATENT_SUFFIX, atomic_write_json
 from semdir_edit.core.types import Inverted
 from semdir_edit.latents import latent_meta, save_latent
@@ -36,7 +36,8 @@ def write_inversion(out: Path, res: Inverted, weights_id: str, used: set[str]) -
     recon = res.reconstruction[None]
     save_grid(out / f"{stem}.domain.png", domain, nrow=1, pad=0)
     save_grid(out / f"{stem}.recon.png", recon, nrow=1, pad=0)
-    write_png(out / f"{stem}.side.png", make_grid(torch.cat([domain, recon]), nrow=2), scale=4)
+    save_grid(out / f"{stem}.side.png", torch.cat([domain, recon]), nrow=2, scale=4,
+              cols=["domain image", "reconstruction"])
     summary = {**res.summary(), "weights_id": weights_id, "source": res.name}
     save_latent(out / (stem + LATENT_SUFFIX), res.ws, latent_meta(res, weights_id))
     files = {kind: str(out / f"{stem}.{kind}") for kind in ("domain.png", "recon.png", "side.png",

@@ -71,8 +71,54 @@ def write_png(path: str | Path, image: np.ndarray, scale: int = 1) -> None:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def save_grid(path: str | Path, images: torch.Tensor | np.ndarray, nrow: int, scale: int = 1, pad: int = 2) -> None:
+LABEL_FONT = cv2.FONT_HERSHEY_SIMPLEX
+LABEL_SIZE = 0.4        # Hershey font scale: about 9 px high, legible over tiles of 96 px and more.
+LABEL_BAND = 18         # Pixels of the header row (column labels).
+LABEL_INK, LABEL_PAPER = 235, 24
+
+
+def _text_width(text: str) -> int:
+    return cv2.getTextSize(text, LABEL_FONT, LABEL_SIZE, 1)[0][0]
+
+
+def add_labels(grid: np.ndarray, cell: tuple[int, int], pad: int, cols: list[str] | None = None,
+               rows: list[str] | None = None) -> np.ndarray:
+    """A grid image (H, W[, 3]) uint8 with a header band naming its columns and a left band naming its rows.
+
+    cell: one tile's (height, width) in the grid's pixels; pad: the pixels between tiles (as the grid was laid out).
+    Labels are drawn at the grid's own size, so enlarge the grid before labelling it.
+    """
+    h, w = cell
+    top = LABEL_BAND if cols else 0
+    left = (max(_text_width(r) for r in rows) + 8) if rows else 0
+    shape = (grid.shape[0] + top, grid.shape[1] + left) + grid.shape[2:]
+    out = np.full(shape, LABEL_PAPER, np.uint8)
+    out[top:, left:] = grid
+    ink = (LABEL_INK,) * (3 if grid.ndim == 3 else 1)
+    for j, text in enumerate(cols or []):
+        x = left + pad + j * (w + pad) + max((w - _text_width(text)) // 2, 0)
+        cv2.putText(out, text, (x, top - 5), LABEL_FONT, LABEL_SIZE, ink, 1, cv2.LINE_AA)
+    for i, text in enumerate(rows or []):
+        y = top + pad + i * (h + pad) + h // 2 + 4
+        cv2.putText(out, text, (4, y), LABEL_FONT, LABEL_SIZE, ink, 1, cv2.LINE_AA)
+    return out
+
+
+def eps_labels(eps: list[float]) -> list[str]:
+    """Column labels of a traversal: ``eps -3``, ``0``, ``+1.5`` ..."""
+    return [f"eps {e:+g}" if e else "0 (input)" for e in eps]
+
+
+def save_grid(path: str | Path, images: torch.Tensor | np.ndarray, nrow: int, scale: int = 1, pad: int = 2,
+              cols: list[str] | None = None, rows: list[str] | None = None) -> None:
     """Write a PNG grid of images in [-1, 1] (or already uint8 numpy, (N, C, H, W)); ``pad=0`` for a single image at
-    its own size."""
+    its own size. ``cols`` / ``rows``: labels of the columns and rows (see :func:`add_labels`), drawn after the
+    grid is enlarged by ``scale``."""
     grid = arrange_grid(images, nrow, pad) if isinstance(images, np.ndarray) else make_grid(images, nrow, pad=pad)
-    write_png(path, grid, scale)
+    if not cols and not rows:
+        write_png(path, grid, scale)
+        return
+    if scale > 1:
+        grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    size = images.shape[-2:]
+    write_png(path, add_labels(grid, (size[0] * scale, size[1] * scale), pad * scale, cols, rows))
