@@ -15,17 +15,25 @@ from semdir_edit.cli.batch import batch_cmd
 from semdir_edit.cli.options import WeightsOpt
 from semdir_edit.core.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+try:  # Recent typer parses with its own copy of click; older ones with click itself.
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as click_errors
+
+# Plain click help (rich_markup_mode=None): typer's rich panels print a "<bool>" metavar after every flag with the
+# click versions we install, and frame usage errors in a box.
+HELP_STYLE = {"rich_markup_mode": None}
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, **HELP_STYLE,
                   help="GAN inversion and real-image editing along global and class-specific directions.")
-train_app = typer.Typer(no_args_is_help=True, help="Train the project's networks. Under `torchrun "
+train_app = typer.Typer(no_args_is_help=True, **HELP_STYLE, help="Train the project's networks. Under `torchrun "
                         "--nproc_per_node=N -m semdir_edit train ...` gan, encoder and directions train with "
                         "DistributedDataParallel; the config's batch_size is then the global batch, split over the "
                         "N processes.")
 app.add_typer(train_app, name="train")
-evaluate_app = typer.Typer(no_args_is_help=True, help="Measure shipped weights (--record writes the figures into "
-                           "the manifest).")
+evaluate_app = typer.Typer(no_args_is_help=True, **HELP_STYLE, help="Measure shipped weights (--record writes the "
+                           "figures into the manifest).")
 app.add_typer(evaluate_app, name="evaluate")
-directions_app = typer.Typer(no_args_is_help=True, help="Look at the learned and baseline directions.")
+directions_app = typer.Typer(no_args_is_help=True, **HELP_STYLE, help="Look at the learned and baseline directions.")
 app.add_typer(directions_app, name="directions")
 
 DEFAULT_CONFIG = "fashion_mnist"  # The packaged config (config.DEFAULT_CONFIG); kept literal so --help needs no import.
@@ -621,7 +629,20 @@ def main() -> None:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
     try:
-        app()
+        code = app(standalone_mode=False)   # Not standalone: click's errors come here, to be said in one line.
+        if isinstance(code, int) and code:  # typer.Exit(n) is returned, not raised, outside standalone mode.
+            sys.exit(code)
+    except click_errors.NoArgsIsHelpError as exc:   # A bare group: its help, as click would show it.
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:      # A bad option or argument: one line, like every error.
+        message = " ".join(exc.format_message().split())
+        typer.echo(f"error: {message}" + (f" (see {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None)
+                                          else ""), err=True)
+        sys.exit(2)
+    except typer.Abort:                             # Ctrl-C: click turns KeyboardInterrupt into Abort.
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
