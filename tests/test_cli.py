@@ -81,3 +81,18 @@ def test_unwritable_output(tiny_weights, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert_user_error(run_cli("generate", "-w", str(tiny_weights), "-o", str(blocker / "x.png")), "cannot write")
+
+
+@pytest.mark.parametrize("args", [["generate", "--n", "0"], ["apply", "x.latent.safetensors", "--bogus"],
+                                  ["evaluate", "generator", "--n", "many"]])
+def test_a_bad_option_is_one_line_and_exit_2(args):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--help" in lines[0], result.stderr
+
+
+def test_flags_show_no_value_placeholder_in_help():
+    result = run_cli("train", "directions", "--help")
+    assert result.returncode == 0
+    assert "--resume " in result.stdout and "<bool>" not in result.stdout
