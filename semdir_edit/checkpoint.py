@@ -10,11 +10,13 @@ Two kinds of files, as in edm:
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import itertools
 import json
 import os
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from semdir_edit.models.deformator import Deformators
 from semdir_edit.models.direction_bank import DirectionBank
 from semdir_edit.models.encoder import Encoder
 from semdir_edit.models.shift_predictor import ShiftPredictor
+from semdir_edit.validate import check_manifest, one_line
 
 MANIFEST = "manifest.json"
 # Model kind -> (network class, config class). Explicit, so grep and type checkers can follow it.
@@ -70,11 +73,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     before it exists, so a Ctrl-C at any point (even right after the open) leaves no temp file behind.
     """
     path = Path(path)
+    _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A long name (up to the file system's 255) would give a temp name over it: keep its start and its end (the
+    # suffix that _STALE_TEMP patterns match); the pid and serial keep it unique.
+    name = path.name if len(os.fsencode(path.name)) <= 200 else f"{path.name[:100]}~{path.name[-60:]}"
     tmp = ""
     try:
         while True:
-            tmp = str(path.parent / f".{path.name}.{os.getpid()}x{next(_TEMP_SERIAL)}.tmp")
+            tmp = str(path.parent / f".{name}.{os.getpid()}x{next(_TEMP_SERIAL)}.tmp")
             try:
                 fd = os.open(tmp, _CREATE, 0o666)
                 break
@@ -84,11 +91,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _check_replaceable(path)  # Again: something may have appeared there meanwhile.
         os.replace(tmp, path)
     except BaseException:
         if tmp:
             Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _check_replaceable(path: Path) -> None:
+    """Outputs replace only regular files: a device node, FIFO, socket, link or folder at ``path`` is refused (the
+    rename would replace it: ``-o /dev/null`` as root would destroy /dev/null)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise OSError(errno.ENOTDIR, "a part of the path is a file, not a folder", str(path)) from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a symbolic link" if stat.S_ISLNK(info.st_mode)
+                else "a device, FIFO or socket")
+        raise OSError(errno.EEXIST, f"{kind} is there, not a regular file: refusing to replace it", str(path))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -220,10 +243,10 @@ def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} cannot be read ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise UserError(f"{path} is not a JSON object")
-    return manifest
+        raise UserError(f"{path} cannot be read ({one_line(exc)})") from None
+    except RecursionError:
+        raise UserError(f"{path} cannot be read (nested too deeply)") from None
+    return check_manifest(manifest, str(path))  # The one place it is read: its structure is checked here.
 
 
 def weights_id(weights_dir: str | Path) -> str:

@@ -236,7 +236,7 @@ class Editor:
 
     def load_latent(self, path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
         """A latent file written by ``invert`` -> (ws (num_ws, w_dim), metadata); refuses other weights' files."""
-        return load_latent(path, self.weights_id, self.G.num_ws, self.G.w_dim)
+        return load_latent(path, self.weights_id, self.G.num_ws, self.G.w_dim, len(self.class_names))
 
     def direction(self, spec: str | DirectionSpec, class_index: int | None = None,
                   keep_global: bool = False) -> tuple[torch.Tensor, float]:

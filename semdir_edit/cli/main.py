@@ -13,6 +13,7 @@ import typer
 
 from semdir_edit.cli.batch import batch_cmd
 from semdir_edit.errors import UserError
+from semdir_edit.validate import one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="GAN inversion and real-image editing along global and class-specific directions.")
@@ -404,10 +405,10 @@ def invert_cmd(
     for res in results:
         if isinstance(res, Failed):
             failures += 1
-            typer.echo(f"error: {res.message}", err=True)
+            typer.echo(f"error: {one_line(res.message)}", err=True)
             continue
         for note in res.notes:
-            typer.echo(f"note: {res.name}: {note}", err=True)
+            typer.echo(f"note: {one_line(f'{res.name}: {note}')}", err=True)
         rows.append(write_inversion(out, res, editor.weights_id, used))
     if rows:
         typer.echo(f"{'image':<28} {'class':<12} {'conf':>5} {'PSNR':>6} {'SSIM':>6} {'percep':>7}")
@@ -610,11 +611,11 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {one_line(exc)}", err=True)  # one_line: a newline in a file name must not split it.
         sys.exit(2)
     except OSError as exc:  # The machine refused (disk full, read-only, permissions) somewhere not wrapped.
         where = f" ({exc.filename})" if exc.filename else ""
-        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        typer.echo(f"error: {one_line(f'{exc.strerror or exc}{where}')}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C outside typer's own handling (e.g. while the app is being built).
         typer.echo("interrupted", err=True)

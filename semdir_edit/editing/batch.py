@@ -55,6 +55,7 @@ from semdir_edit.errors import UserError
 from semdir_edit.imageio import save_grid
 from semdir_edit.inversion.invert import METHODS
 from semdir_edit.latents import latent_meta, save_latent
+from semdir_edit.validate import PATH_ERRNOS, check_eps, one_line
 from semdir_edit.writer import BackgroundWriter, read_ahead
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -461,6 +462,7 @@ def resolve_options(editor: Editor, direction: str | DirectionSpec, eps: str | f
         eps_list = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
     if not eps_list or not all(math.isfinite(e) for e in eps_list):
         raise UserError("--eps must be finite numbers")
+    check_eps(eps_list)  # The bound apply and the browser editor share: a class-locked walk of 1e9 never ends.
     if method not in METHODS:
         raise UserError(f"unknown method '{method}' (use {', '.join(METHODS)})")
     steps = editor.inversion.steps if steps is None else steps

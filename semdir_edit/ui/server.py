@@ -60,11 +60,11 @@ from semdir_edit.imageio import make_grid
 from semdir_edit.inversion.invert import METHODS
 from semdir_edit.latents import latent_meta, save_latent
 from semdir_edit.ui.sessions import Session, SessionNotFound, SessionStore
+from semdir_edit.validate import EPS_LIMIT, check_seed  # EPS_LIMIT: |eps| per direction, shared with the CLI.
 
 log = logging.getLogger("semdir_edit.ui")
 
 MAX_UPLOAD_BYTES = 20_000_000       # Photos from phones are a few MB; anything bigger is refused with a 413.
-EPS_LIMIT = 10.0                     # |eps| per direction, in units of W's spread (sliders span -3..3).
 MAX_SHIFTS = 64                      # Directions summed in one edit (the page sends at most 2K + 1).
 MAX_STRIP_COUNT = 21                 # Images in a traversal strip from the page (the CLI allows MAX_STRIP).
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
