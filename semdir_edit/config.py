@@ -240,7 +240,7 @@ def _section(cls: type, values: Any, where: str) -> Any:
         raise UserError(f"config section '{where}': unknown key(s) {', '.join(map(str, unknown))}")
     try:
         section = cls(**values)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, AttributeError) as exc:  # AttributeError: __post_init__ on a non-mapping.
         raise UserError(f"config section '{where}': {one_line(exc)}") from None
     return check_config_section(section, where)  # Types, finite numbers, ranges: refused here, not mid-training.
 

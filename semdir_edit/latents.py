@@ -18,7 +18,7 @@ from safetensors.torch import load as load_tensors
 
 from semdir_edit.checkpoint import atomic_save_safetensors
 from semdir_edit.errors import UserError
-from semdir_edit.validate import check_latent_meta, one_line
+from semdir_edit.validate import LATENT_SCHEMA, check_latent_meta, one_line
 
 if TYPE_CHECKING:
     from semdir_edit.editor import Inverted
@@ -119,8 +119,8 @@ def load_latent(path: str | Path, weights_id: str | None = None, num_ws: int | N
     except (SafetensorError, ValueError, RuntimeError, TypeError) as exc:
         raise UserError(f"{path}: not a valid latent file ({one_line((str(exc).splitlines() or ['?'])[0])})") from None
     meta = {key: _decode_value(value) for key, value in raw.items()}
-    # Ids and checksums are compared as stored: a hex text such as "1234" must not be read as a number first.
-    for key in ("weights_id", CHECKSUM):
+    # Text fields are taken as stored: a weights id or a source file named "1234" must not be read as a number.
+    for key in (*(k for k, kind in LATENT_SCHEMA.items() if kind is str), CHECKSUM):
         if key in raw:
             meta[key] = raw[key]
     check_latent_meta(meta, str(path), num_classes)
