@@ -447,3 +447,37 @@ def test_ui_edit_during_an_inversion_is_busy_not_queued(client, sample, monkeypa
         release.set()
         holder.join()
     assert client.post(f"/api/sessions/{sample}/edit", json={"shifts": {"pca:0": 1}}).status_code == 200
+
+
+def test_loader_processes_do_not_hold_the_batch_lock(tmp_path):
+    """kill -9 of a run with --workers: its forked loaders must not keep OUT_DIR locked until they notice."""
+    import fcntl
+
+    from semdir_edit.editing.batch import LOCK, _lock, _worker_init
+
+    fd = _lock(tmp_path)
+    child = os.fork()
+    if child == 0:  # A loader process: what DataLoader runs in each worker, then it lingers.
+        try:
+            _worker_init(0)
+            time.sleep(3)
+        finally:
+            os._exit(0)
+    try:
+        time.sleep(0.5)
+        os.close(fd)  # The run dies; its loader lives on.
+        other = os.open(tmp_path / LOCK, os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # Raises BlockingIOError while the loader holds it.
+        finally:
+            os.close(other)
+    finally:
+        os.kill(child, 9)
+        os.waitpid(child, 0)
+
+
+@pytest.mark.parametrize("seed", ["18446744073709551616", str(10**30), "-1"])
+def test_cli_seed_beyond_64_bits_is_one_line(weights, tmp_path, seed):
+    code, stderr = cli("generate", "--seed", seed, "--n", "1", "-w", str(weights), "--device", "cpu",
+                       "-o", str(tmp_path / "g.png"))
+    assert_one_line(code, stderr, "--seed")

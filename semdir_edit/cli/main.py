@@ -13,7 +13,7 @@ import typer
 
 from semdir_edit.cli.batch import batch_cmd
 from semdir_edit.errors import UserError
-from semdir_edit.validate import one_line
+from semdir_edit.validate import check_seed, one_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="GAN inversion and real-image editing along global and class-specific directions.")
@@ -43,6 +43,11 @@ DataDirOpt = typer.Option(None, "--data-dir", help="Folder with the dataset (ove
 WeightsOpt = typer.Option(Path(DEFAULT_WEIGHTS), "--weights", "-w", help="Weights folder (with manifest.json).")
 
 
+def checked_seed(seed: int) -> int:
+    """--seed within what torch's generators take (a 64-bit seed overflows into a traceback otherwise)."""
+    return check_seed(seed, "--seed")
+
+
 def print_table(figures: dict, title: str) -> None:
     """Print figures as a two-column table."""
     typer.echo(title)
@@ -66,7 +71,7 @@ def write_json(path: Path | None, figures: dict) -> None:
 def generate_cmd(
     out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG file to write."),
     n: int = typer.Option(64, "--n", min=1, max=4096, help="Number of samples (grid of sqrt(n) columns)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", callback=checked_seed),
     truncation: float = typer.Option(1.0, "--truncation", help="Truncation psi (1 = none)."),
     mix: bool = typer.Option(False, "--mix", help="Style-mixing grid: coarse layers from the top row, fine from "
                              "the left column."),
@@ -135,7 +140,7 @@ def evaluate_generator_cmd(
     device: str = DeviceOpt,
     n: int = typer.Option(10_000, "--n", min=100, help="Generated (and real) images for FID and precision/recall."),
     ppl_samples: int = typer.Option(5_000, "--ppl-samples", min=10),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", callback=checked_seed),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
     record: bool = typer.Option(True, "--record/--no-record", help="Write the figures into the weights manifest."),
 ) -> None:
@@ -259,7 +264,7 @@ def evaluate_directions_cmd(
                                                "PCA (20 predictors)."),
     visible_per_class: int = typer.Option(20, "--visible-per-class", min=1,
                                           help="Samples per class for the visible / outline / distinct figures."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", callback=checked_seed),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
     record: bool = typer.Option(True, "--record/--no-record", help="Write figures and descriptions into the manifest."),
 ) -> None:
@@ -308,7 +313,7 @@ def directions_show_cmd(
     latent: Path | None = typer.Option(None, "--latent", help="Edit this latent file (default: a generated sample)."),
     eps: str = typer.Option("-3:3:7", "--eps", help="Columns: start:stop:count."),
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
-    seed: int = typer.Option(0, "--seed", help="Picks the generated sample."),
+    seed: int = typer.Option(0, "--seed", callback=checked_seed, help="Picks the generated sample."),
     keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edits (default for the "
                                     "class and global sets, not for the baselines) | 'none': plain linear edits."),
     out: Path = typer.Option(Path("directions.png"), "--out", "-o", help="PNG to write."),
@@ -499,7 +504,7 @@ def train_baselines_cmd(
     config: Path = ConfigOpt,
     weights: Path = WeightsOpt,
     n: int = typer.Option(20_000, "--n", min=100, help="Sampled codes for PCA, W statistics and class boundaries."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", callback=checked_seed),
     device: str = DeviceOpt,
 ) -> None:
     """Compute the closed-form direction sources (GANSpace PCA, per-class PCA, SeFa, random, class boundaries) and

@@ -259,6 +259,9 @@ def collate_records(items: list[LoadResult]) -> list[LoadResult]:
 
 
 def _worker_init(_: int) -> None:
+    for fd in list(_LOCK_FDS):  # The run's lock belongs to the run, not to its loaders (see _LOCK_FDS).
+        with contextlib.suppress(OSError):
+            os.close(fd)
     # Each worker converts one image at a time: thread pools per worker would only fight over the cores.
     torch.set_num_threads(1)
     try:
@@ -416,6 +419,11 @@ def _failed_inputs(out_dir: Path, key: str) -> dict[str, tuple[str | None, str |
     return failed
 
 
+# Lock files this process holds: loader processes forked by the DataLoader close their copies (_worker_init), else
+# after a kill -9 of the run they would hold the lock until they notice their parent is gone, seconds later.
+_LOCK_FDS: set[int] = set()
+
+
 def _lock(out_dir: Path) -> int:
     """Take ``OUT_DIR``'s lock without waiting; another run holding it is a user error."""
     path = out_dir / LOCK
@@ -430,6 +438,7 @@ def _lock(out_dir: Path) -> int:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise UserError(f"{out_dir} is in use by another batch run (lock {path}); wait for it to finish") from None
         raise UserError(f"cannot lock {path}: {exc.strerror or exc}") from None
+    _LOCK_FDS.add(fd)
     return fd
 
 
@@ -621,6 +630,7 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
             counts = {k: sum(c[k] for c in distributed.all_gather_object(counts)) for k in counts}
     finally:
         if lock_fd is not None:
+            _LOCK_FDS.discard(lock_fd)
             os.close(lock_fd)  # Closing releases the flock.
     return {"inputs": len(rels), **counts, "options": key, "manifest": str(out_dir / MANIFEST),
             "seconds": time.perf_counter() - t0}
