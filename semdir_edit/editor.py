@@ -41,6 +41,7 @@ from semdir_edit.evaluation.reconstruction import psnr, ssim, to_unit_range
 from semdir_edit.inversion.invert import METHODS, NONFINITE_INPUT, check_images, invert
 from semdir_edit.inversion.perceptual import PerceptualLoss
 from semdir_edit.latents import load_latent
+from semdir_edit.validate import check_eps
 
 
 @dataclass
@@ -380,7 +381,7 @@ class Editor:
         ws = ws.to(self.device)
         if ws.ndim == 2:
             ws = ws[None]
-        eps_list = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
+        eps_list = check_eps([eps] if isinstance(eps, (int, float)) else list(eps))  # Bounded: walks must end.
         keep_class = keeps_class(spec, keep_class)
         if class_index is None:
             classes = self.classify(self.G.render(ws))[0].tolist()
