@@ -34,6 +34,7 @@ from semdir_edit.config import (
 )
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.io import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, sha256_file
+from semdir_edit.core.validate import check_manifest, one_line
 from semdir_edit.models import Classifier, Discriminator, Generator
 from semdir_edit.models.deformator import Deformators
 from semdir_edit.models.direction_bank import DirectionBank
@@ -164,10 +165,10 @@ def read_manifest(weights_dir: str | Path) -> dict[str, Any]:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} cannot be read ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise UserError(f"{path} is not a JSON object")
-    return manifest
+        raise UserError(f"{path} cannot be read ({one_line(exc)})") from None
+    except RecursionError:
+        raise UserError(f"{path} cannot be read (nested too deeply)") from None
+    return check_manifest(manifest, str(path))  # The one place it is read: its structure is checked here.
 
 
 def weights_id(weights_dir: str | Path) -> str:

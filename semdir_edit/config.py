@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from semdir_edit.core.errors import UserError
+from semdir_edit.core.validate import check_config_section, one_line
 
 # Configs packaged with the code (package data): load_config("fashion_mnist") reads the shipped weights' config.
 PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -249,9 +250,10 @@ def _section(cls: type, values: Any, where: str) -> Any:
     if unknown:
         raise UserError(f"config section '{where}': unknown key(s) {', '.join(map(str, unknown))}")
     try:
-        return cls(**values)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"config section '{where}': {exc}") from None
+        section = cls(**values)
+    except (TypeError, ValueError, AttributeError) as exc:  # AttributeError: __post_init__ on a non-mapping.
+        raise UserError(f"config section '{where}': {one_line(exc)}") from None
+    return check_config_section(section, where)  # Types, finite numbers, ranges: refused here, not mid-training.
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:
@@ -261,6 +263,8 @@ def config_from_dict(values: dict[str, Any]) -> Config:
         raise UserError(f"config: unknown section(s) {', '.join(map(str, unknown))}")
     kwargs = {key: _section(_SECTIONS[key], value, key) if key in _SECTIONS else value
               for key, value in values.items()}
+    if not isinstance(kwargs.get("name", ""), str):
+        raise UserError("config name must be text")
     return Config(**kwargs)
 
 
@@ -272,8 +276,10 @@ def load_config(path: str | Path) -> Config:
         values = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file {path} cannot be read: {str(exc).splitlines()[0]}") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"config file {path} cannot be read: {one_line((str(exc).splitlines() or ['?'])[0])}") from None
+    except RecursionError:
+        raise UserError(f"config file {path} cannot be read: nested too deeply") from None
     if not isinstance(values, dict):
         raise UserError(f"config file {path} is not a YAML mapping")
     return config_from_dict(values)

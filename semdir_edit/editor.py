@@ -22,6 +22,7 @@ from semdir_edit.core.device import for_inference, resolve_device
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import to_float
 from semdir_edit.core.types import Failed, Inverted
+from semdir_edit.core.validate import check_eps
 from semdir_edit.data.photo import load_domain_image
 from semdir_edit.inversion.invert import METHODS, NONFINITE_INPUT, check_images, invert
 from semdir_edit.latents import load_latent
@@ -199,7 +200,7 @@ class Editor:
 
     def load_latent(self, path: str | Path) -> tuple[torch.Tensor, dict[str, Any]]:
         """A latent file written by ``invert`` -> (ws (num_ws, w_dim), metadata); refuses other weights' files."""
-        return load_latent(path, self.weights_id, self.G.num_ws, self.G.w_dim)
+        return load_latent(path, self.weights_id, self.G.num_ws, self.G.w_dim, len(self.class_names))
 
     def direction(self, spec: str | DirectionSpec, class_index: int | None = None,
                   keep_global: bool = False) -> tuple[torch.Tensor, float]:
@@ -357,7 +358,7 @@ class Editor:
         ws = ws.to(self.device)
         if ws.ndim == 2:
             ws = ws[None]
-        eps_list = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
+        eps_list = check_eps([eps] if isinstance(eps, (int, float)) else list(eps))  # Bounded: walks must end.
         keep_class = keeps_class(spec, keep_class)
         if class_index is None:
             classes = self.classify(self.G.render(ws))[0].tolist()

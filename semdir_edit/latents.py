@@ -6,6 +6,7 @@ weights id recorded in its metadata.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,19 @@ from safetensors.torch import load as load_tensors
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.io import atomic_save_safetensors
 from semdir_edit.core.types import Inverted
+from semdir_edit.core.validate import LATENT_SCHEMA, check_latent_meta, one_line
 
 FORMAT = "semdir-edit latent v1"
+# Metadata key of the sha256 of the code's float32 bytes: a flipped byte in the tensor is refused, not edited.
+# Files written before it existed have none and still load.
+CHECKSUM = "ws_sha256"
+# Float dtypes a code may be stored in (read as float32); anything else (float8, integers) is refused.
+FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+
+
+def ws_digest(ws: torch.Tensor) -> str:
+    """sha256 of a code's float32 bytes (what ``save_latent`` stores)."""
+    return hashlib.sha256(ws.detach().float().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
 def latent_meta(res: Inverted, weights_id: str) -> dict[str, Any]:
@@ -40,9 +52,11 @@ def save_latent(path: str | Path, ws: torch.Tensor, meta: dict[str, Any]) -> Non
     if "weights_id" not in meta:
         raise ValueError("latent metadata needs a weights_id")
     path = Path(path)
-    strings = {"format": FORMAT, **{k: _text(v) if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}}
+    ws = ws.detach().float().cpu().contiguous()
+    strings = {"format": FORMAT, **{k: _text(v) if isinstance(v, str) else json.dumps(v) for k, v in meta.items()},
+               CHECKSUM: ws_digest(ws)}
     try:
-        atomic_save_safetensors(path, {"ws": ws.detach().float().cpu().contiguous()}, strings)
+        atomic_save_safetensors(path, {"ws": ws}, strings)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -61,13 +75,14 @@ def _decode_value(value: str) -> Any:
         return value
     try:
         return json.loads(value)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: "[[[[..." nested beyond Python's stack.
         return value
 
 
 def load_latent(path: str | Path, weights_id: str | None = None, num_ws: int | None = None,
-                w_dim: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Read a latent file -> (ws (num_ws, w_dim), metadata); refuses foreign, corrupt or mismatched files."""
+                w_dim: int | None = None, num_classes: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Read a latent file -> (ws (num_ws, w_dim), metadata); refuses foreign, corrupt or mismatched files, and
+    metadata of the wrong types or ranges (class_index must be 0..num_classes-1 when ``num_classes`` is given)."""
     path = Path(path)
     # One read, then the header by hand and the tensor from memory: a third of safe_open's time on these tiny
     # files, which `apply` and `batch` read by the thousand.
@@ -85,20 +100,36 @@ def load_latent(path: str | Path, weights_id: str | None = None, num_ws: int | N
         if not isinstance(header, dict):
             raise ValueError("no safetensors header")
     except ValueError as exc:  # Also bad JSON and bad UTF-8.
-        raise UserError(f"{path}: not a valid latent file ({(str(exc).splitlines() or ['?'])[0]})") from None
+        raise UserError(f"{path}: not a valid latent file ({one_line((str(exc).splitlines() or ['?'])[0])})") from None
+    except RecursionError:  # A header nested deeper than Python's stack ("[[[[...").
+        raise UserError(f"{path}: not a valid latent file (header nested too deeply)") from None
     raw = header.get("__metadata__") or {}
     if not isinstance(raw, dict) or raw.get("format") != FORMAT or "ws" not in header:
         raise UserError(f"{path}: not a semdir-edit latent file")
+    if not all(isinstance(v, str) for v in raw.values()):  # safetensors metadata is text only.
+        raise UserError(f"{path}: not a valid latent file (metadata values must be text)")
+    dtype = header["ws"].get("dtype") if isinstance(header["ws"], dict) else None
+    if dtype not in FLOAT_DTYPES:
+        raise UserError(f"{path}: refused: the code is stored as {one_line(dtype)[:20]}, not a float type "
+                        f"({', '.join(sorted(FLOAT_DTYPES))})")
     try:
-        ws = load_tensors(data)["ws"]
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{path}: not a valid latent file ({(str(exc).splitlines() or ['?'])[0]})") from None
+        ws = load_tensors(data)["ws"].float()
+    except (SafetensorError, ValueError, RuntimeError, TypeError) as exc:
+        raise UserError(f"{path}: not a valid latent file ({one_line((str(exc).splitlines() or ['?'])[0])})") from None
     meta = {key: _decode_value(value) for key, value in raw.items()}
+    # Text fields are taken as stored: a weights id or a source file named "1234" must not be read as a number.
+    for key in (*(k for k, kind in LATENT_SCHEMA.items() if kind is str), CHECKSUM):
+        if key in raw:
+            meta[key] = raw[key]
+    check_latent_meta(meta, str(path), num_classes)
     if weights_id is not None and meta.get("weights_id") != weights_id:
-        raise UserError(f"{path}: made with other weights (weights id {meta.get('weights_id')}, "
+        raise UserError(f"{path}: made with other weights (weights id {one_line(meta.get('weights_id'))[:40]}, "
                         f"these are {weights_id}); invert the image again")
     if ws.ndim != 2 or (num_ws is not None and ws.shape[0] != num_ws) or (w_dim is not None and ws.shape[1] != w_dim):
         raise UserError(f"{path}: code of shape {tuple(ws.shape)} does not fit this generator")
+    expected = meta.pop(CHECKSUM, None)
+    if expected is not None and expected != ws_digest(ws):
+        raise UserError(f"{path}: refused: the code does not match its checksum (the file was modified or damaged)")
     if not np.isfinite(ws.numpy()).all():  # numpy: a fifth of torch's time on a tensor this small.
         raise UserError(f"{path}: the code holds NaN or Inf values")
-    return ws.float(), meta
+    return ws, meta

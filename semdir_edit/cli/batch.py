@@ -23,7 +23,10 @@ def batch_cmd(
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
     keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edits (default for class:K "
                                     "and global:K) | 'none': plain linear edits."),
-    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Descend into sub-folders (folder links that "
+                                   "lead out of IN_DIR are skipped with a warning, unless --follow-symlinks)."),
+    follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="With --recursive, also descend folder "
+                                         "links that lead out of IN_DIR."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, max=4096, help="Images inverted together."),
     workers: int | None = typer.Option(None, "--workers", min=0, max=64, help="Loader processes that decode "
                                        "and convert images (default 0 on CPU, up to 4 on a GPU)."),
@@ -53,7 +56,7 @@ def batch_cmd(
         editor = Editor.from_pretrained(weights, dev, inversion)
         summary = run_batch(editor, in_dir, out_dir, direction, eps=eps, method=method, steps=steps, layers=layers,
                             recursive=recursive, batch_size=batch_size, workers=workers, progress=True,
-                            keep_class=keep_class)
+                            keep_class=keep_class, follow_symlinks=follow_symlinks)
         if distributed.is_main():  # One summary for the whole run.
             skipped = f", {summary['skipped']} skipped (done before)" if summary["skipped"] else ""
             typer.echo(f"{summary['ok']} ok, {summary['errors']} errors{skipped}; manifest {summary['manifest']}")

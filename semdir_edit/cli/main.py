@@ -14,6 +14,7 @@ import typer
 from semdir_edit.cli.batch import batch_cmd
 from semdir_edit.cli.options import WeightsOpt
 from semdir_edit.core.errors import UserError
+from semdir_edit.core.validate import check_seed, one_line
 
 try:  # Recent typer parses with its own copy of click; older ones with click itself.
     from typer._click import exceptions as click_errors
@@ -59,6 +60,11 @@ RecordOpt = typer.Option(False, "--record/--no-record", help="Write the figures,
                          "weights manifest.")
 
 
+def checked_seed(seed: int) -> int:
+    """--seed within what torch's generators take (a 64-bit seed overflows into a traceback otherwise)."""
+    return check_seed(seed, "--seed")
+
+
 def print_table(figures: dict, title: str) -> None:
     """Print figures as a two-column table."""
     typer.echo(title)
@@ -93,7 +99,7 @@ def write_json(path: Path | None, figures: dict) -> None:
 def generate_cmd(
     out: Path = typer.Option(Path("samples.png"), "--out", "-o", help="PNG file to write."),
     n: int = typer.Option(64, "--n", min=1, max=4096, help="Number of samples (grid of sqrt(n) columns)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", callback=checked_seed),
     truncation: float = typer.Option(1.0, "--truncation", help="Truncation psi (1 = none)."),
     mix: bool = typer.Option(False, "--mix", help="Style-mixing grid: coarse layers from the top row, fine from "
                              "the left column."),
@@ -158,7 +164,7 @@ def evaluate_generator_cmd(
     device: str = DeviceOpt,
     n: int = typer.Option(10_000, "--n", min=100, help="Generated (and real) images for FID and precision/recall."),
     ppl_samples: int = typer.Option(5_000, "--ppl-samples", min=10),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", callback=checked_seed),
     json_out: Path | None = JsonOpt,
     record: bool = RecordOpt,
 ) -> None:
@@ -275,7 +281,7 @@ def evaluate_directions_cmd(
                                                "PCA (20 predictors)."),
     visible_per_class: int = typer.Option(20, "--visible-per-class", min=1,
                                           help="Samples per class for the visible / outline / distinct figures."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", callback=checked_seed),
     json_out: Path | None = JsonOpt,
     record: bool = RecordOpt,
 ) -> None:
@@ -323,7 +329,7 @@ def directions_show_cmd(
     latent: Path | None = typer.Option(None, "--latent", help="Edit this latent file (default: a generated sample)."),
     eps: str = typer.Option("-3:3:7", "--eps", help="Columns: start:stop:count."),
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
-    seed: int = typer.Option(0, "--seed", help="Picks the generated sample."),
+    seed: int = typer.Option(0, "--seed", callback=checked_seed, help="Picks the generated sample."),
     keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edits (default for the "
                                     "class and global sets, not for the baselines) | 'none': plain linear edits."),
     out: Path = typer.Option(Path("directions.png"), "--out", "-o", help="PNG to write."),
@@ -420,10 +426,10 @@ def invert_cmd(
     for res in results:
         if isinstance(res, Failed):
             failures += 1
-            typer.echo(f"error: {res.message}", err=True)
+            typer.echo(f"error: {one_line(res.message)}", err=True)
             continue
         for note in res.notes:
-            typer.echo(f"note: {res.name}: {note}", err=True)
+            typer.echo(f"note: {one_line(f'{res.name}: {note}')}", err=True)
         rows.append(write_inversion(out, res, editor.weights_id, used))
     if rows:
         typer.echo(f"{'image':<28} {'class':<12} {'conf':>5} {'PSNR':>6} {'SSIM':>6} {'percep':>7}")
@@ -514,7 +520,7 @@ def train_baselines_cmd(
     config: Path = ConfigOpt,
     weights: Path = WeightsOpt,
     n: int = typer.Option(20_000, "--n", min=100, help="Sampled codes for PCA, W statistics and class boundaries."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", callback=checked_seed),
     device: str = DeviceOpt,
 ) -> None:
     """Compute the closed-form direction sources (GANSpace PCA, per-class PCA, SeFa, random, class boundaries) and
@@ -644,11 +650,11 @@ def main() -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {one_line(exc)}", err=True)  # one_line: a newline in a file name must not split it.
         sys.exit(2)
     except OSError as exc:  # The machine refused (disk full, read-only, permissions) somewhere not wrapped.
         where = f" ({exc.filename})" if exc.filename else ""
-        typer.echo(f"error: {exc.strerror or exc}{where}", err=True)
+        typer.echo(f"error: {one_line(f'{exc.strerror or exc}{where}')}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:  # Ctrl-C outside typer's own handling (e.g. while the app is being built).
         typer.echo("interrupted", err=True)

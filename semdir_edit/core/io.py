@@ -5,10 +5,12 @@ Imports nothing of the project, so writing a file never loads a network.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +35,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     before it exists, so a Ctrl-C at any point (even right after the open) leaves no temp file behind.
     """
     path = Path(path)
+    _check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A long name (up to the file system's 255) would give a temp name over it: keep its start and its end (the
+    # suffix that _STALE_TEMP patterns match); the pid and serial keep it unique.
+    name = path.name if len(os.fsencode(path.name)) <= 200 else f"{path.name[:100]}~{path.name[-60:]}"
     tmp = ""
     try:
         while True:
-            tmp = str(path.parent / f".{path.name}.{os.getpid()}x{next(_TEMP_SERIAL)}.tmp")
+            tmp = str(path.parent / f".{name}.{os.getpid()}x{next(_TEMP_SERIAL)}.tmp")
             try:
                 fd = os.open(tmp, _CREATE, 0o666)
                 break
@@ -47,11 +53,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _check_replaceable(path)  # Again: something may have appeared there meanwhile.
         os.replace(tmp, path)
     except BaseException:
         if tmp:
             Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _check_replaceable(path: Path) -> None:
+    """Outputs replace only regular files: a device node, FIFO, socket, link or folder at ``path`` is refused (the
+    rename would replace it: ``-o /dev/null`` as root would destroy /dev/null)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except NotADirectoryError:
+        raise OSError(errno.ENOTDIR, "a part of the path is a file, not a folder", str(path)) from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a symbolic link" if stat.S_ISLNK(info.st_mode)
+                else "a device, FIFO or socket")
+        raise OSError(errno.EEXIST, f"{kind} is there, not a regular file: refusing to replace it", str(path))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

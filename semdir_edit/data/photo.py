@@ -24,11 +24,16 @@ Every failure to read an image is a ``UserError`` "<file name>: <reason>"; nothi
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import stat
+import sys
+import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -199,7 +204,15 @@ def _decode(fp: BinaryIO, label: str, max_pixels: int) -> LoadedImage:
                 kind = "animated" if im.format in ("GIF", "WEBP", "PNG") else "multi-frame"
                 notes.append(f"{kind} {im.format}: first frame used")
                 im.seek(0)
-            im.load()
+            if im.format == "TIFF":  # Compressed TIFFs are decoded by libtiff, which prints to stderr itself.
+                decoder: list[str] = []
+                try:
+                    with _fd2_into(decoder):
+                        im.load()
+                finally:
+                    notes.extend(f"TIFF decoder: {_one_line(m)[:200]}" for m in decoder[:1])
+            else:
+                im.load()
             im = _apply_orientation(im, notes)
             im = _normalise_mode(im)
     except UserError:
@@ -215,6 +228,28 @@ def _decode(fp: BinaryIO, label: str, max_pixels: int) -> LoadedImage:
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error...
         raise UserError(f"{label}: cannot decode the image, it is truncated or corrupt ({_one_line(exc)})") from None
     return LoadedImage(_to_pixels(im, notes), notes)
+
+
+_FD2_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _fd2_into(messages: list[str]) -> Iterator[None]:
+    """Collect what C code writes to file descriptor 2 meanwhile (libtiff's "TIFFReadDirectory: ..." warnings) into
+    ``messages``, instead of letting it print before our one-line error. One decode at a time (fd 2 is the process's);
+    a decode takes milliseconds."""
+    with _FD2_LOCK, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            messages.extend(line.strip() for line in sink.read().decode("utf-8", "replace").splitlines()
+                            if line.strip())
 
 
 def _unidentified_reason(fp: BinaryIO) -> str:
@@ -266,7 +301,8 @@ def _to_pixels(im: Image.Image, notes: list[str]) -> np.ndarray:
         a = a.astype(np.float64)
         if im.mode == "F" and a.max(initial=0) <= 1.0:
             a = a * 255  # Float images in [0, 1].
-        elif im.mode != "F" and a.max(initial=0) > 255:
+        elif im.mode.startswith("I;16") or (im.mode != "F" and a.max(initial=0) > 255):
+            # I;16: the file says 16 bits, so a dark one (every value < 256) is dark, not an 8-bit image.
             a = a / 257  # 16-bit [0, 65535] -> [0, 255].
             notes.append("16-bit image: scaled to 8 bits")
         return np.clip(np.rint(a), 0, 255).astype(np.uint8)

@@ -18,6 +18,7 @@ order) and deletes them. Parts left by a killed run are folded in when the next 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -43,6 +44,7 @@ from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import save_grid, to_float, to_uint8
 from semdir_edit.core.io import IMAGE_SUFFIXES, LATENT_SUFFIX, atomic_write_bytes
 from semdir_edit.core.types import Failed, Inverted
+from semdir_edit.core.validate import PATH_ERRNOS, check_eps, one_line
 from semdir_edit.core.writer import BackgroundWriter, read_ahead
 from semdir_edit.data.photo import check_regular_file, load_domain_image
 from semdir_edit.editor import Editor
@@ -82,11 +84,14 @@ class LoadResult:
 
 # ----------------------------------------------------------------------------------------------- finding inputs
 
-def find_images(in_dir: str | Path, recursive: bool = False, exclude: str | Path | None = None) -> list[str]:
+def find_images(in_dir: str | Path, recursive: bool = False, exclude: str | Path | None = None,
+                follow_symlinks: bool = False) -> list[str]:
     """Image files under ``in_dir`` (by extension, any case) as sorted POSIX paths relative to it.
 
     ``recursive`` descends sub-folders, following folder symlinks but visiting each folder once (no symlink loops);
     folders reachable without a symlink are visited first, so a linked folder is listed under its real path.
+    A folder symlink that leads out of ``in_dir`` is skipped (with a warning) unless ``follow_symlinks``: a link
+    to / must not turn a batch into a walk over the whole file system.
     ``exclude``: a folder to leave out (the output folder, when it lies inside the input folder).
     """
     root = Path(in_dir)
@@ -107,6 +112,7 @@ def find_images(in_dir: str | Path, recursive: bool = False, exclude: str | Path
             pass  # Does not exist yet: nothing to leave out.
     seen: set[tuple[int, int]] = set()
     found: list[str] = []
+    real_root = os.path.realpath(root)
     # Folders to visit, (relative path, (device, inode)): reached through real folders only, or through a link.
     real: list[tuple[PurePosixPath, tuple[int, int]]] = [(PurePosixPath(), (root_stat.st_dev, root_stat.st_ino))]
     linked: list[tuple[PurePosixPath, tuple[int, int]]] = []
@@ -137,8 +143,15 @@ def find_images(in_dir: str | Path, recursive: bool = False, exclude: str | Path
                 except OSError:
                     continue
                 sub = (st.st_dev, st.st_ino)
-                if sub not in seen and sub not in skip:  # The output folder is left out.
-                    (linked if entry.is_symlink() else real).append((rel, sub))
+                if sub in seen or sub in skip:  # The output folder is left out.
+                    continue
+                if entry.is_symlink() and not follow_symlinks:
+                    target = os.path.realpath(entry.path)
+                    if os.path.commonpath([real_root, target]) != real_root:
+                        tqdm.write(f"warning: not following {one_line(rel)}: a link out of the input folder "
+                                   "(--follow-symlinks follows it)", file=sys.stderr)
+                        continue
+                (linked if entry.is_symlink() else real).append((rel, sub))
             elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
                 # Broken links, FIFOs etc. are kept: the loader reports them as bad files instead of hiding them.
                 found.append(str(rel))
@@ -245,6 +258,9 @@ def collate_records(items: list[LoadResult]) -> list[LoadResult]:
 
 
 def _worker_init(_: int) -> None:
+    for fd in list(_LOCK_FDS):  # The run's lock belongs to the run, not to its loaders (see _LOCK_FDS).
+        with contextlib.suppress(OSError):
+            os.close(fd)
     # Each worker converts one image at a time: thread pools per worker would only fight over the cores.
     torch.set_num_threads(1)
     try:
@@ -274,7 +290,7 @@ def read_manifest_lines(path: str | Path) -> list[dict[str, Any]]:
     for line in data.split(b"\n")[:-1]:  # The piece after the last newline is a torn line (or empty).
         try:
             record = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             continue
         if isinstance(record, dict) and isinstance(record.get("path"), str):
             records.append(record)
@@ -390,6 +406,23 @@ def _done_inputs(out_dir: Path, key: str) -> dict[str, str]:
     return done
 
 
+def _failed_inputs(out_dir: Path, key: str) -> dict[str, tuple[str | None, str | None]]:
+    """Relative path -> (sha256, error) of the inputs whose last manifest line is an error with options ``key``: the
+    same failure again is reported but gets no new line (a rerun must not grow the manifest by its bad files)."""
+    failed: dict[str, tuple[str | None, str | None]] = {}
+    for rec in read_manifest_lines(out_dir / MANIFEST):
+        if rec.get("status") == "error" and rec.get("options") == key:
+            failed[rec["path"]] = (rec.get("sha256"), rec.get("error"))
+        else:
+            failed.pop(rec["path"], None)
+    return failed
+
+
+# Lock files this process holds: loader processes forked by the DataLoader close their copies (_worker_init), else
+# after a kill -9 of the run they would hold the lock until they notice their parent is gone, seconds later.
+_LOCK_FDS: set[int] = set()
+
+
 def _lock(out_dir: Path) -> int:
     """Take ``OUT_DIR``'s lock without waiting; another run holding it is a user error."""
     path = out_dir / LOCK
@@ -404,6 +437,7 @@ def _lock(out_dir: Path) -> int:
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise UserError(f"{out_dir} is in use by another batch run (lock {path}); wait for it to finish") from None
         raise UserError(f"cannot lock {path}: {exc.strerror or exc}") from None
+    _LOCK_FDS.add(fd)
     return fd
 
 
@@ -460,6 +494,7 @@ def resolve_options(editor: Editor, direction: str | DirectionSpec, eps: str | f
         eps_list = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
     if not eps_list or not all(math.isfinite(e) for e in eps_list):
         raise UserError("--eps must be finite numbers")
+    check_eps(eps_list)  # The bound apply and the browser editor share: a class-locked walk of 1e9 never ends.
     if method not in METHODS:
         raise UserError(f"unknown method '{method}' (use {', '.join(METHODS)})")
     steps = editor.inversion.steps if steps is None else steps
@@ -531,7 +566,8 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
               eps: str | float | list[float] = 2.0, method: str = "indomain", steps: int | None = None,
               layers: str | range | None = None, recursive: bool = False, batch_size: int = 16,
               workers: int | None = None, progress: bool = True,
-              log: Callable[[str], None] | None = None, keep_class: bool | None = None) -> dict[str, Any]:
+              log: Callable[[str], None] | None = None, keep_class: bool | None = None,
+              follow_symlinks: bool = False) -> dict[str, Any]:
     """Edit every image under ``in_dir`` into ``out_dir`` (layout mirrored) and log each in ``manifest.jsonl``.
 
     Inputs already done with the same bytes and options (ok in the manifest, outputs present) are skipped. A bad
@@ -539,6 +575,7 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
     stops everything: a missing input folder, bad options, no images, another run holding ``out_dir``.
     workers: DataLoader processes that decode and convert images (None = 0 on CPU, up to 4 on a GPU).
     keep_class: class-locked edits (None = on for ``class:k`` directions; see :meth:`Editor.apply`).
+    follow_symlinks: with ``recursive``, also descend folder links that lead out of ``in_dir``.
     Under torchrun (see :mod:`semdir_edit.core.distributed`), call it on every rank: each edits its share of the inputs.
     Returns a summary: inputs, ok, errors, skipped (over all ranks), options (hash), manifest (path), seconds.
     """
@@ -551,7 +588,7 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
         raise UserError("--workers must be >= 0")
     if out_dir.exists() and out_dir.resolve() == in_dir.resolve():
         raise UserError("the output folder must differ from the input folder")
-    rels = find_images(in_dir, recursive, exclude=out_dir)
+    rels = find_images(in_dir, recursive, exclude=out_dir, follow_symlinks=follow_symlinks)
     if not rels:
         raise UserError(f"no images found in {in_dir} ({', '.join(sorted(e[1:] for e in IMAGE_SUFFIXES))}"
                         f"{'' if recursive else '; use --recursive for sub-folders'})")
@@ -562,7 +599,7 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
 
     lock_fd: int | None = None
 
-    def prepare() -> dict[str, str]:
+    def prepare() -> tuple[dict[str, str], dict[str, tuple[str | None, str | None]]]:
         # The only process, or rank 0 for all: take the lock, clean up after a killed run, read what is done.
         nonlocal lock_fd
         try:
@@ -572,17 +609,17 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
         lock_fd = _lock(out_dir)
         _remove_stale_temps(out_dir)
         merge_manifest_parts(out_dir)  # Parts of a killed distributed run: their inputs are done.
-        return _done_inputs(out_dir, key)
+        return _done_inputs(out_dir, key), _failed_inputs(out_dir, key)
 
     world = distributed.world_size()
     try:
-        done = distributed.main_first(prepare)
+        done, failed = distributed.main_first(prepare)
         # Under torchrun each rank edits every world-th input into its own part of the manifest.
         mine = distributed.shard(rels)
         manifest = Manifest(out_dir / (MANIFEST if world == 1 else manifest_part(distributed.rank())))
         try:
             counts = _run(editor, in_dir, out_dir, mine, stems, suffix, opts, key, done, manifest, batch_size,
-                          workers, progress and distributed.is_main(), say)
+                          workers, progress and distributed.is_main(), say, failed)
         finally:
             manifest.close()
         if world > 1:
@@ -592,6 +629,7 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
             counts = {k: sum(c[k] for c in distributed.all_gather_object(counts)) for k in counts}
     finally:
         if lock_fd is not None:
+            _LOCK_FDS.discard(lock_fd)
             os.close(lock_fd)  # Closing releases the flock.
     return {"inputs": len(rels), **counts, "options": key, "manifest": str(out_dir / MANIFEST),
             "seconds": time.perf_counter() - t0}
@@ -599,8 +637,10 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
 
 def _run(editor: Editor, in_dir: Path, out_dir: Path, rels: list[str], stems: dict[str, str], suffix: str,
          opts: BatchOptions, key: str, done: dict[str, str], manifest: Manifest, batch_size: int,
-         workers: int | None, progress: bool, say: Callable[[str], None]) -> dict[str, int]:
+         workers: int | None, progress: bool, say: Callable[[str], None],
+         failed: dict[str, tuple[str | None, str | None]] | None = None) -> dict[str, int]:
     counts = {"ok": 0, "errors": 0, "skipped": 0}
+    failed = failed or {}
     if workers is None:
         workers = 0 if editor.device.type == "cpu" else min(4, max(1, (os.cpu_count() or 2) - 1))
     dataset = ImageFolder(in_dir, rels, editor.G.cfg.resolution, done)
@@ -622,7 +662,10 @@ def _run(editor: Editor, in_dir: Path, out_dir: Path, rels: list[str], stems: di
     def commit() -> None:
         if not finished:
             return
-        manifest.append(*finished)
+        # An input that failed before in the same way (same bytes, options, reason) keeps its one line.
+        new = [r for r in finished if r["status"] == "ok" or failed.get(r["path"]) != (r["sha256"], r["error"])]
+        if new:
+            manifest.append(*new)
         for record in finished:
             counts["ok" if record["status"] == "ok" else "errors"] += 1
             if record["status"] != "ok":
@@ -638,8 +681,21 @@ def _run(editor: Editor, in_dir: Path, out_dir: Path, rels: list[str], stems: di
         stem = stems[item.rel]
         # Outputs first (each atomic), the manifest line last: a line on disk means its outputs are complete.
         edited_rel, latent_rel = f"{stem}.{suffix}", stem + LATENT_SUFFIX
-        save_grid(out_dir / edited_rel, images, nrow=len(opts.eps), pad=2 if len(opts.eps) > 1 else 0)
-        save_latent(out_dir / latent_rel, res.ws, latent_meta(res, opts.weights_id))
+        try:
+            save_grid(out_dir / edited_rel, images, nrow=len(opts.eps), pad=2 if len(opts.eps) > 1 else 0)
+            save_latent(out_dir / latent_rel, res.ws, latent_meta(res, opts.weights_id))
+        except UserError as exc:
+            # A problem of this input's output paths (a name too long for the file system, a folder or a device
+            # where a file goes) fails this input only; anything else (a full disk) stops the run.
+            cause = exc.__context__
+            if not (isinstance(cause, OSError) and cause.errno in PATH_ERRNOS):
+                raise
+            for rel in (edited_rel, latent_rel):  # Neither output without the other.
+                with contextlib.suppress(OSError):
+                    if (out_dir / rel).is_file() and not (out_dir / rel).is_symlink():
+                        (out_dir / rel).unlink()
+            finish(_record(item.rel, item.sha256, key, error=f"{item.rel}: {exc}", res=res))
+            return
         finish(_record(item.rel, item.sha256, key, res=res, outputs=[edited_rel, latent_rel]))
 
     # Every per-input ending (outputs, manifest line, counts, progress) runs on one writer thread, in input order,
@@ -674,11 +730,13 @@ def _run(editor: Editor, in_dir: Path, out_dir: Path, rels: list[str], stems: di
                     writer.submit(commit)
                 if pending:
                     flush(pending)
-            finally:
-                try:
-                    writer.submit(commit)  # Also when interrupted: what is finished gets its lines.
-                except Exception:  # noqa: BLE001, S110 — the writer failed before; that failure is reported.
-                    pass
+            except BaseException:
+                # Interrupted or failed: what is finished still gets its lines. The exception being raised is the
+                # one to report (a writer failure here is that one again, or follows from it).
+                with contextlib.suppress(Exception):
+                    writer.submit(commit)
+                raise
+            writer.submit(commit)  # A failure of the last writes is raised here, never lost.
     finally:
         bar.close()
     return counts

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from semdir_edit.core.errors import UserError
+from semdir_edit.core.validate import check_eps
 
 KINDS = ("global", "class", "voynov", "pca", "sefa", "random", "cpca", "to")
 CLASS_KINDS = ("class", "cpca")  # Kinds whose K directions are per class (``k@<class>``, else the image's class).
@@ -56,7 +57,7 @@ def parse_direction(spec: str) -> DirectionSpec:
         if cls:
             raise UserError(f"invalid --direction '{spec}': use to:<class>")
         return DirectionSpec("to", None, arg)
-    if not arg.isdigit():
+    if not (arg.isascii() and arg.isdigit()):  # str.isdigit() also takes "²", which int() refuses.
         raise UserError(f"invalid --direction '{spec}': the direction index must be a non-negative integer")
     if cls is not None and kind not in CLASS_KINDS:
         raise UserError(f"invalid --direction '{spec}': only class and cpca directions take @<class>")
@@ -121,6 +122,7 @@ def parse_eps(spec: str) -> list[float]:
         raise UserError(f"invalid --eps '{spec}' (use a number like 2, or start:stop:count like -3:3:13)") from None
     if not all(math.isfinite(v) for v in values):
         raise UserError(f"invalid --eps '{spec}': values must be finite")
+    check_eps(values[:2], f"--eps '{spec}'")
     if len(values) == 1:
         return values
     if len(values) != 3 or values[2] != int(values[2]) or not 2 <= values[2] <= MAX_STRIP:
@@ -133,7 +135,7 @@ def parse_layers(spec: str | None, num_ws: int) -> range:
     """``None`` = all layers; ``"2-5"`` = layers 2..5 inclusive; ``"3"`` = layer 3 only."""
     if spec is None or spec.strip() in ("", "all"):
         return range(num_ws)
-    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", spec)
+    m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", spec, re.ASCII)
     if not m:
         raise UserError(f"invalid --layers '{spec}' (use a range like 2-5, or one layer like 3)")
     lo, hi = int(m[1]), int(m[2] if m[2] is not None else m[1])
@@ -144,7 +146,7 @@ def parse_layers(spec: str | None, num_ws: int) -> range:
 
 def match_class(name: str, class_names: list[str]) -> int:
     """A class by name (case-insensitive; a unique prefix such as "T-shirt" works) or by index."""
-    if name.isdigit() and int(name) < len(class_names):
+    if name.isascii() and name.isdigit() and int(name) < len(class_names):
         return int(name)
     lowered = [c.lower() for c in class_names]
     if name.lower() in lowered:

@@ -10,8 +10,9 @@ shifts other than ``to:`` are walked class-locked instead (:mod:`semdir_edit.ops
 walks class directions): a few generator + classifier passes instead of one generator pass.
 
 Errors are JSON ``{"error": "<one line>"}``: a UserError (bad image, bad direction, bad eps) is a 400, an unknown
-session a 404, a too-large upload a 413, a malformed request a 422. The networks are shared by all sessions,
-so every use of them holds one lock.
+session a 404, a too-large upload or JSON body a 413, a malformed request a 422, a request from another web page
+(Origin / Sec-Fetch-Site) a 403, a slider edit that waited EDIT_WAIT_S for a running inversion a 503. The networks
+are shared by all sessions, so every use of them holds one lock.
 
 API (all under ``/api``):
     GET  /info                            class names, directions and their descriptions, limits
@@ -45,7 +46,7 @@ from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
@@ -54,6 +55,11 @@ from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import png_bytes, to_float
 from semdir_edit.core.io import LATENT_SUFFIX
 from semdir_edit.core.types import Failed, Inverted
+from semdir_edit.core.validate import (  # EPS_LIMIT: |eps| per direction, shared with the CLI.
+    EPS_LIMIT,
+    check_seed,
+    one_line,
+)
 from semdir_edit.data.datasets import ImageSet, load_split
 from semdir_edit.editor import Editor
 from semdir_edit.inversion.invert import METHODS
@@ -65,7 +71,11 @@ from semdir_edit.ui.sessions import Session, SessionNotFound, SessionStore
 log = logging.getLogger("semdir_edit.ui")
 
 MAX_UPLOAD_BYTES = 20_000_000       # Photos from phones are a few MB; anything bigger is refused with a 413.
-EPS_LIMIT = 10.0                     # |eps| per direction, in units of W's spread (sliders span -3..3).
+# JSON bodies (/edit, /strip): the page sends a few hundred bytes; a 100 MB one would only cost the server memory.
+MAX_JSON_BYTES = 64_000
+# Seconds a slider edit waits for the networks while an inversion holds them, before a 503 "busy" (the page shows
+# it and the next slider move tries again) instead of queueing every move behind a minute-long inversion.
+EDIT_WAIT_S = 5.0
 MAX_SHIFTS = 64                      # Directions summed in one edit (the page sends at most 2K + 1).
 MAX_STRIP_COUNT = 21                 # Images in a traversal strip from the page (the CLI allows MAX_STRIP).
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -143,12 +153,18 @@ class EditorService:
         self._info: dict[str, Any] | None = None
 
     @contextlib.contextmanager
-    def models(self, inference: bool = True) -> Iterator[Editor]:
+    def models(self, inference: bool = True, wait_s: float | None = None) -> Iterator[Editor]:
         """Hold the networks: the lock, TORCH_THREADS torch threads, and no autograd unless ``inference`` is False
         (the optimising inversion methods need gradients). Not torch.inference_mode: tensors it creates (also
-        those a network caches) could not take part in a later inversion's autograd."""
-        with self.lock, torch_threads(TORCH_THREADS), torch.set_grad_enabled(not inference):
-            yield self.editor
+        those a network caches) could not take part in a later inversion's autograd. wait_s: give up on the lock
+        after that long with a 503 (None = wait)."""
+        if not self.lock.acquire(timeout=-1 if wait_s is None else wait_s):
+            raise HTTPException(503, "busy: an inversion is running; try again when it is done")
+        try:
+            with torch_threads(TORCH_THREADS), torch.set_grad_enabled(not inference):
+                yield self.editor
+        finally:
+            self.lock.release()
 
     # ---------------------------------------------------------------------------------------------- info
 
@@ -196,7 +212,7 @@ class EditorService:
             if self._test_set is None:
                 self._test_set = load_split(self.data, "test")  # UserError with the install hint when missing.
             images = self._test_set
-            index = (seed if seed is not None else secrets.randbelow(1 << 30)) % len(images)
+            index = (check_seed(seed) if seed is not None else secrets.randbelow(1 << 30)) % len(images)
             label = images.class_names[int(images.labels[index])]
             stem = f"test-{index}"
             (res,) = ed.invert(images.images[index:index + 1], method=method or self.method,
@@ -208,7 +224,7 @@ class EditorService:
 
     def new_sample(self, seed: int | None) -> Session:
         """A random generated code (exact, nothing to invert) -> a new session."""
-        seed = seed if seed is not None else secrets.randbelow(1 << 30)
+        seed = check_seed(seed) if seed is not None else secrets.randbelow(1 << 30)
         with self.models() as ed:
             ws = ed.sample_code(None, seed).to(ed.device)
             image = ed.G.render(ws[None])
@@ -306,7 +322,7 @@ class EditorService:
     def edit_png(self, session_id: str, request: EditRequest) -> bytes:
         """One slider step: shifted code -> generator -> PNG (only the generator runs, unless class-locked)."""
         session = self.sessions.get(session_id)
-        with self.models() as ed:
+        with self.models(wait_s=EDIT_WAIT_S) as ed:
             ws = self.edited_code(session, request.shifts, request.layers, request.keep_class)
             image = ed.G.render(ws[None])
         return png_bytes(image, scale=request.scale)
@@ -321,7 +337,7 @@ class EditorService:
         others = {k: v for k, v in request.shifts.items() if str(parse_direction(k)) != spec}
         n = request.count
         eps = [request.eps_min + (request.eps_max - request.eps_min) * i / (n - 1) for i in range(n)]
-        with self.models() as ed:
+        with self.models(wait_s=EDIT_WAIT_S) as ed:
             base = self.edited_code(session, others, request.layers, request.keep_class)
             vector, spread = self._direction(spec, session.class_index)
             layer_range = parse_layers(request.layers, session.ws.shape[0])
@@ -360,18 +376,60 @@ def _static(name: str) -> str:
     return (resources.files("semdir_edit.ui") / "static" / name).read_text(encoding="utf-8")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+async def _read_body(request: Request, limit: int, what: str = "the file") -> bytes:
     """The request body, refused with a 413 as soon as it passes ``limit`` bytes (never buffered beyond it)."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"the file is too large ({int(declared) / 1e6:.1f} MB; the limit is "
-                                 f"{limit / 1e6:.0f} MB)")
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"{what} is too large ({_size(int(declared))}; the limit is {_size(limit)})")
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise HTTPException(413, f"the file is too large (the limit is {limit / 1e6:.0f} MB)")
+            raise HTTPException(413, f"{what} is too large (the limit is {_size(limit)})")
     return bytes(body)
+
+
+async def _read_json(request: Request, model: type[BaseModel]) -> Any:
+    """A JSON body (at most MAX_JSON_BYTES, Content-Type application/json) validated as ``model``; 413 / 415 / 422.
+
+    Read by hand rather than as a FastAPI body parameter, which would take a body of any size into memory first.
+    Requiring application/json also means a cross-origin page cannot send it without a CORS preflight.
+    """
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise HTTPException(415, "send the request as application/json")
+    body = await _read_body(request, MAX_JSON_BYTES, "the request")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors()) from None
+
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def cross_origin(request: Request) -> str | None:
+    """Why a state-changing request comes from another web page (None: it does not).
+
+    A browser marks every request a page makes: ``Sec-Fetch-Site`` (same-origin for the editor's own page, none
+    for a typed address) and ``Origin`` (the page's scheme://host:port, which must be the one the request is sent
+    to). Without this any page the user visits could post to the local editor (a text/plain form post needs no
+    CORS preflight). Clients that are not browsers send neither header and are let through: they could reach the
+    server anyway.
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site.lower() not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site {site[:20]}"
+    origin = request.headers.get("origin")
+    if origin is None:
+        return None
+    host = request.headers.get("host", "")
+    if origin.lower().rstrip("/") not in {f"{scheme}://{host.lower()}" for scheme in ("http", "https")}:
+        return f"Origin {origin[:60]}"
+    return None
 
 
 def create_app(editor: Editor, *, method: str | None = None, steps: int | None = None,
@@ -390,6 +448,12 @@ def create_app(editor: Editor, *, method: str | None = None, steps: int | None =
     if allowed_hosts:
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     page, script = _static("index.html"), _static("app.js")
+
+    @app.middleware("http")
+    async def same_origin_only(request: Request, call_next: Any) -> Response:
+        if request.method not in SAFE_METHODS and (why := cross_origin(request)):
+            return _error(403, f"cross-origin request refused ({one_line(why)}): use the editor's own page")
+        return await call_next(request)
 
     @app.exception_handler(UserError)
     async def user_error(_: Request, exc: UserError) -> JSONResponse:
@@ -437,7 +501,7 @@ def create_app(editor: Editor, *, method: str | None = None, steps: int | None =
         return service.describe(session)
 
     @app.post("/api/sessions/random")
-    def random_image(source: str = Query("test", pattern="^(test|sample)$"), seed: int | None = Query(None, ge=0),
+    def random_image(source: str = Query("test", pattern="^(test|sample)$"), seed: int | None = Query(None),
                      method: str | None = Query(None), steps: int | None = Query(None, ge=0, le=1000)
                      ) -> dict[str, Any]:
         session = (service.new_sample(seed) if source == "sample"
@@ -449,13 +513,15 @@ def create_app(editor: Editor, *, method: str | None = None, steps: int | None =
         return service.describe(service.sessions.get(session_id))
 
     @app.post("/api/sessions/{session_id}/edit")
-    def edit(session_id: str, body: EditRequest) -> Response:
-        return Response(service.edit_png(session_id, body), media_type="image/png",
+    async def edit(session_id: str, request: Request) -> Response:
+        body = await _read_json(request, EditRequest)
+        return Response(await run_in_threadpool(service.edit_png, session_id, body), media_type="image/png",
                         headers={"Cache-Control": "no-store"})
 
     @app.post("/api/sessions/{session_id}/strip")
-    def strip(session_id: str, body: StripRequest) -> Response:
-        return Response(service.strip_png(session_id, body), media_type="image/png",
+    async def strip(session_id: str, request: Request) -> Response:
+        body = await _read_json(request, StripRequest)
+        return Response(await run_in_threadpool(service.strip_png, session_id, body), media_type="image/png",
                         headers={"Cache-Control": "no-store"})
 
     @app.get("/api/sessions/{session_id}/latent")
