@@ -171,12 +171,25 @@ def load_domain_image(
     name: str | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """Load a photo or domain image as a uint8 tensor (1, R, R) plus notes; ``preprocess=False`` = passthrough."""
+    image, notes, _ = load_domain_photo(source, resolution, preprocess, max_pixels, name)
+    return image, notes
+
+
+def load_domain_photo(
+    source: str | Path | bytes,
+    resolution: int = 32,
+    preprocess: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> tuple[torch.Tensor, list[str], bool]:
+    """As :func:`load_domain_image`, plus whether the input came in as a photo (converted) rather than as a domain
+    image (passed through): photos are classified by the photo classifier."""
     label = _label(source, name)
     loaded = load_image(source, max_pixels, name=label)
     result = to_domain(loaded.pixels, resolution, force_passthrough=not preprocess, name=label)
     image = torch.from_numpy(np.ascontiguousarray(result.image))[None]
     assert image.shape == (1, resolution, resolution) and image.dtype == torch.uint8
-    return image, loaded.notes + result.notes
+    return image, loaded.notes + result.notes, not result.passthrough
 
 
 # --- Loading -----------------------------------------------------------------------------------------------------
