@@ -21,7 +21,7 @@ from semdir_edit.editing.directions import match_class
 from semdir_edit.errors import UserError
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
-CACHE_VERSION = "photo-v2"  # Bump when the photo conversion changes: cached domain images are then redone.
+CACHE_VERSION = "photo-v3"  # Bump when the photo conversion changes: cached domain images are then redone.
 
 
 @dataclass

@@ -497,6 +497,7 @@ def _segment_textured(x: np.ndarray, far: np.ndarray, notes: list[str]) -> np.nd
     if not (mask == cv2.GC_PR_FGD).any():
         return None
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut's k-means start draws from OpenCV's RNG: same photo, same mask, whatever came before.
     cv2.grabCut(small, mask, None, bgd, fgd, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
     k = max(3, round(CLUTTER_OPEN * max(size)) | 1)
