@@ -32,6 +32,19 @@ FASHION_MNIST_CLASSES = (
 )
 
 
+def match_class(name: str, class_names: list[str]) -> int:
+    """A class by name (case-insensitive; a unique prefix such as "T-shirt" works) or by index."""
+    if name.isascii() and name.isdigit() and int(name) < len(class_names):
+        return int(name)
+    lowered = [c.lower() for c in class_names]
+    if name.lower() in lowered:
+        return lowered.index(name.lower())
+    hits = [i for i, c in enumerate(lowered) if c.startswith(name.lower())]
+    if len(hits) == 1:
+        return hits[0]
+    raise UserError(f"unknown class '{name}' (classes: {', '.join(class_names)})")
+
+
 @dataclass
 class DataConfig:
     source: str = "idx"                                  # "idx" (four IDX files) or "folder" (a sub-folder per class).

@@ -23,7 +23,7 @@ from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import to_float
 from semdir_edit.core.types import Failed, Inverted
 from semdir_edit.core.validate import check_eps
-from semdir_edit.data.photo import load_domain_image
+from semdir_edit.data.photo import load_domain_photo
 from semdir_edit.inversion.invert import METHODS, NONFINITE_INPUT, check_images, invert
 from semdir_edit.latents import load_latent
 from semdir_edit.ops.class_lock import TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
@@ -44,7 +44,12 @@ from semdir_edit.ops.shift_codes import (
 
 
 class Editor:
-    """Holds the shipped networks on one device. Networks are loaded when first needed."""
+    """Holds the shipped networks on one device. Networks are loaded when first needed.
+
+    Two classifiers: the shared ``classifier`` (:attr:`C`) classifies domain images and serves the class lock, the
+    perceptual loss and every figure; the ``photo_classifier`` (when the weights have one) names the class of inputs
+    that came in as photos and gives their ``ood_score`` (:meth:`classify_photos`).
+    """
 
     def __init__(self, weights_dir: str | Path, device: str | torch.device = "auto",
                  inversion: InversionConfig | None = None) -> None:
@@ -83,6 +88,17 @@ class Editor:
             return list(names)
         return list(FASHION_MNIST_CLASSES) if n == 10 else [str(i) for i in range(n)]
 
+    @property
+    def has_photo_classifier(self) -> bool:
+        return "photo_classifier" in self.manifest.get("models", {})
+
+    @property
+    def ood_threshold(self) -> float:
+        """``ood_score`` above this gets a warning: set when the photo classifier was trained (held-out photos)."""
+        from semdir_edit.training.photo_classifier import ood_threshold
+
+        return ood_threshold(self.manifest)
+
     def perceptual(self) -> PerceptualLoss:
         if self._perceptual is None:
             self._perceptual = PerceptualLoss(self.C, backbone=self.inversion.perceptual).to(self.device)
@@ -91,7 +107,13 @@ class Editor:
     def load(self, source: str | Path | bytes, preprocess: bool = True, name: str | None = None
              ) -> tuple[torch.Tensor, list[str]]:
         """A photo (path or bytes) -> domain image uint8 (1, R, R) and notes; raises UserError."""
-        return load_domain_image(source, self.G.cfg.resolution, preprocess=preprocess, name=name)
+        image, notes, _ = self.load_photo(source, preprocess, name)
+        return image, notes
+
+    def load_photo(self, source: str | Path | bytes, preprocess: bool = True, name: str | None = None
+                   ) -> tuple[torch.Tensor, list[str], bool]:
+        """As :meth:`load`, plus whether the input came in as a photo (True) or as a domain image (passed through)."""
+        return load_domain_photo(source, self.G.cfg.resolution, preprocess=preprocess, name=name)
 
     @torch.no_grad()
     def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,17 +122,36 @@ class Editor:
         conf, idx = probs.max(1)
         return idx.cpu(), conf.cpu()
 
+    @torch.no_grad()
+    def classify_photos(self, images: torch.Tensor, photo: torch.Tensor | list[bool]
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images (B, 1, R, R) in [-1, 1] and which came in as photos -> (class, confidence, ood_score), all (B,).
+
+        Photos go to the photo classifier when the weights have one (ood_score = its "none of these"
+        probability); domain images, or every image without one, to the shared classifier (ood_score NaN).
+        """
+        idx, conf = self.classify(images)
+        ood = torch.full((len(images),), float("nan"))
+        photo = torch.as_tensor(photo, dtype=torch.bool)
+        if self.has_photo_classifier and photo.any():
+            from semdir_edit.training.photo_classifier import photo_scores
+
+            p_idx, p_conf, p_ood = photo_scores(self.model("photo_classifier"), images[photo].to(self.device))
+            idx[photo], conf[photo], ood[photo] = p_idx, p_conf, p_ood
+        return idx, conf, ood
+
     def invert(self, sources: list[str | Path | bytes] | torch.Tensor, method: str | None = None,
                steps: int | None = None, preprocess: bool = True,
                names: list[str] | None = None, perceptual: bool = True,
-               classes: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Inverted | Failed]:
+               classes: tuple[torch.Tensor, ...] | None = None) -> list[Inverted | Failed]:
         """Invert photos (paths or bytes) or domain images ((B, 1, R, R) uint8) in one batch.
 
         Inputs that cannot be loaded, or whose optimisation diverges, come back as :class:`Failed`;
         the others as :class:`Inverted`, in input order. ``perceptual=False`` skips the perceptual distance of
         the reconstructions (``Inverted.perceptual`` is then NaN) for callers that do not report it.
-        classes: :meth:`classify` of the domain images when the caller has it already (a pipeline that classifies
-        the next chunk while this one inverts); only with domain images.
+        classes: :meth:`classify` (or :meth:`classify_photos`, with the ood_score) of the domain images when the
+        caller has it already (a pipeline that classifies the next chunk while this one inverts); only with domain
+        images. Files that came in as photos are classified with :meth:`classify_photos`.
         """
         method = method or self.inversion.method
         if method not in METHODS:
@@ -119,7 +160,7 @@ class Editor:
         if steps < 0:
             raise UserError("--steps must be >= 0")
         results: list[Inverted | Failed | None] = []
-        domains, notes, labels = [], [], []
+        domains, notes, labels, photo = [], [], [], []
         if isinstance(sources, torch.Tensor):
             for i, img in enumerate(sources):
                 domains.append(img)
@@ -130,10 +171,11 @@ class Editor:
             for i, src in enumerate(sources):
                 label = names[i] if names else (str(src) if not isinstance(src, bytes) else f"upload {i}")
                 try:
-                    img, note = self.load(src, preprocess, name=label)
+                    img, note, is_photo = self.load_photo(src, preprocess, name=label)
                 except UserError as exc:
                     results.append(Failed(label, str(exc)))
                     continue
+                photo.append(is_photo)
                 domains.append(img)
                 notes.append(note)
                 labels.append(label)
@@ -142,13 +184,15 @@ class Editor:
             return [r for r in results if r is not None]
         if classes is not None and not isinstance(sources, torch.Tensor):
             raise ValueError("classes can only come with domain images (a tensor), not files")
+        if any(photo):
+            classes = self.classify_photos(to_float(torch.stack(domains)), photo)
         out = self._invert_batch(torch.stack(domains), method, steps, labels, notes, perceptual, classes)
         it = iter(out)
         return [r if r is not None else next(it) for r in results]
 
     def _invert_batch(self, domains: torch.Tensor, method: str, steps: int, labels: list[str],
                       notes: list[list[str]], perceptual: bool = True,
-                      classes: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[Inverted | Failed]:
+                      classes: tuple[torch.Tensor, ...] | None = None) -> list[Inverted | Failed]:
         x = to_float(domains).to(self.device)
         E = None
         if method in ("indomain", "encoder"):
@@ -174,7 +218,7 @@ class Editor:
                              perceptual)
 
     def _results(self, domains: torch.Tensor, x: torch.Tensor, ws: torch.Tensor, recon: torch.Tensor,
-                 ok: torch.Tensor, messages: list[str], classes: tuple[torch.Tensor, torch.Tensor], method: str,
+                 ok: torch.Tensor, messages: list[str], classes: tuple[torch.Tensor, ...], method: str,
                  steps: int, seconds: float, labels: list[str], notes: list[list[str]], perceptual: bool
                  ) -> list[Inverted | Failed]:
         """One :class:`Inverted` (or :class:`Failed`) per image, with its quality figures and class."""
@@ -182,7 +226,9 @@ class Editor:
             p = psnr(to_unit_range(recon), to_unit_range(x)).cpu()
             s = ssim(to_unit_range(recon), to_unit_range(x)).cpu()
             d = self.perceptual()(recon, x).cpu() if perceptual else torch.full((len(x),), torch.nan)
-        idx, conf = classes
+        idx, conf = classes[:2]
+        ood = classes[2] if len(classes) > 2 else torch.full((len(idx),), float("nan"))
+        threshold = self.ood_threshold if bool((~ood.isnan()).any()) else float("inf")
         names = self.class_names
         results: list[Inverted | Failed] = []
         for i, label in enumerate(labels):
@@ -193,7 +239,9 @@ class Editor:
                 name=label, domain=domains[i].cpu(), ws=ws[i].cpu(), reconstruction=recon[i].cpu(),
                 class_index=int(idx[i]), class_name=names[int(idx[i])], confidence=float(conf[i]),
                 psnr=float(p[i]), ssim=float(s[i]), perceptual=float(d[i]), method=method,
-                steps=steps if method in ("indomain", "optimize") else 0, seconds=seconds, notes=notes[i]))
+                steps=steps if method in ("indomain", "optimize") else 0, seconds=seconds, notes=notes[i],
+                ood_score=None if ood[i].isnan() else round(float(ood[i]), 4),
+                out_of_domain=bool(ood[i] > threshold)))
         return results
 
     # ------------------------------------------------------------------------------------------- editing
@@ -388,7 +436,7 @@ class Editor:
 
     def invert_and_edit(self, domains: torch.Tensor, direction: str | DirectionSpec, eps: list[float], *,
                         method: str, steps: int, names: list[str], layers: str | range | None = None,
-                        keep_class: bool | None = None, classes: tuple[torch.Tensor, torch.Tensor] | None = None
+                        keep_class: bool | None = None, classes: tuple[torch.Tensor, ...] | None = None
                         ) -> list[tuple[Inverted | Failed, torch.Tensor | None, str | None]]:
         """Invert domain images (B, 1, R, R) uint8 and edit each code along ``direction`` — ``batch``'s inner step.
 
@@ -420,7 +468,7 @@ class Editor:
     @torch.no_grad()
     def _encode_and_edit(self, domains: torch.Tensor, spec: DirectionSpec, eps: list[float], method: str,
                          names: list[str], layer_range: range,
-                         classes: tuple[torch.Tensor, torch.Tensor] | None = None
+                         classes: tuple[torch.Tensor, ...] | None = None
                          ) -> list[tuple[Inverted | Failed, torch.Tensor | None, str | None]]:
         """:meth:`invert_and_edit` for the encoders: E(x), then reconstructions and edits in one G call."""
         x = to_float(domains).to(self.device)

@@ -37,7 +37,8 @@ def ws_digest(ws: torch.Tensor) -> str:
 def latent_meta(res: Inverted, weights_id: str) -> dict[str, Any]:
     """The metadata ``invert`` and ``batch`` store with an inverted code: weights id, method, steps, class, source."""
     return {"weights_id": weights_id, "method": res.method, "steps": res.steps, "class_index": res.class_index,
-            "class_name": res.class_name, "confidence": res.confidence, "source": res.name}
+            "class_name": res.class_name, "confidence": res.confidence, "source": res.name,
+            **({"ood_score": res.ood_score} if res.ood_score is not None else {})}
 
 
 def _text(value: str) -> str:

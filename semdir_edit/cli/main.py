@@ -224,19 +224,95 @@ def train_classifier_cmd(
     device: str = DeviceOpt,
     data_dir: Path | None = DataDirOpt,
     time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
+    photos: Path | None = typer.Option(None, "--photos", help="Instead: fine-tune the photo classifier (registered "
+                                       "as photo_classifier; the shared classifier is not changed) on a folder of "
+                                       "labelled photos, one sub-folder per category."),
+    class_map: Path | None = typer.Option(None, "--class-map", help="With --photos: JSON {category: [accepted "
+                                          "domain classes]}; [] = out of the domain (trains 'none of these')."),
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="With --photos: fine-tuning epochs "
+                                      "(default 12)."),
 ) -> None:
-    """Train the classifier (its features are the project's feature space)."""
+    """Train the classifier (its features are the project's feature space), or with --photos the photo classifier."""
     from semdir_edit.config import load_config
     from semdir_edit.core.device import resolve_device
     from semdir_edit.training.classifier import train_classifier
 
     cfg = load_config(config)
+    if photos is not None or class_map is not None:
+        if photos is None or class_map is None:
+            raise UserError("--photos and --class-map go together")
+        _train_photo_classifier(cfg, photos, class_map, weights or Path("weights") / cfg.name,
+                                out or Path("runs") / f"{cfg.name}-photo-classifier", data_dir, epochs)
+        return
     result = train_classifier(cfg, out or Path("runs") / f"{cfg.name}-classifier", resolve_device(device),
                               resume=resume, data_dir=str(data_dir) if data_dir else None,
                               weights_dir=weights or Path("weights") / cfg.name, command=command_line(),
                               time_limit_min=time_limit)
     typer.echo(f"epoch {result['epoch']}: test accuracy {result.get('test_accuracy', float('nan')):.4f}"
                f"{'' if result['finished'] else ' (stopped; continue with --resume)'}")
+
+
+def _train_photo_classifier(cfg, photos: Path, class_map: Path, weights: Path, out: Path, data_dir: Path | None,
+                            epochs: int | None) -> None:
+    """``train classifier --photos``: convert the photos (cached in the run folder), fine-tune, register."""
+    from semdir_edit.checkpoint import read_manifest
+    from semdir_edit.data import load_split
+    from semdir_edit.data.labelled_photos import load_labelled_photos, read_class_map
+    from semdir_edit.training.photo_classifier import train_photo_classifier
+
+    names = read_manifest(weights).get("models", {}).get("classifier", {}).get("class_names") or cfg.data.class_names
+    mapping = read_class_map(class_map, list(names))
+    log = lambda m: typer.echo(m, err=True)  # noqa: E731
+    labelled = load_labelled_photos(photos, mapping, cfg.data.resolution, cache=out / "photos.npz", log=log)
+    for reason in labelled.failed:
+        typer.echo(f"skipped: {reason}", err=True)
+    data = str(data_dir) if data_dir else None
+    domain, test = load_split(cfg.data, "train", data), load_split(cfg.data, "test", data)
+    _, figures = train_photo_classifier(weights, labelled, domain, test, epochs=epochs or 12,
+                                        command=command_line(), log=log)
+    print_table(figures, f"photo_classifier registered in {weights}")
+
+
+@evaluate_app.command("photos")
+def evaluate_photos_cmd(
+    photos: Path = typer.Argument(..., help="Folder of labelled photos, one sub-folder per category."),
+    class_map: Path = typer.Option(..., "--class-map", help="JSON {category: [accepted domain classes]}; "
+                                   "[] = out of the domain."),
+    weights: Path = WeightsOpt,
+    network: str = typer.Option("auto", "--network", help="auto (what invert uses: the photo classifier when the "
+                                "weights have one) | photo | shared (the shared classifier, 1 - confidence as "
+                                "ood_score)."),
+    confusion: Path = typer.Option(Path("photo-confusion.png"), "--confusion", help="Confusion-matrix PNG to write."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
+    device: str = DeviceOpt,
+) -> None:
+    """Accepted-class accuracy per category, out-of-domain AUROC and warned share of the photo path on labelled
+    photos (converted as `invert` converts them)."""
+    from semdir_edit.checkpoint import read_manifest
+    from semdir_edit.config import FASHION_MNIST_CLASSES
+    from semdir_edit.core.device import resolve_device
+    from semdir_edit.data.labelled_photos import load_labelled_photos, read_class_map
+    from semdir_edit.evaluation.photos import classify_photos, photo_figures, plot_confusion
+
+    if network not in ("auto", "photo", "shared"):
+        raise UserError("--network must be auto, photo or shared")
+    entry = read_manifest(weights).get("models", {}).get("classifier", {})
+    names = list(entry.get("class_names") or FASHION_MNIST_CLASSES)
+    mapping = read_class_map(class_map, names)
+    labelled = load_labelled_photos(photos, mapping)
+    for reason in labelled.failed:
+        typer.echo(f"skipped: {reason}", err=True)
+    if len(labelled.category) == 0:
+        raise UserError(f"{photos}: no photo could be converted")
+    pred, ood, threshold, used = classify_photos(weights, labelled, resolve_device(device), network)
+    figures = {"network": used, **photo_figures(labelled, pred, ood, threshold)}
+    print_table(figures, f"photos in {photos} ({used})")
+    write_json(json_out, figures)
+    try:
+        plot_confusion(labelled, pred, ood, threshold, names, confusion, f"{photos} - {used}")
+    except OSError as exc:
+        raise UserError(f"cannot write {confusion}: {exc.strerror or exc}") from None
+    typer.echo(f"wrote {confusion}")
 
 
 @evaluate_app.command("inversion")
@@ -430,6 +506,9 @@ def invert_cmd(
             continue
         for note in res.notes:
             typer.echo(f"note: {one_line(f'{res.name}: {note}')}", err=True)
+        if res.out_of_domain:
+            typer.echo(f"warning: {one_line(res.name)}: may be none of the classes ({', '.join(editor.class_names)}): "
+                       f"ood_score {res.ood_score:.2f}, '{res.class_name}' is a guess", err=True)
         rows.append(write_inversion(out, res, editor.weights_id, used))
     if rows:
         typer.echo(f"{'image':<28} {'class':<12} {'conf':>5} {'PSNR':>6} {'SSIM':>6} {'percep':>7}")

@@ -29,6 +29,10 @@ class Inverted:
     ok: bool = True
     message: str = ""
     notes: list[str] = field(default_factory=list)
+    # Photos only (with a photo classifier): probability that the article is of none of the domain classes, and
+    # whether it is above the weights' warning threshold. None for domain images.
+    ood_score: float | None = None
+    out_of_domain: bool = False
 
     def summary(self) -> dict[str, Any]:
         """The JSON-able figures (no tensors)."""

@@ -15,6 +15,11 @@ What changes for photos a user takes rather than catalogue shots (each step is c
   also works on a dark one; where the article differs from the background mostly in hue, the colour distance;
 - the intensity is stretched so the article's brightest pixels (a high percentile) reach 255: a pale or coloured
   article comes out as strong as a black one;
+- textured backgrounds (border noise above TEXTURE_SIGMA: floors, bedspreads, carpets): the article is segmented
+  with GrabCut seeded from the border (background) and the far-from-background pixels (probable article), then an
+  opening drops thin clutter (hangers, tags), one article is kept (the largest, most central: one shoe of a pair)
+  with its holes filled, and the silhouette gets a floor of SOLID_FLOOR so pale-on-pale articles do not vanish;
+  plain backgrounds (product shots) skip all of this and convert exactly as before;
 - (2) resizes with area averaging instead of skipping rows and columns, and (3) sharpens after (4), on the
   black canvas, so the blur never reaches past the article's edge; (4) puts an odd pixel of slack above / left
   of the article, as the dataset does.
@@ -65,6 +70,14 @@ DOMAIN_BORDER_MAX = 16  # A grayscale 28/32 image is already a domain image when
 DOMAIN_DARK_RING = 0.25  # ... this fraction of its outer ring is at most DOMAIN_BORDER_MAX (articles may touch it).
 DOMAIN_SIZES = (28, 32)  # Sizes a domain image may already have (28 is padded to 32, as in training).
 UPLOADED = "uploaded image"  # How raw bytes without a name are called in messages.
+# Photos taken on floors, beds and carpets (textured backgrounds): product shots have a border-noise sigma of about 1,
+# such photos 2.5 and up. Above this sigma the article is segmented with GrabCut (``_segment_textured``).
+TEXTURE_SIGMA = 2.0
+GRABCUT_SIDE = 160  # GrabCut runs on a copy this long: the output is 28 pixels, and it is the slow step.
+GRABCUT_ITERS = 4
+CLUTTER_OPEN = 0.04  # Opening with a disc this fraction of the long side drops hangers, tags and threads.
+SOLID_FLOOR = 0.35  # On a textured background the article's silhouette is at least this bright (of 255): pale or
+# background-coloured parts of the garment stay visible, as the dataset's solid silhouettes are.
 
 
 @dataclass
@@ -163,12 +176,25 @@ def load_domain_image(
     name: str | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """Load a photo or domain image as a uint8 tensor (1, R, R) plus notes; ``preprocess=False`` = passthrough."""
+    image, notes, _ = load_domain_photo(source, resolution, preprocess, max_pixels, name)
+    return image, notes
+
+
+def load_domain_photo(
+    source: str | Path | bytes,
+    resolution: int = 32,
+    preprocess: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str | None = None,
+) -> tuple[torch.Tensor, list[str], bool]:
+    """As :func:`load_domain_image`, plus whether the input came in as a photo (converted) rather than as a domain
+    image (passed through): photos are classified by the photo classifier."""
     label = _label(source, name)
     loaded = load_image(source, max_pixels, name=label)
     result = to_domain(loaded.pixels, resolution, force_passthrough=not preprocess, name=label)
     image = torch.from_numpy(np.ascontiguousarray(result.image))[None]
     assert image.shape == (1, resolution, resolution) and image.dtype == torch.uint8
-    return image, loaded.notes + result.notes
+    return image, loaded.notes + result.notes, not result.passthrough
 
 
 # --- Loading -----------------------------------------------------------------------------------------------------
@@ -385,6 +411,13 @@ def _convert(image: np.ndarray, resolution: int, name: str) -> DomainResult:
     article = _article_mask(far)
     if article is None:
         raise UserError(f"{name}: no article found (the image is blank)")
+    textured = sigma > TEXTURE_SIGMA
+    if textured:
+        segmented = _segment_textured(x, far, notes)
+        if segmented is None:
+            textured = False  # GrabCut found nothing: fall back to the plain-background mask.
+        else:
+            article = segmented
     ys, xs = np.nonzero(article)
     top, bottom, left, right = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
     if bottom - top >= 0.98 * h and right - left >= 0.98 * w:
@@ -403,7 +436,7 @@ def _convert(image: np.ndarray, resolution: int, name: str) -> DomainResult:
     if float(np.median(bg_gray)) < 128:
         notes.append("dark background: intensities not negated")
     # Drop the background's noise floor, and everything not next to a far-from-background pixel.
-    near = cv2.dilate(far.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    near = article if textured else cv2.dilate(far.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     intensity = np.maximum(intensity - min(3 * sigma, 0.5 * tol), 0) * near
 
     # (1) Trim to the article's box, (2) resize its longest edge to 28 (area averaging when shrinking).
@@ -424,6 +457,9 @@ def _convert(image: np.ndarray, resolution: int, name: str) -> DomainResult:
     if 255 / peak > 1.5:
         notes.append(f"faint article: contrast stretched x{255 / peak:.1f}")
     small = np.clip(small * (255 / peak), 0, 255)
+    if textured:  # A solid silhouette (soft edge from the area-resized mask) under the article's own contrast.
+        soft = np.clip(cv2.resize(mask, size, interpolation=interp).reshape(size[1], size[0]), 0, 1)
+        small = soft * (255 * SOLID_FLOOR + (1 - SOLID_FLOOR) * small)
 
     # (4) Extend the short edge to 28 with the article at the centre, on black.
     canvas = np.zeros((ARTICLE_SIZE, ARTICLE_SIZE), np.float32)
@@ -471,6 +507,59 @@ def _fit_background(x: np.ndarray) -> tuple[np.ndarray, float]:
     sigma = 1.4826 * float(np.median(resid[keep])) if keep.any() else 0.0
     bg = np.clip(basis[..., :terms] @ coef, 0, 255)
     return bg.astype(np.float32), sigma
+
+
+def _segment_textured(x: np.ndarray, far: np.ndarray, notes: list[str]) -> np.ndarray | None:
+    """The article's mask (h, w) on a textured background, by GrabCut on a GRABCUT_SIDE copy; None = nothing found.
+
+    Seeds: the border ring is background where it is close to the fitted background (an article may touch the
+    border), the far-from-background pixels are probable article, the rest probable background. GrabCut's colour
+    models then separate a patterned floor from the garment where a distance threshold cannot.
+    """
+    h, w = far.shape
+    scale = min(1.0, GRABCUT_SIDE / max(h, w))
+    size = (max(8, round(w * scale)), max(8, round(h * scale)))
+    small = cv2.resize(x, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1)
+    small = np.repeat(small, 3, axis=2) if small.shape[2] == 1 else small
+    small = np.clip(np.rint(small), 0, 255).astype(np.uint8)
+    seed = cv2.resize(far.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    mask = np.where(seed, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    ring = np.zeros(seed.shape, bool)
+    r = max(1, min(size) // 40)
+    ring[:r], ring[-r:], ring[:, :r], ring[:, -r:] = True, True, True, True
+    mask[ring & ~seed] = cv2.GC_BGD
+    if not (mask == cv2.GC_BGD).any():
+        mask[ring] = cv2.GC_BGD  # Every border pixel is far: the background is busy, the article still inside.
+    if not (mask == cv2.GC_PR_FGD).any():
+        return None
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut's k-means start draws from OpenCV's RNG: same photo, same mask, whatever came before.
+    cv2.grabCut(small, mask, None, bgd, fgd, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
+    fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
+    k = max(3, round(CLUTTER_OPEN * max(size)) | 1)
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, disc)
+    n, labels, stats, centres = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    if n <= 1:
+        return None
+    areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
+    if areas.max() < 0.01 * fg.size:
+        return None
+    # One article: the largest, favouring central ones (a pair of shoes, or a second garment at the edge).
+    offset = np.hypot((centres[1:, 0] - size[0] / 2) / size[0], (centres[1:, 1] - size[1] / 2) / size[1])
+    best = int(np.argmax(areas * (1 - offset))) + 1
+    others = np.count_nonzero(areas >= 0.3 * areas[best - 1]) - 1
+    if others:
+        side = "left" if centres[best, 0] < size[0] / 2 else "right"
+        notes.append(f"{others + 1} articles found (e.g. a pair of shoes): the {side} one was kept")
+    keep = (labels == best).astype(np.uint8)
+    # Fill holes: whatever the border cannot reach outside the article is inside it.
+    outside = np.pad(1 - keep, 1, constant_values=1)
+    flood = np.zeros((outside.shape[0] + 2, outside.shape[1] + 2), np.uint8)
+    cv2.floodFill(outside, flood, (0, 0), 2)
+    keep = np.where(outside[1:-1, 1:-1] == 2, 0, 1).astype(np.float32)
+    notes.append("textured background: article segmented (GrabCut)")
+    return cv2.resize(keep, (w, h), interpolation=cv2.INTER_LINEAR) > 0.5
 
 
 def _article_mask(far: np.ndarray) -> np.ndarray | None:

@@ -46,7 +46,7 @@ from semdir_edit.core.io import IMAGE_SUFFIXES, LATENT_SUFFIX, atomic_write_byte
 from semdir_edit.core.types import Failed, Inverted
 from semdir_edit.core.validate import PATH_ERRNOS, check_eps, one_line
 from semdir_edit.core.writer import BackgroundWriter, read_ahead
-from semdir_edit.data.photo import check_regular_file, load_domain_image
+from semdir_edit.data.photo import check_regular_file, load_domain_photo
 from semdir_edit.editor import Editor
 from semdir_edit.inversion.invert import METHODS
 from semdir_edit.latents import latent_meta, save_latent
@@ -80,6 +80,8 @@ class LoadResult:
     error: str | None = None
     skipped: bool = False
     label: tuple[int, float] | None = None  # (class index, confidence) from the classifier, set by the reader.
+    photo: bool = False  # Came in as a photo (converted): classified by the photo classifier, with an ood_score.
+    ood: float = float("nan")  # The photo classifier's ood_score (NaN for domain images), set by the reader.
 
 
 # ----------------------------------------------------------------------------------------------- finding inputs
@@ -226,14 +228,14 @@ class ImageFolder(Dataset):
         if self.done.get(rel) == digest:
             return LoadResult(index, rel, digest, skipped=True)
         try:
-            image, notes = load_domain_image(data, self.resolution, preprocess=self.preprocess, name=rel)
+            image, notes, photo = load_domain_photo(data, self.resolution, preprocess=self.preprocess, name=rel)
         except UserError as exc:
             return LoadResult(index, rel, digest, error=str(exc))
         except Exception as exc:  # noqa: BLE001 — a decoder bug on one file must not end the run.
             reason = " ".join(str(exc).split())[:200]
             return LoadResult(index, rel, digest, error=f"{rel}: cannot load the image ({type(exc).__name__}: "
                                                         f"{reason})")
-        return LoadResult(index, rel, digest, image=image, notes=notes)
+        return LoadResult(index, rel, digest, image=image, notes=notes, photo=photo)
 
 
 def classified(batches: Iterable[list[LoadResult]], editor: Editor) -> Iterator[list[LoadResult]]:
@@ -246,9 +248,10 @@ def classified(batches: Iterable[list[LoadResult]], editor: Editor) -> Iterator[
         loaded = [item for item in records if item.image is not None]
         if loaded:
             x = to_float(torch.stack([item.image for item in loaded]))
-            idx, conf = editor.classify(x)
-            for item, i, c in zip(loaded, idx.tolist(), conf.tolist(), strict=True):
+            idx, conf, ood = editor.classify_photos(x, [item.photo for item in loaded])
+            for item, i, c, o in zip(loaded, idx.tolist(), conf.tolist(), ood.tolist(), strict=True):
                 item.label = (i, c)
+                item.ood = o
         yield records
 
 
@@ -537,6 +540,7 @@ def _record(rel: str, sha: str | None, options_key: str, *, error: str | None = 
         "class_index": res.class_index if res else None,
         "class_name": res.class_name if res else None,
         "confidence": _finite(res.confidence) if res else None,
+        "ood_score": res.ood_score if res else None,  # Photos with a photo classifier; None for domain images.
         "psnr": _finite(res.psnr) if res else None,
         "ssim": _finite(res.ssim) if res else None,
         "outputs": outputs or [],
@@ -551,7 +555,8 @@ def _edit_chunk(editor: Editor, items: list[LoadResult], opts: BatchOptions
     labels = [it.label for it in items]
     classes = None
     if all(label is not None for label in labels):
-        classes = (torch.tensor([label[0] for label in labels]), torch.tensor([label[1] for label in labels]))
+        classes = (torch.tensor([label[0] for label in labels]), torch.tensor([label[1] for label in labels]),
+                   torch.tensor([it.ood for it in items]))
     out = editor.invert_and_edit(torch.stack([it.image for it in items]), opts.direction, opts.eps,
                                  method=opts.method, steps=opts.steps, names=[it.rel for it in items],
                                  layers=opts.layers, keep_class=opts.keep_class, classes=classes)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from semdir_edit.config import match_class  # noqa: F401 - re-exported: direction specs name classes.
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.validate import check_eps
 
@@ -142,19 +143,6 @@ def parse_layers(spec: str | None, num_ws: int) -> range:
     if not lo <= hi < num_ws:
         raise UserError(f"invalid --layers '{spec}': layers run from 0 to {num_ws - 1}")
     return range(lo, hi + 1)
-
-
-def match_class(name: str, class_names: list[str]) -> int:
-    """A class by name (case-insensitive; a unique prefix such as "T-shirt" works) or by index."""
-    if name.isascii() and name.isdigit() and int(name) < len(class_names):
-        return int(name)
-    lowered = [c.lower() for c in class_names]
-    if name.lower() in lowered:
-        return lowered.index(name.lower())
-    hits = [i for i, c in enumerate(lowered) if c.startswith(name.lower())]
-    if len(hits) == 1:
-        return hits[0]
-    raise UserError(f"unknown class '{name}' (classes: {', '.join(class_names)})")
 
 
 def spread_of(direction: torch.Tensor, w_cov: torch.Tensor) -> torch.Tensor:

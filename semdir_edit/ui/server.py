@@ -245,7 +245,9 @@ class EditorService:
         return self.sessions.add(Session(
             name=stem, source=source, ws=res.ws.to(self.editor.device), class_index=res.class_index,
             class_name=res.class_name, confidence=res.confidence, psnr=res.psnr, ssim=res.ssim, method=res.method,
-            steps=res.steps, seconds=res.seconds, notes=list(res.notes),
+            steps=res.steps, seconds=res.seconds, notes=list(res.notes) + (
+                [f"may be none of the classes: ood_score {res.ood_score:.2f}, the class is a guess"]
+                if res.out_of_domain else []),
             domain_png=png_bytes(to_float(res.domain)[None]), reconstruction_png=png_bytes(res.reconstruction[None]),
             latent_meta=latent_meta(res, self.editor.weights_id)))
 
@@ -260,6 +262,7 @@ class EditorService:
                 "confidence": session.confidence, "psnr": session.psnr, "ssim": session.ssim,
                 "method": session.method, "steps": session.steps, "seconds": session.seconds,
                 "notes": session.notes, "latent_name": session.name + LATENT_SUFFIX,
+                "ood_score": session.latent_meta.get("ood_score"),
                 "domain": data_url(session.domain_png), "reconstruction": data_url(session.reconstruction_png)}
 
     # ------------------------------------------------------------------------------------------- editing

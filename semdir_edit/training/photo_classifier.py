@@ -1,0 +1,257 @@
+"""The photo classifier: the shared classifier fine-tuned on labelled real photos, with a "none of these" output.
+
+Two networks, two jobs:
+- ``classifier`` (shared, frozen): labels generated images for direction training, supplies the FID and
+  precision/recall features, the class lock and the perceptual loss, and classifies inputs that are already domain
+  images. Photos never change it.
+- ``photo_classifier`` (this module): names the class of inputs that came in as photos (after the photo
+  conversion) and gives their out-of-domain score. Same architecture with one extra output, K = "none of these",
+  trained on the out-of-domain categories of the class map; ``ood_score`` = its softmax probability.
+
+Fine-tuning: the stem and the first stages are the shared classifier's, frozen (their features are computed once
+per augmented image, so training takes minutes on a CPU); the last stage, the last batch norm's scale and shift
+and the head train on converted photos (categories drawn in proportion to the square root of their size) mixed
+1:1 with Fashion-MNIST training images; every batch norm keeps the shared classifier's running statistics. Both
+keep the domain accuracy. A photo's loss is
+the negative log of the probability summed over its accepted classes (a "longsleeve" may be a Pullover, Shirt,
+T-shirt or Coat; none of them is penalised against the others). A tenth of the photos (every tenth of each
+category) is held out to set the warning threshold of ``ood_score`` on photos the network has not seen.
+
+Fine-tuning still costs some Fashion-MNIST accuracy, so the trained weights are then blended with the shared
+classifier's (weight-space ensembling, Wortsman et al. 2022, "Robust fine-tuning of zero-shot models"): the largest
+weight of the fine-tuned network in BLEND_GRID whose accuracy on Fashion-MNIST training images not mixed into the
+batches is within DOMAIN_TOLERANCE of the shared classifier's.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from semdir_edit.checkpoint import git_commit, load_model, register_model
+from semdir_edit.config import ClassifierConfig
+from semdir_edit.core.errors import UserError
+from semdir_edit.core.images import to_float
+from semdir_edit.data import ImageSet
+from semdir_edit.data.labelled_photos import LabelledPhotos
+from semdir_edit.models import Classifier
+from semdir_edit.training.classifier import random_shift_flip
+from semdir_edit.training.common import seed_everything
+
+KIND = "photo_classifier"
+NONE_OF_THESE = "none of these"
+DOMAIN_TOLERANCE = 0.001  # Blend back until the domain accuracy is within this of the shared classifier's.
+BLEND_GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)  # Weight of the fine-tuned network.
+WARN_QUANTILE = 0.95  # Warn above this quantile of the held-out in-domain photos' ood_score (~5 % warned).
+
+
+def from_shared(base: Classifier) -> Classifier:
+    """A copy of the shared classifier with one more output ("none of these"), initialised to never win."""
+    cfg = ClassifierConfig(**{**vars(base.cfg), "num_classes": base.cfg.num_classes + 1})
+    model = Classifier(cfg)
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    k = base.cfg.num_classes
+    weight = torch.zeros(k + 1, base.fc.in_features)
+    bias = torch.full((k + 1,), -4.0)
+    weight[:k], bias[:k] = state["fc.weight"], state["fc.bias"]
+    state["fc.weight"], state["fc.bias"] = weight, bias
+    model.load_state_dict(state)
+    return model
+
+
+@torch.no_grad()
+def photo_scores(model: Classifier, x: torch.Tensor, batch_size: int = 500
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images (B, 1, R, R) in [-1, 1] -> (class index over the domain classes, its confidence, ood_score), all (B,).
+
+    The class is the best of the K domain classes (never "none of these"); its confidence is renormalised over
+    them; ``ood_score`` is the probability of "none of these" in [0, 1].
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    out = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    logits = torch.cat(out) if out else torch.zeros(0, model.cfg.num_classes)
+    probs = logits.softmax(1)
+    conf, idx = logits[:, :-1].softmax(1).max(1)
+    return idx, conf, probs[:, -1]
+
+
+def _trunk(model: Classifier, x: torch.Tensor) -> torch.Tensor:
+    """The frozen part: stem and all stages but the last."""
+    x = model.stem(x)
+    for stage in model.stages[:-1]:
+        x = stage(x)
+    return x
+
+
+def _head(model: Classifier, h: torch.Tensor) -> torch.Tensor:
+    """The trained part: the last stage, batch norm and the linear head."""
+    h = model.stages[-1](h)
+    return model.fc(model.dropout(F.relu(model.bn(h)).mean(dim=(2, 3))))
+
+
+@torch.no_grad()
+def _trunk_features(model: Classifier, images: torch.Tensor, copies: int, batch_size: int = 256) -> torch.Tensor:
+    """Frozen-trunk features (copies * N, C, H, W) float16: copy 0 as is, the others shifted / flipped at random."""
+    feats = []
+    for c in range(copies):
+        for i in range(0, len(images), batch_size):
+            x = to_float(images[i:i + batch_size])
+            if c > 0:
+                x = random_shift_flip(x)
+            feats.append(_trunk(model, x).half())
+    return torch.cat(feats)
+
+
+def blend_with_shared(model: Classifier, base: Classifier, alpha: float) -> Classifier:
+    """alpha * fine-tuned + (1 - alpha) * shared weights (the shared head extended by :func:`from_shared`)."""
+    start = from_shared(base).state_dict()
+    state = {k: alpha * v + (1 - alpha) * start[k] if v.is_floating_point() else v
+             for k, v in model.state_dict().items()}
+    blended = Classifier(model.cfg)
+    blended.load_state_dict(state)
+    return blended.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def choose_blend(model: Classifier, base: Classifier, images: torch.Tensor, labels: torch.Tensor,
+                 tolerance: float = DOMAIN_TOLERANCE) -> tuple[float, float, float]:
+    """(alpha, its domain accuracy, the shared classifier's) on ``images``: the largest alpha of BLEND_GRID that
+    keeps the accuracy within ``tolerance`` of the shared classifier's (0 = the shared classifier itself)."""
+    feats = _trunk_features(model, images, 1).float()  # The trunk is frozen: the same for every blend.
+    k = base.cfg.num_classes
+    base_acc = (_head(from_shared(base).eval(), feats)[:, :k].argmax(1) == labels).float().mean().item()
+    for alpha in BLEND_GRID:
+        acc = (_head(blend_with_shared(model, base, alpha), feats)[:, :k].argmax(1) == labels).float().mean().item()
+        if acc >= base_acc - tolerance:
+            return alpha, acc, base_acc
+    return 0.0, base_acc, base_acc
+
+
+def partial_label_loss(logits: torch.Tensor, accept: torch.Tensor) -> torch.Tensor:
+    """-log sum_{accepted c} p(c): any accepted class is right, none is pushed against another. accept: (B, K) bool."""
+    log_p = logits.float().log_softmax(1)
+    return -(log_p.masked_fill(~accept, float("-inf")).logsumexp(1)).mean()
+
+
+def holdout_mask(photos: LabelledPhotos, every: int = 10) -> torch.Tensor:
+    """(N,) bool: every ``every``-th photo of each category (in file order), held out for the threshold."""
+    held = torch.zeros(len(photos.category), dtype=torch.bool)
+    for c in range(len(photos.categories)):
+        idx = torch.nonzero(photos.category == c).flatten()
+        held[idx[every - 1::every]] = True
+    return held
+
+
+def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, domain: ImageSet, test: ImageSet | None,
+                           *, epochs: int = 12, batch_size: int = 64, lr: float = 1e-3, copies: int = 4,
+                           domain_images: int = 12_000, seed: int = 0, command: str = "", register: bool = True,
+                           log=print) -> tuple[Classifier, dict[str, Any]]:
+    """Fine-tune and (``register``) register ``photo_classifier`` in ``weights_dir``; returns it and its figures.
+
+    domain: Fashion-MNIST training images mixed into every batch (``domain_images`` of them, fixed at random);
+    test: the Fashion-MNIST test split, for the accuracy that must not regress (None = not measured).
+    """
+    if len(photos.category) == 0:
+        raise UserError("no photos to train on")
+    if not any(photos.accepted):
+        raise UserError("the class map has no in-domain category (every list is empty)")
+    t0 = time.monotonic()
+    commit = git_commit()  # The source that trains it, before anything can change the tree.
+    seed_everything(seed)
+    base = load_model(weights_dir, "classifier")
+    model = from_shared(base).train()
+    k = base.cfg.num_classes
+    for module in (model.stem, *model.stages[:-1]):
+        module.eval().requires_grad_(False)
+    for module in model.modules():  # Batch norms keep Fashion-MNIST's statistics: the domain accuracy holds.
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()
+
+    held = holdout_mask(photos)
+    if (~held).sum() == 0:
+        held[:] = False  # A tiny folder: train on everything, the threshold then comes from the training photos.
+    accept = photos.accept_matrix(k + 1)
+    accept[~photos.in_domain(), k] = True  # Out-of-domain categories: "none of these".
+    train_idx = torch.nonzero(~held).flatten()
+    log(f"photo classifier: {len(train_idx)} training photos, {int(held.sum())} held out; frozen-trunk features")
+    photo_feats = _trunk_features(model, photos.images[train_idx], copies)
+    photo_accept = accept[train_idx].repeat(copies, 1)
+    # Category-balanced draws (weight 1/sqrt(count)): a category with a third of the photos must not set the rest.
+    counts = torch.bincount(photos.category[train_idx], minlength=len(photos.categories)).float().clamp(min=1)
+    draw_weight = counts.rsqrt()[photos.category[train_idx]].repeat(copies)
+    perm = torch.randperm(len(domain))
+    pick, unseen = perm[:domain_images], perm[domain_images:domain_images + 5000]
+    dom_feats = _trunk_features(model, domain.images[pick], 1)
+    dom_labels = domain.labels[pick]
+
+    head = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(head, lr=lr, weight_decay=0.05)
+    steps_per_epoch = max(1, len(photo_feats) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    loss = torch.zeros(())
+    for epoch in range(epochs):
+        order = torch.multinomial(draw_weight, len(photo_feats), replacement=True)
+        for i in range(steps_per_epoch):
+            b = order[i * batch_size:(i + 1) * batch_size]
+            d = torch.randint(0, len(dom_feats), (len(b),))
+            logits = _head(model, torch.cat([photo_feats[b], dom_feats[d]]).float())
+            loss = (partial_label_loss(logits[:len(b)], photo_accept[b])
+                    + F.cross_entropy(logits[len(b):], dom_labels[d], label_smoothing=0.1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        log(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}")
+    model.eval().requires_grad_(False)
+    blend: dict[str, Any] = {}
+    if len(unseen):
+        alpha, acc, base_acc = choose_blend(model, base.cpu(), domain.images[unseen], domain.labels[unseen])
+        model = blend_with_shared(model, base, alpha)
+        blend = {"blend_alpha": alpha, "blend_domain_accuracy": round(acc, 4),
+                 "shared_domain_accuracy": round(base_acc, 4), "blend_images": len(unseen)}
+        log(f"blended with the shared classifier: alpha {alpha} (domain accuracy {acc:.4f}, shared {base_acc:.4f})")
+
+    calib = held if held.any() else torch.ones_like(held)
+    _, _, ood = photo_scores(model, to_float(photos.images[calib]))
+    inside = photos.in_domain()[calib]
+    threshold = float(torch.quantile(ood[inside], WARN_QUANTILE)) if inside.any() else 0.5
+    figures: dict[str, Any] = {"ood_threshold": round(threshold, 4), "photos": len(train_idx),
+                               "held_out": int(held.sum()), "epochs": epochs, "copies": copies,
+                               "domain_images": len(pick), **blend,
+                               "train_seconds": round(time.monotonic() - t0)}
+    if test is not None:
+        idx, _, _ = photo_scores(model, to_float(test.images))
+        figures["domain_test_accuracy"] = round((idx == test.labels).float().mean().item(), 4)
+    log(str(figures))
+    if register:
+        names = class_names_of(model, _domain_names(weights_dir, k))
+        categories = dict(zip(photos.categories, photos.accepted, strict=True))
+        register_model(weights_dir, KIND, model, command=command, commit=commit,
+                       extra={**figures, "class_names": names, "categories": categories})
+    return model, figures
+
+
+def _domain_names(weights_dir: str | Path, k: int) -> list[str]:
+    from semdir_edit.checkpoint import read_manifest
+    from semdir_edit.config import FASHION_MNIST_CLASSES
+
+    names = read_manifest(weights_dir)["models"]["classifier"].get("class_names")
+    if names and len(names) == k:
+        return list(names)
+    return list(FASHION_MNIST_CLASSES) if k == 10 else [str(i) for i in range(k)]
+
+
+def ood_threshold(manifest: dict[str, Any], default: float = 0.5) -> float:
+    """The photo classifier's warning threshold recorded in a manifest."""
+    return float(manifest.get("models", {}).get(KIND, {}).get("ood_threshold", default))
+
+
+def class_names_of(model: nn.Module, names: list[str]) -> list[str]:
+    """The photo classifier's output names: the domain classes and "none of these"."""
+    return [*names, NONE_OF_THESE][: model.cfg.num_classes]

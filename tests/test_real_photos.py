@@ -1,0 +1,159 @@
+"""Real photos (tests/data/real-photos, CC0): segmentation on textured backgrounds, the photo classifier,
+`train classifier --photos` and `evaluate photos` on tiny networks."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from semdir_edit.data.photo import load_image, to_domain
+
+from .conftest import ROOT, make_edit_weights, requires_dataset
+from .test_batch import run_cli
+from .test_cli import assert_user_error
+
+PHOTOS = ROOT / "tests" / "data" / "real-photos"
+LABELLED = PHOTOS / "labelled"
+CLASS_MAP = LABELLED / "class-map.json"
+
+
+def test_article_on_textured_background_is_segmented():
+    """Pale trousers on a hanger against a wood-grain wardrobe: the box is the trousers, not the whole photo."""
+    pixels = load_image(LABELLED / "pants" / "pants-on-hanger.jpg").pixels
+    h, w = pixels.shape[:2]
+    result = to_domain(pixels)
+    assert any("GrabCut" in n for n in result.notes)
+    left, top, right, bottom = result.box
+    assert right - left <= 0.6 * w and bottom - top >= 0.8 * h  # Tall and narrow, as the trousers are.
+    assert abs((left + right) / 2 - w / 2) <= 0.1 * w
+    ys, xs = np.nonzero(result.image > 60)
+    assert ys.max() - ys.min() >= 26 and xs.max() - xs.min() <= 16  # Long edge 28 px, vertical.
+    assert (result.image > 60).mean() >= 0.15  # A solid silhouette, not an empty frame.
+
+
+def test_synthetic_article_on_noisy_texture():
+    """A dark shirt-like block on strong random texture: the texture around it stays black."""
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal(170, 25, (240, 320, 3)), 0, 255).astype(np.uint8)
+    img = cv2.GaussianBlur(img, (3, 3), 0)
+    cv2.rectangle(img, (110, 50), (210, 190), (40, 40, 90), -1)
+    result = to_domain(img)
+    left, top, right, bottom = result.box
+    assert abs(left - 110) <= 8 and abs(right - 210) <= 8 and abs(top - 50) <= 8 and abs(bottom - 190) <= 8
+    # Tall article: 28 rows, 20 columns centred; the texture beside it stays black.
+    assert result.image[:2].max() == 0 and result.image[:, :5].max() == 0 and result.image[:, -5:].max() == 0
+    assert np.percentile(result.image[4:28, 8:24], 10) >= 150  # A solid block, not a ring.
+
+
+def test_pair_of_shoes_keeps_one():
+    pixels = load_image(LABELLED / "shoes" / "sandals-pair-on-carpet.jpg").pixels
+    w = pixels.shape[1]
+    result = to_domain(pixels)
+    assert any("articles found" in n for n in result.notes)
+    left, _, right, _ = result.box
+    assert right - left <= 0.45 * w  # One sandal: the pair spans most of the width.
+
+
+def test_product_shots_convert_as_before():
+    """Plain backgrounds skip the textured path (docs/examples are product shots)."""
+    for path in sorted((ROOT / "docs" / "examples").glob("*.jpg")):
+        result = to_domain(load_image(path).pixels)
+        assert not any("GrabCut" in n for n in result.notes), path
+
+
+@pytest.fixture(scope="module")
+def photo_weights(tmp_path_factory):
+    """Tiny G + C registered, and a tiny photo classifier fine-tuned by the CLI on the labelled folder."""
+    path = make_edit_weights(tmp_path_factory.mktemp("w"), bank_samples=200)
+    run = tmp_path_factory.mktemp("run")
+    result = run_cli("train", "classifier", "-c", "configs/tiny.yaml", "--photos", str(LABELLED), "--class-map",
+                     str(CLASS_MAP), "--weights", str(path), "--out", str(run), "--epochs", "1")
+    if "dataset folder" in result.stderr:
+        pytest.skip("Fashion-MNIST not installed")
+    assert result.returncode == 0, result.stderr
+    assert (run / "photos.npz").is_file()  # The converted photos are cached for the next run.
+    return path
+
+
+@requires_dataset
+def test_train_registers_photo_classifier_and_keeps_shared_one(photo_weights):
+    manifest = json.loads((photo_weights / "manifest.json").read_text())
+    entry = manifest["models"]["photo_classifier"]
+    assert entry["config"]["num_classes"] == 11 and entry["class_names"][-1] == "none of these"
+    assert 0 <= entry["ood_threshold"] <= 1 and entry["categories"]["hat"] == []
+    assert manifest["models"]["classifier"]["command"] == "test"  # The shared classifier is not touched.
+
+
+@requires_dataset
+def test_evaluate_photos_writes_figures_and_confusion(photo_weights, tmp_path):
+    out_json, png = tmp_path / "f.json", tmp_path / "confusion.png"
+    result = run_cli("evaluate", "photos", str(LABELLED), "--class-map", str(CLASS_MAP), "-w", str(photo_weights),
+                     "--json", str(out_json), "--confusion", str(png), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out_json.read_text())
+    assert figures["network"] == "photo_classifier"
+    assert figures["photos"] == 6 and figures["in_domain_photos"] == 4 and figures["out_of_domain_photos"] == 2
+    assert 0 <= figures["accuracy_in_domain"] <= 1 and 0 <= figures["ood_auroc"] <= 1
+    assert {"accuracy_pants", "accuracy_shoes", "flagged_hat", "warned_in_domain"} <= set(figures)
+    assert cv2.imread(str(png)) is not None
+    shared = run_cli("evaluate", "photos", str(LABELLED), "--class-map", str(CLASS_MAP), "-w", str(photo_weights),
+                     "--network", "shared", "--json", str(out_json), "--confusion", str(png), "--device", "cpu")
+    assert shared.returncode == 0 and json.loads(out_json.read_text())["network"] == "classifier"
+
+
+@requires_dataset
+def test_invert_reports_ood_score_for_photos_only(photo_weights, tmp_path):
+    domain = tmp_path / "domain.png"
+    img = np.zeros((28, 28), np.uint8)
+    img[4:24, 9:19] = 200
+    cv2.imwrite(str(domain), img)
+    hat = LABELLED / "hat" / "beanie-on-carpet.jpg"
+    result = run_cli("invert", str(hat), str(domain), "-w", str(photo_weights), "-o", str(tmp_path / "out"),
+                     "--method", "optimize", "--steps", "1", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    photo_json = json.loads((tmp_path / "out" / "beanie-on-carpet.json").read_text())
+    assert 0 <= photo_json["ood_score"] <= 1 and isinstance(photo_json["out_of_domain"], bool)
+    assert json.loads((tmp_path / "out" / "domain.json").read_text())["ood_score"] is None
+    from semdir_edit.latents import load_latent
+
+    _, meta = load_latent(tmp_path / "out" / "beanie-on-carpet.latent.safetensors")
+    assert meta["ood_score"] == photo_json["ood_score"]
+
+
+@requires_dataset
+def test_batch_manifest_has_ood_score(photo_weights, tmp_path):
+    result = run_cli("batch", str(LABELLED / "hat"), str(tmp_path / "b"), "-d", "pca:0", "--method",
+                     "optimize", "--steps", "1", "-w", str(photo_weights), "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "b" / "manifest.jsonl").read_text().splitlines()]
+    assert rows and all(0 <= r["ood_score"] <= 1 for r in rows)
+
+
+def test_bad_class_map_is_one_line_error(tmp_path):
+    from semdir_edit.config import FASHION_MNIST_CLASSES
+    from semdir_edit.core.errors import UserError
+    from semdir_edit.data.labelled_photos import read_class_map
+
+    bad = tmp_path / "map.json"
+    bad.write_text('{"pants": ["Trousers and more"]}')
+    with pytest.raises(UserError, match="unknown class"):
+        read_class_map(bad, list(FASHION_MNIST_CLASSES))
+    bad.write_text('{"pants": [10]}')
+    with pytest.raises(UserError, match="not in 0..9"):
+        read_class_map(bad, list(FASHION_MNIST_CLASSES))
+    bad.write_text('{"pants": "Trouser"}')
+    assert_user_error(run_cli("evaluate", "photos", str(LABELLED), "--class-map", str(bad)), "list of classes")
+    assert_user_error(run_cli("train", "classifier", "--photos", str(LABELLED)), "--class-map")
+
+
+def test_partial_label_loss_accepts_any_accepted_class():
+    from semdir_edit.training.photo_classifier import partial_label_loss
+
+    logits = torch.tensor([[5.0, 5.0, -5.0]])
+    both = partial_label_loss(logits, torch.tensor([[True, True, False]]))
+    one = partial_label_loss(logits, torch.tensor([[True, False, False]]))
+    assert both < 0.01 < one  # Splitting the mass between two accepted classes is not penalised.
