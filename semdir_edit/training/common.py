@@ -1,4 +1,4 @@
-"""What every training loop shares: the run folder, its options and stats files, the time budget, the RNG.
+"""What every training shares: the run folder, its options and stats files, the time budget, the RNG.
 
 Under torchrun (see :mod:`semdir_edit.core.distributed`) the trainers wrap what they train in DistributedDataParallel;
 each config's ``batch_size`` is the *global* batch, split evenly over the processes, so a config means the same

@@ -35,7 +35,7 @@ from semdir_edit.models.shift_predictor import ShiftPredictor, shift_predictor_l
 from semdir_edit.ops.perceptual import perceptual_distance
 from semdir_edit.ops.visible import change_statistics, solve_directions
 from semdir_edit.training.common import RunFolder, seed_everything
-from semdir_edit.training.loop import Losses, Schedule, TrainingJob, train
+from semdir_edit.training.loop import Losses, Schedule, TrainingJob, descend, train
 
 DIRECTION_INITS = ("random", "visible")
 
@@ -212,13 +212,7 @@ class DirectionsJob(TrainingJob):
     def step(self, step: int) -> Losses:
         self.predictor.train()
         loss, stats = self.loss(self.batch)
-        if self.opt_d is not None:
-            self.opt_d.zero_grad(set_to_none=True)
-        self.opt_p.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.opt_d is not None:
-            self.opt_d.step()
-        self.opt_p.step()
+        descend(loss, self.opt_d, self.opt_p)
         return {"loss": loss.detach(), **stats}
 
     def register(self, info: dict[str, Any], command: str, commit: str | None) -> None:

@@ -36,7 +36,7 @@ from semdir_edit.models import Discriminator, Generator
 from semdir_edit.models.encoder import Encoder
 from semdir_edit.ops.perceptual import PerceptualLoss
 from semdir_edit.training.common import RunFolder, seed_everything
-from semdir_edit.training.loop import Losses, Schedule, TrainingJob, train
+from semdir_edit.training.loop import Losses, Schedule, TrainingJob, descend, train
 
 KINDS = {"domain_guided": "encoder", "conventional": "encoder_conventional"}  # Training kind -> registered model kind.
 Stats = dict[str, torch.Tensor]  # Detached scalars, read (synchronising with the GPU) only when logged.
@@ -186,17 +186,13 @@ class EncoderJob(TrainingJob):
             e_loss, stats, x_rec = self.loss.encoder_loss(real)
         else:
             e_loss, stats = self.loss.encoder_loss(self.batch)
-        self.opt_E.zero_grad(set_to_none=True)
-        e_loss.backward()
-        self.opt_E.step()
+        descend(e_loss, self.opt_E)
 
         # D step on the same reals and their reconstructions (from E before its update, to save a forward).
         if self.domain_guided:
             D.requires_grad_(True)
             d_loss, d_stats = self.loss.discriminator_loss(real, x_rec)
-            self.opt_D.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self.opt_D.step()
+            descend(d_loss, self.opt_D)
             stats.update(d_stats)
         return stats
 

@@ -24,7 +24,7 @@ from semdir_edit.core.device import autocast
 from semdir_edit.data import load_split
 from semdir_edit.models import Discriminator, Generator
 from semdir_edit.training.common import RunFolder, seed_everything
-from semdir_edit.training.loop import Losses, Schedule, TrainingJob, train
+from semdir_edit.training.loop import Losses, Schedule, TrainingJob, descend, train
 
 
 def make_augment(enabled: bool) -> torch.nn.Module:
@@ -179,27 +179,19 @@ class GANJob(TrainingJob):
         # D step (logistic loss), with lazy R1 every r1_interval steps.
         real = (self.images[torch.randint(len(self.images), (batch,), device=self.device)].float() / 127.5 - 1)
         d_loss = loss.discriminator_loss(real)
-        self.opt_D.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.opt_D.step()
+        descend(d_loss, self.opt_D)
         r1 = None
         if tc.r1_gamma > 0 and step % tc.r1_interval == 0:
             r1 = loss.r1_penalty(real) * tc.r1_interval
-            self.opt_D.zero_grad(set_to_none=True)
-            r1.backward()
-            self.opt_D.step()
+            descend(r1, self.opt_D)
 
         # G step (non-saturating loss, style mixing); D is only a critic here.
         self.D.requires_grad_(False)
         g_loss = loss.generator_loss(batch)
-        self.opt_G.zero_grad(set_to_none=True)
-        g_loss.backward()
-        self.opt_G.step()
+        descend(g_loss, self.opt_G)
         if tc.pl_weight > 0 and step % tc.pl_interval == 0:
             self.pl = loss.path_length_penalty(max(batch // tc.pl_batch_shrink, 1), tc.pl_decay)
-            self.opt_G.zero_grad(set_to_none=True)
-            (self.pl * (tc.pl_weight * tc.pl_interval)).backward()
-            self.opt_G.step()
+            descend(self.pl * (tc.pl_weight * tc.pl_interval), self.opt_G)
         self.D.requires_grad_(True)
 
         # Update EMA of G (from the bare G, identical on every rank); its half-life ramps up with the images

@@ -32,7 +32,7 @@ from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import save_grid
 from semdir_edit.training.common import RunFolder, TimeBudget, checkpoint_rng, rng_state, start_rng
 
-Losses = dict[str, "torch.Tensor | float"]  # Scalars of one step, read (synchronising with the GPU) only when logged.
+Losses = dict[str, torch.Tensor | float]  # Scalars of one step, read (synchronising with the GPU) only when logged.
 
 
 class TrainingJob(ABC):
@@ -66,6 +66,16 @@ class TrainingJob(ABC):
     @abstractmethod
     def register(self, info: dict[str, Any], command: str, commit: str | None) -> None:
         """Register the trained networks; ``info``: what the manifest records of the training (rank 0 only)."""
+
+
+def descend(loss: torch.Tensor, *optimizers: torch.optim.Optimizer | None) -> None:
+    """One gradient step on ``loss`` for each of ``optimizers`` (None: a network that is not trained)."""
+    trained = [opt for opt in optimizers if opt is not None]
+    for opt in trained:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in trained:
+        opt.step()
 
 
 @dataclass
