@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -15,6 +17,12 @@ from semdir_edit.cli.batch import batch_cmd
 from semdir_edit.cli.options import WeightsOpt
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.validate import check_seed, one_line
+
+if TYPE_CHECKING:
+    import torch
+
+    from semdir_edit.config import Config
+
 
 try:  # Recent typer parses with its own copy of click; older ones with click itself.
     from typer._click import exceptions as click_errors
@@ -52,6 +60,33 @@ DataDirOpt = typer.Option(None, "--data-dir", help="Folder with the dataset (ove
 ScaleOpt = typer.Option(4, "--scale", min=1, max=16, help="Enlarge every 32 x 32 tile of the PNG this many times.")
 LabelsOpt = typer.Option(True, "--labels/--no-labels", help="Name the columns (eps) and rows (directions) of a "
                          "strip or grid; --no-labels writes the tiles alone.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint.")
+TimeLimitOpt = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none.")
+
+
+def steps_option(section: str) -> Any:
+    return typer.Option(None, "--steps", help=f"Override {section}.steps.")
+
+
+def train_config(config: Path, section: str, steps: int | None) -> Config:
+    """The config of a training command, its ``section``'s steps overridden by --steps."""
+    from semdir_edit.config import load_config
+
+    cfg = load_config(config)
+    if steps is not None:
+        getattr(cfg, section).steps = steps
+    return cfg
+
+
+def train_on_every_rank(device: str, train: Callable[[torch.device], dict[str, Any]]) -> None:
+    """Run ``train(device)`` on every rank under torchrun (or in this process); rank 0 says where it stopped."""
+    from semdir_edit.core import distributed
+
+    with distributed.session(device) as dev:
+        result = train(dev)
+        if distributed.is_main():
+            typer.echo(f"step {result['step']}: "
+                       f"{'finished' if result['finished'] else 'stopped; continue with --resume'}")
 
 JsonOpt = typer.Option(None, "--json", help="Also write the figures as one flat JSON object.")
 # Off by default: a quick measurement must never replace the recorded figures. --no-record (the old way to say
@@ -186,32 +221,24 @@ def train_gan_cmd(
     out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<name>-gan)."),
     weights: Path | None = typer.Option(None, "--weights", help="Weights folder to register G and D in "
                                            "when training completes (default weights/<name>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
+    resume: bool = ResumeOpt,
     device: str = DeviceOpt,
     data_dir: Path | None = DataDirOpt,
-    time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
+    time_limit: float = TimeLimitOpt,
     register_at_limit: bool = RegisterAtLimitOpt,
-    steps: int | None = typer.Option(None, "--steps", help="Override train_gan.steps."),
+    steps: int | None = steps_option("train_gan"),
     init_from: Path | None = typer.Option(None, "--init-from", help="Start G and D from this weights folder's "
                                              "(e.g. weights/fashion_mnist) instead of random: continues a finished "
                                              "training whose run folder is gone (new optimisers, step 0)."),
 ) -> None:
     """Train the StyleGAN2-style generator and discriminator."""
-    from semdir_edit.config import load_config
-    from semdir_edit.core import distributed
     from semdir_edit.training.gan import train_gan
 
-    cfg = load_config(config)
-    if steps is not None:
-        cfg.train_gan.steps = steps
-    with distributed.session(device) as dev:
-        result = train_gan(cfg, out or Path("runs") / f"{cfg.name}-gan", dev, resume=resume,
-                           data_dir=str(data_dir) if data_dir else None,
-                           weights_dir=weights or Path("weights") / cfg.name, command=command_line(),
-                           time_limit_min=time_limit, register_at_limit=register_at_limit, init_from=init_from)
-        if distributed.is_main():
-            typer.echo(f"step {result['step']}: "
-                       f"{'finished' if result['finished'] else 'stopped; continue with --resume'}")
+    cfg = train_config(config, "train_gan", steps)
+    train_on_every_rank(device, lambda dev: train_gan(
+        cfg, out or Path("runs") / f"{cfg.name}-gan", dev, resume=resume, data_dir=str(data_dir) if data_dir else None,
+        weights_dir=weights or Path("weights") / cfg.name, command=command_line(), time_limit_min=time_limit,
+        register_at_limit=register_at_limit, init_from=init_from))
 
 
 @train_app.command("classifier")
@@ -526,33 +553,25 @@ def train_encoder_cmd(
     kind: str = typer.Option("domain_guided", "--kind", help="domain_guided (Eq. 2/3) | conventional (Eq. 1)."),
     weights: Path = WeightsOpt,
     out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<name>-encoder-<kind>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
+    resume: bool = ResumeOpt,
     device: str = DeviceOpt,
     data_dir: Path | None = DataDirOpt,
-    time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
+    time_limit: float = TimeLimitOpt,
     register_at_limit: bool = RegisterAtLimitOpt,
-    steps: int | None = typer.Option(None, "--steps", help="Override train_encoder.steps."),
+    steps: int | None = steps_option("train_encoder"),
     init_from: Path | None = typer.Option(None, "--init-from", help="Start from this weights folder's encoder of "
                                           "this kind (fine-tuning, e.g. for a further-trained generator)."),
 ) -> None:
     """Train the domain-guided (or the conventional) encoder against the shipped generator."""
-    from semdir_edit.config import load_config
-    from semdir_edit.core import distributed
     from semdir_edit.training.encoder import train_encoder
 
     if kind not in ("domain_guided", "conventional"):
         raise UserError("--kind must be domain_guided or conventional")
-    cfg = load_config(config)
-    if steps is not None:
-        cfg.train_encoder.steps = steps
-    with distributed.session(device) as dev:
-        result = train_encoder(cfg, weights, out or Path("runs") / f"{cfg.name}-encoder-{kind}", dev,
-                               kind=kind, resume=resume, data_dir=str(data_dir) if data_dir else None,
-                               command=command_line(), time_limit_min=time_limit,
-                               register_at_limit=register_at_limit, init_from=init_from)
-        if distributed.is_main():
-            typer.echo(f"step {result['step']}: "
-                       f"{'finished' if result['finished'] else 'stopped; continue with --resume'}")
+    cfg = train_config(config, "train_encoder", steps)
+    train_on_every_rank(device, lambda dev: train_encoder(
+        cfg, weights, out or Path("runs") / f"{cfg.name}-encoder-{kind}", dev, kind=kind, resume=resume,
+        data_dir=str(data_dir) if data_dir else None, command=command_line(), time_limit_min=time_limit,
+        register_at_limit=register_at_limit, init_from=init_from))
 
 
 @train_app.command("directions")
@@ -560,11 +579,11 @@ def train_directions_cmd(
     config: Path = ConfigOpt,
     weights: Path = WeightsOpt,
     out: Path | None = typer.Option(None, "--out", help="Run folder (default runs/<name>-directions)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
+    resume: bool = ResumeOpt,
     device: str = DeviceOpt,
-    time_limit: float = typer.Option(0.0, "--time-limit", help="Stop (with a checkpoint) after N minutes; 0 = none."),
+    time_limit: float = TimeLimitOpt,
     register_at_limit: bool = RegisterAtLimitOpt,
-    steps: int | None = typer.Option(None, "--steps", help="Override train_directions.steps."),
+    steps: int | None = steps_option("train_directions"),
     global_only: bool = typer.Option(False, "--global-only", help="Voynov & Babenko's baseline: global set only "
                                      "(registered as deformators_voynov)."),
     init_from: Path | None = typer.Option(None, "--init-from", help="Start from this weights folder's trained "
@@ -575,23 +594,15 @@ def train_directions_cmd(
                                       "--freeze-global too: train only the shift predictor)."),
 ) -> None:
     """Train the N+1 deformators and the shift predictor against the shipped generator and classifier."""
-    from semdir_edit.config import load_config
-    from semdir_edit.core import distributed
     from semdir_edit.training.directions import train_directions
 
-    cfg = load_config(config)
-    if steps is not None:
-        cfg.train_directions.steps = steps
+    cfg = train_config(config, "train_directions", steps)
     cfg.train_directions.freeze_global = cfg.train_directions.freeze_global or freeze_global
     cfg.train_directions.freeze_class = cfg.train_directions.freeze_class or freeze_class
     default_out = Path("runs") / f"{cfg.name}-directions{'-voynov' if global_only else ''}"
-    with distributed.session(device) as dev:
-        result = train_directions(cfg, weights, out or default_out, dev, resume=resume, command=command_line(),
-                                  time_limit_min=time_limit, global_only=global_only,
-                                  register_at_limit=register_at_limit, init_from=init_from)
-        if distributed.is_main():
-            typer.echo(f"step {result['step']}: "
-                       f"{'finished' if result['finished'] else 'stopped; continue with --resume'}")
+    train_on_every_rank(device, lambda dev: train_directions(
+        cfg, weights, out or default_out, dev, resume=resume, command=command_line(), time_limit_min=time_limit,
+        global_only=global_only, register_at_limit=register_at_limit, init_from=init_from))
 
 
 @train_app.command("baselines")

@@ -1,4 +1,4 @@
-"""What every training loop shares: the run folder, its options and stats files, the time budget, the RNG.
+"""What every training shares: the run folder, its options and stats files, the time budget, the RNG.
 
 Under torchrun (see :mod:`semdir_edit.core.distributed`) the trainers wrap what they train in DistributedDataParallel;
 each config's ``batch_size`` is the *global* batch, split evenly over the processes, so a config means the same
@@ -26,13 +26,13 @@ class RunFolder:
     """One folder per run: ``options.json`` written before training, ``stats.jsonl`` appended to,
     ``training-state.pt`` (resume) and ``samples/``.
 
-    ``writer=False`` (the ranks other than 0 under torchrun): only the paths, nothing is created or cleaned up
-    (that would race with rank 0's writes); such a process reads the checkpoint and writes nothing.
+    ``writer=False`` (default on the ranks other than 0 under torchrun): only the paths, nothing is created or
+    cleaned up (that would race with rank 0's writes); such a process reads the checkpoint and writes nothing.
     """
 
-    def __init__(self, path: str | Path, writer: bool = True) -> None:
+    def __init__(self, path: str | Path, writer: bool | None = None) -> None:
         self.path = Path(path)
-        if not writer:
+        if not (distributed.is_main() if writer is None else writer):
             return
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / "samples").mkdir(exist_ok=True)
@@ -43,6 +43,10 @@ class RunFolder:
     @property
     def state_path(self) -> Path:
         return self.path / "training-state.pt"
+
+    def resumes(self, resume: bool) -> bool:
+        """Whether a run asked to ``resume`` continues a checkpoint here (else it starts afresh)."""
+        return resume and self.state_path.exists()
 
     def write_options(self, options: dict[str, Any]) -> None:
         atomic_write_json(self.path / "options.json", options)

@@ -16,7 +16,6 @@ Under torchrun, the deformators and the predictor are wrapped in DistributedData
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,17 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
-from semdir_edit.checkpoint import (
-    git_commit,
-    init_record,
-    load_into,
-    load_model,
-    load_training_state,
-    register_model,
-    save_training_state,
-)
+from semdir_edit.checkpoint import init_record, load_into, load_model, register_model
 from semdir_edit.config import Config, DirectionsTrainConfig, to_dict
 from semdir_edit.core import distributed
 from semdir_edit.core.errors import UserError
@@ -44,14 +34,8 @@ from semdir_edit.models.deformator import Deformators
 from semdir_edit.models.shift_predictor import ShiftPredictor, shift_predictor_loss
 from semdir_edit.ops.perceptual import perceptual_distance
 from semdir_edit.ops.visible import change_statistics, solve_directions
-from semdir_edit.training.common import (
-    RunFolder,
-    TimeBudget,
-    checkpoint_rng,
-    rng_state,
-    seed_everything,
-    start_rng,
-)
+from semdir_edit.training.common import RunFolder, seed_everything
+from semdir_edit.training.loop import Losses, Schedule, TrainingJob, descend, train
 
 DIRECTION_INITS = ("random", "visible")
 
@@ -160,6 +144,84 @@ def init_visible(deformators: Deformators, G: Generator, C: Classifier, dc: Dire
             deformators.class_raw.copy_(class_dirs)
 
 
+class DirectionsJob(TrainingJob):
+    """Direction discovery as a :class:`~semdir_edit.training.loop.TrainingJob`: per step one joint step of the
+    deformators and the shift predictor on :class:`DirectionLoss`. No samples; registers both networks (with the
+    suffix ``_voynov`` for the global-only baseline).
+
+    init_from: a weights folder whose registered deformators and predictor are the starting point; else
+        ``train_directions.init`` says which (random or :func:`init_visible`). ``resuming``: no starting point
+        (the checkpoint replaces it).
+    """
+
+    desc = "train directions"
+    postfix = {"acc": "accuracy", "ce": "ce"}
+
+    def __init__(self, cfg: Config, weights_dir: str | Path, device: torch.device, *, global_only: bool = False,
+                 init_from: str | Path | None = None, resuming: bool = False, progress: bool = False) -> None:
+        dc = self.dc = cfg.train_directions
+        self.weights_dir, self.init_from = weights_dir, init_from
+        self.batch = distributed.per_rank_batch(dc.batch_size, "train_directions.batch_size")
+        G = load_model(weights_dir, "generator", device)
+        C = load_model(weights_dir, "classifier", device)
+        # Sizes left at 0 in the config come from the networks they serve.
+        dcfg = dataclasses.replace(cfg.deformator, w_dim=cfg.deformator.w_dim or G.w_dim,
+                                   num_classes=0 if global_only else cfg.deformator.num_classes or C.cfg.num_classes)
+        pcfg = dataclasses.replace(cfg.shift_predictor, k=cfg.shift_predictor.k or dcfg.k,
+                                   num_sets=cfg.shift_predictor.num_sets or dcfg.num_classes + 1,
+                                   img_channels=G.cfg.img_channels)
+        self.deformators = deformators = Deformators(dcfg).to(device)
+        deformators.w_cov.copy_(w_covariance(sample_w(G, dc.spread_samples, dc.seed)).float())
+        self.predictor = predictor = ShiftPredictor(pcfg).to(device)
+        self.suffix = "_voynov" if global_only else ""
+        if init_from is not None and not resuming:
+            load_into(deformators, init_from, "deformators" + self.suffix)
+            load_into(predictor, init_from, "shift_predictor" + self.suffix)
+        elif dc.init == "visible" and not global_only and not resuming:
+            init_visible(deformators, G, C, dc, progress=progress)
+        # The Voynov baseline is Voynov & Babenko's own method whatever the config says of ours (a random start,
+        # trained); freezing applies to it only when fine-tuning one (--init-from).
+        freezes = not global_only or init_from is not None
+        if dc.freeze_global and freezes:
+            deformators.global_raw.requires_grad_(False)
+        if dc.freeze_class and freezes:
+            deformators.class_raw.requires_grad_(False)
+        trainable = [p for p in deformators.parameters() if p.requires_grad]
+        self.opt_d = torch.optim.Adam(trainable, lr=dc.lr_deformator or dc.lr) if trainable else None
+        self.opt_p = torch.optim.Adam(predictor.parameters(), lr=dc.lr)
+        # Under torchrun: gradients averaged over the ranks; the predictor's batch-norm statistics copied from rank 0.
+        self.loss = DirectionLoss(G, C, deformators, distributed.ddp(predictor, device, broadcast_buffers=True),
+                                  (dc.eps_min, dc.eps_max), dc.shift_weight, train_class=not global_only,
+                                  all_directions=distributed.ddp(AllDirections(deformators), device) if trainable
+                                  else deformators.all_directions,  # DDP refuses a module with nothing to train.
+                                  # With the class sets frozen their extra terms move nothing: skip computing them.
+                                  class_keep_weight=0.0 if dc.freeze_class else dc.class_keep_weight,
+                                  class_strength=(0.0 if dc.freeze_class else dc.class_strength_weight,
+                                                  dc.class_strength_target))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"deformators": self.deformators.state_dict(), "predictor": self.predictor.state_dict(),
+                "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
+                "opt_p": self.opt_p.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("deformators", "predictor", "opt_d", "opt_p"):
+            if getattr(self, name) is not None:
+                getattr(self, name).load_state_dict(state[name])
+
+    def step(self, step: int) -> Losses:
+        self.predictor.train()
+        loss, stats = self.loss(self.batch)
+        descend(loss, self.opt_d, self.opt_p)
+        return {"loss": loss.detach(), **stats}
+
+    def register(self, info: dict[str, Any], command: str, commit: str | None) -> None:
+        for kind, module in (("deformators" + self.suffix, self.deformators),
+                             ("shift_predictor" + self.suffix, self.predictor)):
+            start = {"init_from": init_record(self.init_from, kind)} if self.init_from is not None else {}
+            register_model(self.weights_dir, kind, module, command=command, extra={**info, **start}, commit=commit)
+
+
 def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, device: torch.device, *,
                      resume: bool = False, command: str = "", time_limit_min: float = 0.0,
                      register_at_limit: bool = False, max_steps: int | None = None, progress: bool = True,
@@ -175,110 +237,11 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     dc = cfg.train_directions
     if dc.init not in DIRECTION_INITS:
         raise UserError(f"train_directions.init must be one of {', '.join(DIRECTION_INITS)}, not '{dc.init}'")
-    main = distributed.is_main()
-    run = RunFolder(run_dir, writer=main)
-    batch = distributed.per_rank_batch(dc.batch_size, "train_directions.batch_size")
+    run = RunFolder(run_dir)
     seed_everything(dc.seed)
-    G = load_model(weights_dir, "generator", device)
-    C = load_model(weights_dir, "classifier", device)
-    # Sizes left at 0 in the config come from the networks they serve.
-    dcfg = dataclasses.replace(cfg.deformator, w_dim=cfg.deformator.w_dim or G.w_dim,
-                               num_classes=0 if global_only else cfg.deformator.num_classes or C.cfg.num_classes)
-    pcfg = dataclasses.replace(cfg.shift_predictor, k=cfg.shift_predictor.k or dcfg.k,
-                               num_sets=cfg.shift_predictor.num_sets or dcfg.num_classes + 1,
-                               img_channels=G.cfg.img_channels)
-    deformators = Deformators(dcfg).to(device)
-    deformators.w_cov.copy_(w_covariance(sample_w(G, dc.spread_samples, dc.seed)).float())
-    predictor = ShiftPredictor(pcfg).to(device)
-    suffix = "_voynov" if global_only else ""
-    if init_from is not None and not (resume and run.state_path.exists()):
-        load_into(deformators, init_from, "deformators" + suffix)
-        load_into(predictor, init_from, "shift_predictor" + suffix)
-    elif dc.init == "visible" and not global_only and not (resume and run.state_path.exists()):
-        init_visible(deformators, G, C, dc, progress=progress and main)
-    # The Voynov baseline is Voynov & Babenko's own method whatever the config says of ours (a random start, trained);
-    # freezing applies to it only when fine-tuning one (--init-from).
-    freezes = not global_only or init_from is not None
-    if dc.freeze_global and freezes:
-        deformators.global_raw.requires_grad_(False)
-    if dc.freeze_class and freezes:
-        deformators.class_raw.requires_grad_(False)
-    trainable = [p for p in deformators.parameters() if p.requires_grad]
-    opt_d = torch.optim.Adam(trainable, lr=dc.lr_deformator or dc.lr) if trainable else None
-    opt_p = torch.optim.Adam(predictor.parameters(), lr=dc.lr)
-    # Under torchrun: gradients averaged over the ranks; the predictor's batch-norm statistics copied from rank 0.
-    loss_fn = DirectionLoss(G, C, deformators, distributed.ddp(predictor, device, broadcast_buffers=True),
-                            (dc.eps_min, dc.eps_max), dc.shift_weight, train_class=not global_only,
-                            all_directions=distributed.ddp(AllDirections(deformators), device) if trainable
-                            else deformators.all_directions,  # DDP refuses a module with nothing to train.
-                            # With the class sets frozen their extra terms move nothing: skip computing them.
-                            class_keep_weight=0.0 if dc.freeze_class else dc.class_keep_weight,
-                            class_strength=(0.0 if dc.freeze_class else dc.class_strength_weight,
-                                            dc.class_strength_target))
-    step, seconds, state = 0, 0.0, None
-    if resume and run.state_path.exists():
-        state = load_training_state(run.state_path, device)
-        for name, module in (("deformators", deformators), ("predictor", predictor), ("opt_d", opt_d),
-                             ("opt_p", opt_p)):
-            if module is not None:
-                module.load_state_dict(state[name])
-        step, seconds = int(state["step"]), float(state["seconds"])
-    start_rng(dc.seed, state, step)
-    commit = git_commit()
-    if main:
-        run.write_options({"config": to_dict(cfg), "command": command, "git_commit": commit, "device": str(device),
-                           "processes": distributed.world_size(), "resumed_at": step})
-    total = dc.steps if max_steps is None else min(dc.steps, max_steps)
-    budget = TimeBudget(time_limit_min)
-    stats: dict[str, Any] = {}
-    bar = tqdm(total=total, initial=step, disable=not (progress and main), desc="train directions",
-               dynamic_ncols=True)
-    t0 = time.monotonic()
-
-    def checkpoint(gather: bool = True) -> None:
-        # gather=False (Ctrl-C, when the ranks may be anywhere): rank 0's stream only; the ranks restart theirs.
-        rng = checkpoint_rng() if gather else {"rng": rng_state()}
-        if main:
-            save_training_state(run.state_path, {
-                "deformators": deformators.state_dict(), "predictor": predictor.state_dict(),
-                "opt_d": opt_d.state_dict() if opt_d is not None else None, "opt_p": opt_p.state_dict(),
-                "step": step, "seconds": seconds, **rng})
-
-    try:
-        while step < total and not budget.exceeded():
-            predictor.train()
-            loss, batch_stats = loss_fn(batch)
-            if opt_d is not None:
-                opt_d.zero_grad(set_to_none=True)
-            opt_p.zero_grad(set_to_none=True)
-            loss.backward()
-            if opt_d is not None:
-                opt_d.step()
-            opt_p.step()
-            step += 1
-            bar.update(1)
-            if step % 50 == 0 or step == total:
-                now = time.monotonic()
-                seconds, t0 = seconds + now - t0, now
-                losses = distributed.mean({"loss": loss.item(), **batch_stats})  # Over all ranks.
-                stats = {"step": step, "seconds": round(seconds, 1), **{k: round(v, 4) for k, v in losses.items()}}
-                bar.set_postfix(acc=stats["accuracy"], ce=stats["ce"])
-                if main:
-                    run.append_stats(stats)
-            if step % dc.checkpoint_every == 0:
-                checkpoint()
-    except KeyboardInterrupt:
-        checkpoint(gather=False)
-        raise
-    bar.close()
-    seconds += time.monotonic() - t0
-    checkpoint()
-    if main and (step >= dc.steps or (register_at_limit and step > 0)):
-        info = {"planned_steps": dc.steps, "steps": step, "train_seconds": round(seconds), "device": str(device),
-                "processes": distributed.world_size()}
-        for kind, module in (("deformators" + suffix, deformators), ("shift_predictor" + suffix, predictor)):
-            start = {"init_from": init_record(init_from, kind)} if init_from is not None else {}
-            register_model(weights_dir, kind, module, command=command, extra={**info, **start}, commit=commit)
-    return {**stats, "step": step, "finished": step >= dc.steps}
-
-
+    job = DirectionsJob(cfg, weights_dir, device, global_only=global_only, init_from=init_from,
+                        resuming=run.resumes(resume), progress=progress and distributed.is_main())
+    schedule = Schedule(dc.steps, dc.checkpoint_every, dc.seed)
+    return train(job, run, device, schedule, options={"config": to_dict(cfg)}, resume=resume, command=command,
+                 time_limit_min=time_limit_min, register_at_limit=register_at_limit, max_steps=max_steps,
+                 progress=progress)

@@ -20,40 +20,23 @@ split over the processes (so E's batch-norm statistics are per process, as usual
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from semdir_edit.checkpoint import (
-    git_commit,
-    init_record,
-    load_into,
-    load_model,
-    load_training_state,
-    register_model,
-    save_training_state,
-    weights_id,
-)
+from semdir_edit.checkpoint import init_record, load_into, load_model, register_model, weights_id
 from semdir_edit.config import Config, EncoderConfig, to_dict
 from semdir_edit.core import distributed
 from semdir_edit.core.errors import UserError
-from semdir_edit.core.images import save_grid, to_float
+from semdir_edit.core.images import to_float
 from semdir_edit.data import load_split
 from semdir_edit.models import Discriminator, Generator
 from semdir_edit.models.encoder import Encoder
 from semdir_edit.ops.perceptual import PerceptualLoss
-from semdir_edit.training.common import (
-    RunFolder,
-    TimeBudget,
-    checkpoint_rng,
-    rng_state,
-    seed_everything,
-    start_rng,
-)
+from semdir_edit.training.common import RunFolder, seed_everything
+from semdir_edit.training.loop import Losses, Schedule, TrainingJob, descend, train
 
 KINDS = {"domain_guided": "encoder", "conventional": "encoder_conventional"}  # Training kind -> registered model kind.
 Stats = dict[str, torch.Tensor]  # Detached scalars, read (synchronising with the GPU) only when logged.
@@ -125,6 +108,111 @@ def encoder_config(cfg: EncoderConfig, G: Generator) -> EncoderConfig:
     return out
 
 
+class EncoderJob(TrainingJob):
+    """Encoder training as a :class:`~semdir_edit.training.loop.TrainingJob`: per step one E step and, domain-guided,
+    one D step, at an exponentially decaying learning rate. Samples: 16 fixed inputs above their reconstructions
+    G(E(x)); registers E as ``KINDS[kind]`` in ``weights_dir``.
+
+    init_from: a weights folder whose encoder of this kind is the starting point (None = random); ``resuming``:
+    not loaded (the checkpoint replaces it), only recorded.
+    """
+
+    digits = 5
+    postfix = {"E": "loss_E"}
+    sample_columns = 16
+
+    def __init__(self, cfg: Config, weights_dir: str | Path, device: torch.device, *, kind: str = "domain_guided",
+                 data_dir: str | None = None, init_from: str | Path | None = None,
+                 resuming: bool = False) -> None:
+        tc = self.tc = cfg.train_encoder
+        self.kind, self.weights_dir, self.device, self.init_from = kind, weights_dir, device, init_from
+        self.desc = f"train encoder ({kind})"
+        self.batch = distributed.per_rank_batch(tc.batch_size, "train_encoder.batch_size")
+        self.domain_guided = kind == "domain_guided"
+        self.G = G = load_model(weights_dir, "generator", device)                  # Frozen, eval mode.
+        self.E = E = Encoder(encoder_config(cfg.encoder, G), w_avg=G.mapping.w_avg).to(device).train()
+        if init_from is not None and not resuming:
+            load_into(E, init_from, KINDS[kind])
+            E.train()
+        # Under torchrun: gradients averaged over the ranks; batch-norm running statistics copied from rank 0.
+        E_train = distributed.ddp(E, device, broadcast_buffers=True)
+        betas = (0.9, 0.99)
+        self.opt_E = torch.optim.Adam(E.parameters(), lr=tc.lr, betas=betas, eps=1e-8)
+        self.D = self.opt_D = None
+        if self.domain_guided:
+            self.images = load_split(cfg.data, "train", data_dir).images.to(device)  # uint8 (N, 1, R, R)
+            self.D = D = load_model(weights_dir, "discriminator", device).train().requires_grad_(True)
+            self.opt_D = torch.optim.Adam(D.parameters(), lr=tc.lr, betas=betas, eps=1e-8)
+            C = load_model(weights_dir, "classifier", device) if tc.perceptual == "classifier" else None
+            self.loss: ConventionalEncoderLoss | DomainGuidedEncoderLoss = DomainGuidedEncoderLoss(
+                G, E_train, D, PerceptualLoss(C, backbone=tc.perceptual).to(device), tc.lambda_perceptual,
+                tc.lambda_adv, tc.r1_gamma, D_train=distributed.ddp(D, device))
+            self.sample_x = to_float(self.images[:16])                              # Fixed real images.
+        else:
+            self.loss = ConventionalEncoderLoss(G, E_train, device)
+            with torch.no_grad():
+                z = torch.randn(16, G.z_dim, generator=torch.Generator().manual_seed(tc.seed)).to(device)
+                self.sample_x = G.synthesis(G.broadcast(G.mapping(z)), noise_mode="const")
+        self.generator_id = weights_id(weights_dir)
+        self.decay_steps = tc.lr_decay_steps or max(tc.steps // 4, 1)
+        self.lr = tc.lr
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"kind": self.kind, "generator_id": self.generator_id, "E": self.E.state_dict(),
+                 "opt_E": self.opt_E.state_dict()}
+        if self.domain_guided:
+            state.update(D=self.D.state_dict(), opt_D=self.opt_D.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != self.kind or state.get("generator_id") != self.generator_id:
+            raise UserError(f"a '{state.get('kind')}' run for generator {state.get('generator_id')}, not a "
+                            f"'{self.kind}' run for {self.generator_id}: use another --out")
+        for name in ("E", "opt_E", *(("D", "opt_D") if self.domain_guided else ())):
+            getattr(self, name).load_state_dict(state[name])
+
+    def step(self, step: int) -> Losses:
+        tc, D = self.tc, self.D
+        # Exponential learning-rate decay (TF exponential_decay, not staircase), as idinvert.
+        self.lr = tc.lr * tc.lr_decay_rate ** (step / self.decay_steps)
+        for opt in (self.opt_E, self.opt_D):
+            for group in (opt.param_groups if opt is not None else []):
+                group["lr"] = self.lr
+
+        # E step.
+        if self.domain_guided:
+            real = to_float(self.images[torch.randint(len(self.images), (self.batch,), device=self.device)])
+            D.requires_grad_(False)                 # D is only a critic here: no gradients into it.
+            e_loss, stats, x_rec = self.loss.encoder_loss(real)
+        else:
+            e_loss, stats = self.loss.encoder_loss(self.batch)
+        descend(e_loss, self.opt_E)
+
+        # D step on the same reals and their reconstructions (from E before its update, to save a forward).
+        if self.domain_guided:
+            D.requires_grad_(True)
+            d_loss, d_stats = self.loss.discriminator_loss(real, x_rec)
+            descend(d_loss, self.opt_D)
+            stats.update(d_stats)
+        return stats
+
+    def stats(self) -> dict[str, Any]:
+        return {"lr": self.lr}
+
+    def sample(self) -> torch.Tensor:
+        self.E.eval()
+        rec = self.G.synthesis(self.E(self.sample_x), noise_mode="const")
+        self.E.train()
+        return torch.cat([self.sample_x, rec])      # Top row: inputs; bottom row: reconstructions G(E(x)).
+
+    def register(self, info: dict[str, Any], command: str, commit: str | None) -> None:
+        self.E.eval()
+        info = {**info, "training": self.kind, "generator_id": self.generator_id}
+        if self.init_from is not None:
+            info["init_from"] = init_record(self.init_from, KINDS[self.kind])
+        register_model(self.weights_dir, KINDS[self.kind], self.E, command=command, extra=info, commit=commit)
+
+
 def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, device: torch.device, *,
                   kind: str = "domain_guided", resume: bool = False, data_dir: str | None = None,
                   command: str = "", time_limit_min: float = 0.0,
@@ -144,139 +232,11 @@ def train_encoder(cfg: Config, weights_dir: str | Path, run_dir: str | Path, dev
     if kind not in KINDS:
         raise UserError(f"unknown encoder training kind '{kind}' (use {', '.join(KINDS)})")
     tc = cfg.train_encoder
-    main = distributed.is_main()
-    run = RunFolder(run_dir, writer=main)
-    batch = distributed.per_rank_batch(tc.batch_size, "train_encoder.batch_size")
+    run = RunFolder(run_dir)
     seed_everything(tc.seed)
-    domain_guided = kind == "domain_guided"
-    G = load_model(weights_dir, "generator", device)                           # Frozen, eval mode.
-    E = Encoder(encoder_config(cfg.encoder, G), w_avg=G.mapping.w_avg).to(device).train()
-    if init_from is not None and not (resume and run.state_path.exists()):
-        load_into(E, init_from, KINDS[kind])
-        E.train()
-    # Under torchrun: gradients averaged over the ranks; batch-norm running statistics copied from rank 0.
-    E_train = distributed.ddp(E, device, broadcast_buffers=True)
-    betas = (0.9, 0.99)
-    opt_E = torch.optim.Adam(E.parameters(), lr=tc.lr, betas=betas, eps=1e-8)
-    D = opt_D = None
-    if domain_guided:
-        images = load_split(cfg.data, "train", data_dir).images.to(device)    # uint8 (N, 1, R, R)
-        D = load_model(weights_dir, "discriminator", device).train().requires_grad_(True)
-        opt_D = torch.optim.Adam(D.parameters(), lr=tc.lr, betas=betas, eps=1e-8)
-        C = load_model(weights_dir, "classifier", device) if tc.perceptual == "classifier" else None
-        loss: ConventionalEncoderLoss | DomainGuidedEncoderLoss = DomainGuidedEncoderLoss(
-            G, E_train, D, PerceptualLoss(C, backbone=tc.perceptual).to(device), tc.lambda_perceptual, tc.lambda_adv,
-            tc.r1_gamma, D_train=distributed.ddp(D, device))
-        sample_x = to_float(images[:16])                                       # Fixed real images to reconstruct.
-    else:
-        loss = ConventionalEncoderLoss(G, E_train, device)
-        with torch.no_grad():
-            z = torch.randn(16, G.z_dim, generator=torch.Generator().manual_seed(tc.seed)).to(device)
-            sample_x = G.synthesis(G.broadcast(G.mapping(z)), noise_mode="const")
-    generator_id = weights_id(weights_dir)
-
-    step, seconds, state = 0, 0.0, None
-    if resume and run.state_path.exists():
-        state = load_training_state(run.state_path, device)
-        if state.get("kind") != kind or state.get("generator_id") != generator_id:
-            raise UserError(f"{run.state_path} is a '{state.get('kind')}' run for generator "
-                            f"{state.get('generator_id')}, not a '{kind}' run for {generator_id}: use another --out")
-        E.load_state_dict(state["E"])
-        opt_E.load_state_dict(state["opt_E"])
-        if domain_guided:
-            D.load_state_dict(state["D"])
-            opt_D.load_state_dict(state["opt_D"])
-        step, seconds = int(state["step"]), float(state["seconds"])
-    start_rng(tc.seed, state, step)
-    commit = git_commit()
-    if main:
-        run.write_options({"config": to_dict(cfg), "kind": kind, "weights_dir": str(weights_dir),
-                           "command": command, "git_commit": commit, "device": str(device),
-                           "processes": distributed.world_size(), "resumed_at": step})
-
-    def checkpoint(gather: bool = True) -> None:
-        # gather=False (Ctrl-C, when the ranks may be anywhere): rank 0's stream only; the ranks restart theirs.
-        rng = checkpoint_rng() if gather else {"rng": rng_state()}
-        if not main:
-            return
-        state = {"kind": kind, "generator_id": generator_id, "E": E.state_dict(), "opt_E": opt_E.state_dict(),
-                 "step": step, "seconds": seconds, **rng}
-        if domain_guided:
-            state.update(D=D.state_dict(), opt_D=opt_D.state_dict())
-        save_training_state(run.state_path, state)
-
-    def save_samples() -> None:
-        E.eval()
-        with torch.no_grad():
-            rec = G.synthesis(E(sample_x), noise_mode="const")
-        E.train()
-        # Top row: inputs; bottom row: reconstructions G(E(x)).
-        save_grid(run.path / "samples" / f"step-{step:07d}.png", torch.cat([sample_x, rec]), nrow=16, scale=2)
-
-    total = tc.steps if max_steps is None else min(tc.steps, max_steps)
-    decay_steps = tc.lr_decay_steps or max(tc.steps // 4, 1)
-    budget = TimeBudget(time_limit_min)
-    bar = tqdm(total=total, initial=step, disable=not (progress and main), desc=f"train encoder ({kind})",
-               dynamic_ncols=True)
-    stats: dict[str, Any] = {}
-    t0 = time.monotonic()
-    try:
-        while step < total and not budget.exceeded():
-            # Exponential learning-rate decay (TF exponential_decay, not staircase), as idinvert.
-            lr = tc.lr * tc.lr_decay_rate ** (step / decay_steps)
-            for opt in (opt_E, opt_D):
-                for group in (opt.param_groups if opt is not None else []):
-                    group["lr"] = lr
-
-            # E step.
-            if domain_guided:
-                real = to_float(images[torch.randint(len(images), (batch,), device=device)])
-                D.requires_grad_(False)                 # D is only a critic here: no gradients into it.
-                e_loss, step_stats, x_rec = loss.encoder_loss(real)
-            else:
-                e_loss, step_stats = loss.encoder_loss(batch)
-            opt_E.zero_grad(set_to_none=True)
-            e_loss.backward()
-            opt_E.step()
-
-            # D step on the same reals and their reconstructions (from E before its update, to save a forward).
-            if domain_guided:
-                D.requires_grad_(True)
-                d_loss, d_stats = loss.discriminator_loss(real, x_rec)
-                opt_D.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_D.step()
-                step_stats.update(d_stats)
-            step += 1
-            bar.update(1)
-
-            if step % 50 == 0 or step == total:
-                now = time.monotonic()
-                seconds += now - t0
-                t0 = now
-                losses = distributed.mean({k: v.item() for k, v in step_stats.items()})  # Over all ranks.
-                stats = {"step": step, "kimg": step * tc.batch_size / 1000, "seconds": round(seconds, 1),
-                         "lr": lr, **{k: round(v, 5) for k, v in losses.items()}}
-                bar.set_postfix(E=stats["loss_E"])
-                if main:
-                    run.append_stats(stats)
-            if main and (step % tc.sample_every == 0 or step == total):
-                save_samples()
-            if step % tc.checkpoint_every == 0:
-                checkpoint()
-    except KeyboardInterrupt:
-        checkpoint(gather=False)
-        bar.close()
-        raise
-    bar.close()
-    seconds += time.monotonic() - t0
-    checkpoint()
-    if main and (step >= tc.steps or (register_at_limit and step > 0)):
-        E.eval()
-        info = {"planned_steps": tc.steps, "training": kind, "steps": step, "kimg": step * tc.batch_size / 1000,
-                "train_seconds": round(seconds), "device": str(device), "generator_id": generator_id,
-                "processes": distributed.world_size()}
-        if init_from is not None:
-            info["init_from"] = init_record(init_from, KINDS[kind])
-        register_model(weights_dir, KINDS[kind], E, command=command, extra=info, commit=commit)
-    return {**stats, "step": step, "seconds": round(seconds, 1), "finished": step >= tc.steps}
+    job = EncoderJob(cfg, weights_dir, device, kind=kind, data_dir=data_dir, init_from=init_from,
+                     resuming=run.resumes(resume))
+    schedule = Schedule(tc.steps, tc.checkpoint_every, tc.seed, tc.sample_every, batch_size=tc.batch_size)
+    return train(job, run, device, schedule, options={"config": to_dict(cfg), "kind": kind,
+                 "weights_dir": str(weights_dir)}, resume=resume, command=command, time_limit_min=time_limit_min,
+                 register_at_limit=register_at_limit, max_steps=max_steps, progress=progress)

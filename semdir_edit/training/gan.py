@@ -11,36 +11,20 @@ stylegan2-ada-pytorch does); ``train_gan.batch_size`` is the global batch, split
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from semdir_edit.checkpoint import (
-    git_commit,
-    init_record,
-    load_into,
-    load_training_state,
-    register_model,
-    save_training_state,
-)
+from semdir_edit.checkpoint import init_record, load_into, register_model
 from semdir_edit.config import Config, to_dict
 from semdir_edit.core import distributed
 from semdir_edit.core.device import autocast
-from semdir_edit.core.images import save_grid
 from semdir_edit.data import load_split
 from semdir_edit.models import Discriminator, Generator
-from semdir_edit.training.common import (
-    RunFolder,
-    TimeBudget,
-    checkpoint_rng,
-    rng_state,
-    seed_everything,
-    start_rng,
-)
+from semdir_edit.training.common import RunFolder, seed_everything
+from semdir_edit.training.loop import Losses, Schedule, TrainingJob, descend, train
 
 
 def make_augment(enabled: bool) -> torch.nn.Module:
@@ -142,6 +126,99 @@ def start_from_weights(weights_dir: str | Path, G: Generator, G_ema: Generator, 
     return {"init_from": init_record(weights_dir, "generator")}
 
 
+class GANJob(TrainingJob):
+    """StyleGAN2 training as a :class:`~semdir_edit.training.loop.TrainingJob`: per step one D step (lazy R1), one
+    G step (lazy path length), then the EMA of G. Samples: G_ema on 64 fixed codes; registers G_ema and D.
+
+    init_from: a weights folder whose G (into G and G_ema) and D a fresh run starts from (None = random);
+    ignored when ``resuming`` (the checkpoint replaces it).
+    """
+
+    desc = "train gan"
+    postfix = {"G": "loss_G", "D": "loss_D"}
+
+    def __init__(self, cfg: Config, device: torch.device, *, data_dir: str | None = None,
+                 weights_dir: str | Path | None = None, init_from: str | Path | None = None,
+                 resuming: bool = False) -> None:
+        tc = self.tc = cfg.train_gan
+        self.device, self.weights_dir = device, weights_dir
+        self.batch = distributed.per_rank_batch(tc.batch_size, "train_gan.batch_size")
+        self.images = load_split(cfg.data, "train", data_dir).images.to(device)
+        self.G = G = Generator(cfg.generator).to(device)
+        self.D = D = Discriminator(cfg.discriminator).to(device)
+        self.G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        # Lazy regularisation (R1 every r1_interval D steps, path length every pl_interval G steps): rescale each
+        # Adam so the effective schedule matches.
+        c = tc.pl_interval / (tc.pl_interval + 1) if tc.pl_weight > 0 else 1.0
+        self.opt_G = torch.optim.Adam(G.parameters(), lr=tc.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
+        c = tc.r1_interval / (tc.r1_interval + 1) if tc.r1_gamma > 0 else 1.0
+        self.opt_D = torch.optim.Adam(D.parameters(), lr=tc.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
+        self.init_info: dict[str, Any] = {}             # Where G and D started from, recorded with the run.
+        if init_from is not None and not resuming:
+            self.init_info = start_from_weights(init_from, G, self.G_ema, D)
+        # Under torchrun: gradients averaged over the ranks. The mapping network's w_avg (a running mean that each
+        # rank updates from its own codes) is copied from rank 0 before each of its forwards.
+        self.loss = StyleGAN2Loss(G, D, make_augment(tc.augment).to(device), tc.r1_gamma, tc.mixing_prob, device,
+                                  mapping=distributed.ddp(G.mapping, device, broadcast_buffers=True),
+                                  synthesis=distributed.ddp(G.synthesis, device), D_train=distributed.ddp(D, device))
+        self.pl: torch.Tensor | None = None       # The latest path-length penalty (lazy: not every step).
+        self.sample_z = torch.randn(64, G.z_dim, generator=torch.Generator().manual_seed(tc.seed)).to(device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
+                "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(), "pl_mean": self.loss.pl_mean}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("G", "D", "G_ema", "opt_G", "opt_D"):
+            getattr(self, name).load_state_dict(state[name])
+        if "pl_mean" in state:
+            self.loss.pl_mean = state["pl_mean"].to(self.device)
+
+    def step(self, step: int) -> Losses:
+        tc, loss, batch = self.tc, self.loss, self.batch
+        # D step (logistic loss), with lazy R1 every r1_interval steps.
+        real = (self.images[torch.randint(len(self.images), (batch,), device=self.device)].float() / 127.5 - 1)
+        d_loss = loss.discriminator_loss(real)
+        descend(d_loss, self.opt_D)
+        r1 = None
+        if tc.r1_gamma > 0 and step % tc.r1_interval == 0:
+            r1 = loss.r1_penalty(real) * tc.r1_interval
+            descend(r1, self.opt_D)
+
+        # G step (non-saturating loss, style mixing); D is only a critic here.
+        self.D.requires_grad_(False)
+        g_loss = loss.generator_loss(batch)
+        descend(g_loss, self.opt_G)
+        if tc.pl_weight > 0 and step % tc.pl_interval == 0:
+            self.pl = loss.path_length_penalty(max(batch // tc.pl_batch_shrink, 1), tc.pl_decay)
+            descend(self.pl * (tc.pl_weight * tc.pl_interval), self.opt_G)
+        self.D.requires_grad_(True)
+
+        # Update EMA of G (from the bare G, identical on every rank); its half-life ramps up with the images
+        # seen (tc.batch_size: the global batch).
+        ema_nimg = tc.ema_kimg * 1000
+        if tc.ema_rampup > 0:
+            ema_nimg = min(ema_nimg, (step + 1) * tc.batch_size * tc.ema_rampup)
+        update_ema(self.G_ema, self.G, 0.5 ** (tc.batch_size / max(ema_nimg, 1e-8)))
+
+        losses: Losses = {"loss_G": g_loss.detach(), "loss_D": d_loss.detach()}
+        if r1 is not None:
+            losses["r1"] = r1.detach()
+        if self.pl is not None:
+            losses.update(pl=self.pl.detach(), pl_mean=loss.pl_mean)
+        return losses
+
+    def sample(self) -> torch.Tensor:
+        return self.G_ema(self.sample_z, noise_mode="const")
+
+    def register(self, info: dict[str, Any], command: str, commit: str | None) -> None:
+        if self.weights_dir is None:
+            return
+        for kind, net in (("generator", self.G_ema), ("discriminator", self.D)):
+            register_model(self.weights_dir, kind, net, command=command, extra={**info, **self.init_info},
+                           commit=commit)
+
+
 def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume: bool = False,
               data_dir: str | None = None, weights_dir: str | Path | None = None, command: str = "",
               time_limit_min: float = 0.0, register_at_limit: bool = False, max_steps: int | None = None,
@@ -155,129 +232,11 @@ def train_gan(cfg: Config, run_dir: str | Path, device: torch.device, *, resume:
     Under torchrun, call it on every rank (see :mod:`semdir_edit.training.common`). Returns the last logged stats.
     """
     tc = cfg.train_gan
-    main = distributed.is_main()
-    run = RunFolder(run_dir, writer=main)
-    batch = distributed.per_rank_batch(tc.batch_size, "train_gan.batch_size")
+    run = RunFolder(run_dir)
     seed_everything(tc.seed)
-    data = load_split(cfg.data, "train", data_dir)
-    images = data.images.to(device)
-    G = Generator(cfg.generator).to(device)
-    D = Discriminator(cfg.discriminator).to(device)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    # Lazy regularisation (R1 every r1_interval D steps, path length every pl_interval G steps): rescale each
-    # Adam so the effective schedule matches.
-    c = tc.pl_interval / (tc.pl_interval + 1) if tc.pl_weight > 0 else 1.0
-    opt_G = torch.optim.Adam(G.parameters(), lr=tc.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
-    c = tc.r1_interval / (tc.r1_interval + 1) if tc.r1_gamma > 0 else 1.0
-    opt_D = torch.optim.Adam(D.parameters(), lr=tc.lr * c, betas=(0.0, 0.99 ** c), eps=1e-8)
-
-    step, seconds, state = 0, 0.0, None
-    init_info: dict[str, Any] = {}
-    if resume and run.state_path.exists():
-        state = load_training_state(run.state_path, device)
-        for name, module in (("G", G), ("D", D), ("G_ema", G_ema), ("opt_G", opt_G), ("opt_D", opt_D)):
-            module.load_state_dict(state[name])
-        step, seconds = int(state["step"]), float(state["seconds"])
-    elif init_from is not None:
-        init_info = start_from_weights(init_from, G, G_ema, D)
-    start_rng(tc.seed, state, step)
-    # Under torchrun: gradients averaged over the ranks. The mapping network's w_avg (a running mean that each
-    # rank updates from its own codes) is copied from rank 0 before each of its forwards.
-    loss = StyleGAN2Loss(G, D, make_augment(tc.augment).to(device), tc.r1_gamma, tc.mixing_prob, device,
-                         mapping=distributed.ddp(G.mapping, device, broadcast_buffers=True),
-                         synthesis=distributed.ddp(G.synthesis, device), D_train=distributed.ddp(D, device))
-    if state is not None and "pl_mean" in state:
-        loss.pl_mean = state["pl_mean"].to(device)
-    commit = git_commit()
-    if main:
-        run.write_options({"config": to_dict(cfg), "command": command, "git_commit": commit, "device": str(device),
-                           "processes": distributed.world_size(), "resumed_at": step, **init_info})
-
-    def checkpoint(gather: bool = True) -> None:
-        # gather=False (Ctrl-C, when the ranks may be anywhere): rank 0's stream only; the ranks restart theirs.
-        rng = checkpoint_rng() if gather else {"rng": rng_state()}
-        if main:
-            save_training_state(run.state_path, {
-                "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "pl_mean": loss.pl_mean,
-                "step": step, "seconds": seconds, **rng})
-
-    total = tc.steps if max_steps is None else min(tc.steps, max_steps)
-    sample_z = torch.randn(64, G.z_dim, generator=torch.Generator().manual_seed(tc.seed)).to(device)
-    budget = TimeBudget(time_limit_min)
-    bar = tqdm(total=total, initial=step, disable=not (progress and main), desc="train gan", dynamic_ncols=True)
-    stats: dict[str, Any] = {}
-    pl: torch.Tensor | None = None
-    t0 = time.monotonic()
-    try:
-        while step < total and not budget.exceeded():
-            # D step (logistic loss), with lazy R1 every r1_interval steps.
-            real = (images[torch.randint(len(images), (batch,), device=device)].float() / 127.5 - 1)
-            d_loss = loss.discriminator_loss(real)
-            opt_D.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_D.step()
-            r1 = None
-            if tc.r1_gamma > 0 and step % tc.r1_interval == 0:
-                r1 = loss.r1_penalty(real) * tc.r1_interval
-                opt_D.zero_grad(set_to_none=True)
-                r1.backward()
-                opt_D.step()
-
-            # G step (non-saturating loss, style mixing); D is only a critic here.
-            D.requires_grad_(False)
-            g_loss = loss.generator_loss(batch)
-            opt_G.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_G.step()
-            if tc.pl_weight > 0 and step % tc.pl_interval == 0:
-                pl = loss.path_length_penalty(max(batch // tc.pl_batch_shrink, 1), tc.pl_decay)
-                opt_G.zero_grad(set_to_none=True)
-                (pl * (tc.pl_weight * tc.pl_interval)).backward()
-                opt_G.step()
-            D.requires_grad_(True)
-
-            # Update EMA of G (from the bare G, identical on every rank); its half-life ramps up with the images
-            # seen (tc.batch_size: the global batch).
-            ema_nimg = tc.ema_kimg * 1000
-            if tc.ema_rampup > 0:
-                ema_nimg = min(ema_nimg, (step + 1) * tc.batch_size * tc.ema_rampup)
-            update_ema(G_ema, G, 0.5 ** (tc.batch_size / max(ema_nimg, 1e-8)))
-            step += 1
-            bar.update(1)
-
-            if step % 50 == 0 or step == total:
-                now = time.monotonic()
-                seconds += now - t0
-                t0 = now
-                losses = {"loss_G": g_loss.item(), "loss_D": d_loss.item()}
-                if r1 is not None:
-                    losses["r1"] = r1.item()
-                if pl is not None:  # The latest penalty (lazy: not every step).
-                    losses["pl"] = pl.item()
-                    losses["pl_mean"] = loss.pl_mean.item()
-                stats = {"step": step, "kimg": step * tc.batch_size / 1000, "seconds": round(seconds, 1),
-                         **{k: round(v, 4) for k, v in distributed.mean(losses).items()}}
-                bar.set_postfix(G=stats["loss_G"], D=stats["loss_D"])
-                if main:
-                    run.append_stats(stats)
-            if main and (step % tc.sample_every == 0 or step == total):
-                with torch.no_grad():
-                    save_grid(run.path / "samples" / f"step-{step:07d}.png",
-                              G_ema(sample_z, noise_mode="const"), nrow=8, scale=2)
-            if step % tc.checkpoint_every == 0:
-                checkpoint()
-    except KeyboardInterrupt:
-        checkpoint(gather=False)
-        bar.close()
-        raise
-    bar.close()
-    seconds += time.monotonic() - t0
-    checkpoint()
-    if main and (step >= tc.steps or (register_at_limit and step > 0)) and weights_dir is not None:
-        info = {"planned_steps": tc.steps, "steps": step, "kimg": step * tc.batch_size / 1000,
-                "train_seconds": round(seconds), "device": str(device), "processes": distributed.world_size(),
-                **init_info}
-        register_model(weights_dir, "generator", G_ema, command=command, extra=info, commit=commit)
-        register_model(weights_dir, "discriminator", D, command=command, extra=info, commit=commit)
-    return {**stats, "step": step, "seconds": round(seconds, 1), "finished": step >= tc.steps}
+    job = GANJob(cfg, device, data_dir=data_dir, weights_dir=weights_dir, init_from=init_from,
+                 resuming=run.resumes(resume))
+    schedule = Schedule(tc.steps, tc.checkpoint_every, tc.seed, tc.sample_every, batch_size=tc.batch_size)
+    return train(job, run, device, schedule, options={"config": to_dict(cfg), **job.init_info}, resume=resume,
+                 command=command, time_limit_min=time_limit_min, register_at_limit=register_at_limit,
+                 max_steps=max_steps, progress=progress)
