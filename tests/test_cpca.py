@@ -104,7 +104,7 @@ def test_directions_show_cpca_cli(weights, editor, tmp_path):
     c, empty = drawn_classes(editor)
     out = tmp_path / "cpca.png"
     result = run_cli("directions", "show", "--source", "cpca", "--class", editor.class_names[c], "--eps", "-2:2:5",
-                     "--scale", "1", "-w", str(weights), "-o", str(out))
+                     "--scale", "1", "--no-labels", "-w", str(weights), "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert f"cpca@{editor.class_names[c]}: 3 directions x 5 eps" in result.stdout
     assert cv2.imread(str(out), cv2.IMREAD_GRAYSCALE).shape == (3 * 34 + 2, 5 * 34 + 2)
