@@ -115,6 +115,11 @@ def test_upload_inverts_once_and_edits_change_the_image(client, session):
     moved = edit(client, sid, {"pca:0": 3.0})
     assert moved.status_code == 200
     assert decode(moved.content).shape == (32, 32)
+    # Every edit says what the classifier makes of the edited image (the page shows it live).
+    from urllib.parse import unquote
+    info = client.get("/api/info").json()
+    assert unquote(moved.headers["x-edited-class"]) in info["class_names"]
+    assert 0 < float(moved.headers["x-edited-confidence"]) <= 1
     assert not np.array_equal(decode(moved.content), decode(unedited.content))
     # Zero shifts and a shift restricted to one layer are accepted too.
     assert edit(client, sid, {"pca:1": 0.0, "pca:2": -2.5}, layers="1-2").status_code == 200

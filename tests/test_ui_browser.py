@@ -117,6 +117,10 @@ def test_upload_move_slider_download(server_url, tmp_path):
             # A class-boundary edit on top, then the downloads.
             page.locator("#target").select_option("Ankle boot")
             page.locator("#boundary-slider input").fill("2")
+            # The edited image's class is shown live beside the input's (which stays the sneaker's).
+            page.wait_for_function("document.getElementById('edited-class').textContent.startsWith('Ankle boot')",
+                                   timeout=60_000)
+            assert "Sneaker" in page.locator("#class").text_content()
             with page.expect_download() as download:
                 page.click("#download-png")
             assert download.value.suggested_filename == "sneaker.edited.png"

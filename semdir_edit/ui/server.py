@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -322,13 +323,15 @@ class EditorService:
         target = torch.tensor([class_index])
         return locked_shift_codes(self.editor.G, self.editor.C, ws, unit, eps, spread, layer_range, target, step)
 
-    def edit_png(self, session_id: str, request: EditRequest) -> bytes:
-        """One slider step: shifted code -> generator -> PNG (only the generator runs, unless class-locked)."""
+    def edit_png(self, session_id: str, request: EditRequest) -> tuple[bytes, str, float]:
+        """One slider step: shifted code -> generator -> PNG (only the generator runs, unless class-locked), with
+        the class the classifier gives the edited image and its confidence (the page shows both live)."""
         session = self.sessions.get(session_id)
         with self.models(wait_s=EDIT_WAIT_S) as ed:
             ws = self.edited_code(session, request.shifts, request.layers, request.keep_class)
             image = ed.G.render(ws[None])
-        return png_bytes(image, scale=request.scale)
+            label, confidence = ed.classify(image)
+        return png_bytes(image, scale=request.scale), ed.class_names[int(label[0])], float(confidence[0])
 
     def strip_png(self, session_id: str, request: StripRequest) -> bytes:
         """A traversal strip along one direction, on top of the other shifts (as ``apply --eps a:b:n`` does)."""
@@ -518,8 +521,10 @@ def create_app(editor: Editor, *, method: str | None = None, steps: int | None =
     @app.post("/api/sessions/{session_id}/edit")
     async def edit(session_id: str, request: Request) -> Response:
         body = await _read_json(request, EditRequest)
-        return Response(await run_in_threadpool(service.edit_png, session_id, body), media_type="image/png",
-                        headers={"Cache-Control": "no-store"})
+        png, class_name, confidence = await run_in_threadpool(service.edit_png, session_id, body)
+        return Response(png, media_type="image/png", headers={
+            "Cache-Control": "no-store", "X-Edited-Class": quote(class_name),
+            "X-Edited-Confidence": f"{confidence:.4f}"})
 
     @app.post("/api/sessions/{session_id}/strip")
     async def strip(session_id: str, request: Request) -> Response:

@@ -140,6 +140,7 @@ function setSession(session) {
   $("recon-img").src = session.reconstruction;
   $("edited-img").src = session.reconstruction;
   $("class").textContent = `${session.class_name} (${(100 * session.confidence).toFixed(1)}%)`;
+  $("edited-class").textContent = "not edited yet";
   $("quality").textContent = session.psnr === null ? "exact (generated code)"
     : `PSNR ${fmt(session.psnr, 2)} dB · SSIM ${fmt(session.ssim, 3)}`;
   $("inversion").textContent = session.source === "sample" ? "none"
@@ -284,10 +285,15 @@ async function sendEdit() {
   state.pending = false;
   const t0 = performance.now();
   try {
-    const blob = await (await postJson(`api/sessions/${sessionId}/edit`, editBody())).blob();
+    const response = await postJson(`api/sessions/${sessionId}/edit`, editBody());
+    const blob = await response.blob();
     // Drop a stale answer: another image was loaded meanwhile, or a newer edit is already shown.
     if (state.session && state.session.session === sessionId && seq > state.shownSeq) {
       state.shownSeq = seq;
+      // What the classifier makes of the edited image, live (the line above describes the input).
+      const edited = response.headers.get("X-Edited-Class");
+      const confidence = Number(response.headers.get("X-Edited-Confidence"));
+      if (edited) $("edited-class").textContent = `${decodeURIComponent(edited)} (${(100 * confidence).toFixed(1)}%)`;
       if (state.editedUrl) URL.revokeObjectURL(state.editedUrl);
       state.editedUrl = URL.createObjectURL(blob);
       $("edited-img").src = state.editedUrl;
