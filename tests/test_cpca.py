@@ -8,6 +8,7 @@ import torch
 
 from semdir_edit.core.errors import UserError
 from semdir_edit.editor import Editor
+from semdir_edit.latents import save_latent
 from semdir_edit.ops.shift_codes import DirectionSpec, edit_groups, parse_direction
 
 from .conftest import make_edit_weights
@@ -125,3 +126,15 @@ def test_ui_offers_cpca_for_the_session_class(editor):
     assert info["cpca_classes"] == [editor.class_names[c]]
     vector, spread = service._direction("cpca:0", c)
     assert torch.allclose(vector, editor.direction_set("cpca", c)[:, 0]) and spread > 0
+
+
+def test_another_class_set_on_an_image_says_so(weights, editor, tmp_path):
+    c, _ = drawn_classes(editor)
+    other = (c + 1) % len(editor.class_names)
+    ws = editor.G.broadcast(editor.G.mapping(torch.randn(1, editor.G.z_dim)))[0]
+    latent = tmp_path / "a.latent.safetensors"
+    save_latent(latent, ws, {"weights_id": editor.weights_id, "class_index": other})
+    spec = f"cpca:0@{editor.class_names[c]}"
+    result = run_cli("apply", str(latent), "-d", spec, "-w", str(weights), "-o", str(tmp_path / "e.png"))
+    assert result.returncode == 0, result.stderr
+    assert f"is the set of {editor.class_names[c]}; the image is {editor.class_names[other]}" in result.stderr
