@@ -141,3 +141,16 @@ def test_to_class_walk_heads_for_the_targets_mean_code(editor):
     # A class never drawn (zero mean code) falls back to the margin alone.
     unseen = toward_class_codes(G, C, ws, [2.0], *args, **{**kw, "centroids": torch.zeros_like(centroids)})[:, 0]
     assert torch.allclose(unseen[:, 0], plain)
+
+
+def test_to_class_walk_away_stops_once_plainly_not_the_target(editor):
+    G, C = editor.G, editor.C
+    ws = G.broadcast(G.mapping(torch.randn(6, G.z_dim, generator=torch.Generator().manual_seed(6))))
+    target = torch.zeros(len(ws), dtype=torch.long)
+    bank = editor.model("direction_bank")
+    args = (bank.w_cov, range(G.num_ws), target, bank.boundary_weight, bank.boundary_bias)
+    # Already "plainly not the target" for any margin below +1e9: nothing moves away.
+    still = toward_class_codes(G, C, ws, [-2.0], *args, step=0.5, arrive_margin=-1e9)[:, 0]
+    assert torch.equal(still, ws)
+    moved = toward_class_codes(G, C, ws, [-2.0], *args, step=0.5, arrive_margin=1e9)[:, 0]
+    assert not torch.equal(moved, ws)

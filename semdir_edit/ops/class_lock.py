@@ -189,7 +189,9 @@ def toward_class_codes(G: Generator, C: Classifier, ws: torch.Tensor, eps: list[
     W are not half-spaces). Here each step of at most ``step`` spreads climbs the target's margin under the linear
     classifier of W ``probe`` / ``probe_bias`` (re-aimed at every step, from wherever the walk is), and a code stops
     as soon as the image classifier's margin for the target, on the image as shown, reaches ``arrive_margin``: the
-    image changes no more than it takes to become the target. One generator + classifier forward pass per step.
+    image changes no more than it takes to become the target. Away from the target (eps < 0), it stops once the
+    margin is down to ``-arrive_margin`` (an image that is plainly not the target does not move). One generator +
+    classifier forward pass per step.
     ``avoid``: orthonormal (w_dim, K) directions the walk stays orthogonal to (``--keep global``); ``centroids``:
     the classes' mean codes (N, w_dim), which the steps head for ``centroid_share`` of the way (see
     :func:`_toward_step`). Returns
@@ -213,8 +215,10 @@ def toward_class_codes(G: Generator, C: Classifier, ws: torch.Tensor, eps: list[
                 h = min(step, abs(eps[i]) - walked)
                 delta, margin = _toward_step(G, C, ws, mask, shift, h, target, w_cov, sign, probe, probe_bias, avoid,
                                              centroids, centroid_share)
-                if sign > 0:                                            # Arrived codes stay where they are.
-                    moving = moving * (margin < arrive_margin)[:, None].to(ws.dtype)
+                # Arrived codes stay where they are; walking away stops once the classifier is as sure that it is
+                # not the target (else a code already far from it walks on out of the generator's range).
+                arrived = margin >= arrive_margin if sign > 0 else margin <= -arrive_margin
+                moving = moving * (~arrived)[:, None].to(ws.dtype)
                 shift = shift + moving * delta
                 walked += h
             out[i] = ws + mask * shift[:, None, :]
