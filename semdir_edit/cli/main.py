@@ -650,7 +650,7 @@ def apply_cmd(
     from semdir_edit.core.images import eps_labels, save_grid
     from semdir_edit.core.types import Failed
     from semdir_edit.editor import Editor
-    from semdir_edit.ops.shift_codes import match_class, parse_direction, parse_eps, parse_keep
+    from semdir_edit.ops.shift_codes import CLASS_KINDS, match_class, parse_direction, parse_eps, parse_keep
 
     spec = parse_direction(direction)
     eps_list = parse_eps(eps)
@@ -665,7 +665,7 @@ def apply_cmd(
         if isinstance(res, Failed):
             raise UserError(res.message)
         ws, class_index = res.ws, res.class_index
-    if spec.class_name is not None and class_index is not None:
+    if spec.kind in CLASS_KINDS and spec.class_name is not None and class_index is not None:
         named = match_class(spec.class_name, editor.class_names)
         if named != class_index:  # Allowed (a set may be tried on any article), but say so.
             typer.echo(f"note: {spec.kind}:{spec.k}@{editor.class_names[named]} is the set of "
