@@ -100,9 +100,18 @@ def _top_eigenvectors(matrix: torch.Tensor, k: int) -> torch.Tensor:
     return eigvecs[:, eigvals.argsort(descending=True)[:k]]
 
 
+def _top_ratio_eigenvectors(change: torch.Tensor, cost: torch.Tensor, k: int) -> torch.Tensor:
+    """The k directions u with the largest u'(change)u / u'(cost)u (cost positive definite), unit length."""
+    lower = torch.linalg.cholesky((cost + cost.T) / 2)
+    inv = torch.linalg.inv(lower)
+    top = _top_eigenvectors(inv @ change @ inv.T, k)
+    u = inv.T @ top
+    return u / u.norm(dim=0, keepdim=True)
+
+
 def solve_directions(stats: ChangeStatistics, k: int, outline_weight: float = 1.0, keep_global: float = 4.0,
-                     keep_class: float = 0.0, specificity: float = 0.0, global_exclude: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+                     keep_class: float = 0.0, specificity: float = 0.0, global_exclude: torch.Tensor | None = None,
+                     global_ratio: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(global (w_dim, K), class (N, w_dim, K)) unit directions; see the module docstring.
 
     keep_global / keep_class: the weight of the class-margin moment (relative, each moment scaled to unit trace)
@@ -122,7 +131,14 @@ def solve_directions(stats: ChangeStatistics, k: int, outline_weight: float = 1.
         q, _ = torch.linalg.qr(basis.T @ global_exclude.double())
         keep = torch.eye(basis.shape[1], dtype=torch.float64) - q @ q.T
         matrix = keep @ matrix @ keep
-    u_global = _top_eigenvectors(matrix, k)
+    if global_ratio > 0:
+        # Change per unit of class-margin change, rather than change less margin: every direction of the set is
+        # the most visible one at its cost to the class, instead of a few visible ones and the rest near zero.
+        m = basis.shape[1]
+        cost = keep_global * margin[present].mean(0) + global_ratio / m * torch.eye(m, dtype=torch.float64)
+        u_global = _top_ratio_eigenvectors(change[present].mean(0), cost, k)
+    else:
+        u_global = _top_eigenvectors(matrix, k)
     global_dirs = basis @ u_global
     # d = basis @ u is orthogonal to a global direction g exactly when u is orthogonal to basis^T g.
     q, _ = torch.linalg.qr(basis.T @ global_dirs)
