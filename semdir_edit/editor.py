@@ -10,9 +10,11 @@ The CLI commands are thin layers over these methods.
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -22,11 +24,11 @@ from semdir_edit.core.device import for_inference, resolve_device
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import to_float
 from semdir_edit.core.types import Failed, Inverted
-from semdir_edit.core.validate import check_eps
+from semdir_edit.core.validate import EPS_LIMIT, check_eps
 from semdir_edit.data.photo import load_domain_photo
 from semdir_edit.inversion.invert import METHODS, NONFINITE_INPUT, check_images, invert
-from semdir_edit.latents import load_latent
-from semdir_edit.ops.class_lock import TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
+from semdir_edit.latents import latent_bytes, latent_meta, load_latent, sample_meta
+from semdir_edit.ops.class_lock import DEFAULT_STEP, TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
 from semdir_edit.ops.perceptual import PerceptualLoss
 from semdir_edit.ops.reconstruction import psnr, ssim, to_unit_range
 from semdir_edit.ops.shift_codes import (
@@ -41,6 +43,25 @@ from semdir_edit.ops.shift_codes import (
     spread_of,
     walks,
 )
+
+# Several shifts at once (:meth:`Editor.apply_shifts`): at most this many directions in one edit (the browser editor
+# sends at most 2K + 1), and a class-locked walk of at most this many steps per sign. DEFAULT_STEP spreads each (as
+# `apply`) up to it, longer walks in proportionally longer steps, so that one slider move stays a fraction of a
+# second (~10 ms a step on a CPU).
+MAX_SHIFTS = 64
+MAX_LOCKED_STEPS = 24
+
+Shifts = Mapping[str, float] | Iterable[tuple[str | DirectionSpec, float]]
+ProgressCallback = Callable[[int, int], None]
+
+
+class EditedImage(NamedTuple):
+    """One edited image (:meth:`Editor.apply_shifts`) and what the classifier makes of it."""
+
+    image: torch.Tensor   # (1, C, R, R) in [-1, 1]
+    class_index: int
+    class_name: str
+    confidence: float
 
 
 class Editor:
@@ -60,6 +81,8 @@ class Editor:
         self.weights_id = weights_id(self.weights_dir)
         self._models: dict[str, torch.nn.Module] = {}
         self._perceptual: PerceptualLoss | None = None
+        # Resolved directions of apply_shifts, on the device: (kind, k or target, class) -> (vector, spread).
+        self._shift_directions: dict[tuple[str, int | None, int], tuple[torch.Tensor, float]] = {}
 
     @classmethod
     def from_pretrained(cls, weights_dir: str | Path, device: str | torch.device = "auto",
@@ -143,7 +166,8 @@ class Editor:
     def invert(self, sources: list[str | Path | bytes] | torch.Tensor, method: str | None = None,
                steps: int | None = None, preprocess: bool = True,
                names: list[str] | None = None, perceptual: bool = True,
-               classes: tuple[torch.Tensor, ...] | None = None) -> list[Inverted | Failed]:
+               classes: tuple[torch.Tensor, ...] | None = None,
+               progress: ProgressCallback | None = None) -> list[Inverted | Failed]:
         """Invert photos (paths or bytes) or domain images ((B, 1, R, R) uint8) in one batch.
 
         Inputs that cannot be loaded, or whose optimisation diverges, come back as :class:`Failed`;
@@ -152,6 +176,8 @@ class Editor:
         classes: :meth:`classify` (or :meth:`classify_photos`, with the ood_score) of the domain images when the
         caller has it already (a pipeline that classifies the next chunk while this one inverts); only with domain
         images. Files that came in as photos are classified with :meth:`classify_photos`.
+        progress: called as ``progress(done, total)`` after each optimisation step (total = steps times the number
+        of batches; the encoder methods, which take no steps, never call it).
         """
         method = method or self.inversion.method
         if method not in METHODS:
@@ -186,13 +212,14 @@ class Editor:
             raise ValueError("classes can only come with domain images (a tensor), not files")
         if any(photo):
             classes = self.classify_photos(to_float(torch.stack(domains)), photo)
-        out = self._invert_batch(torch.stack(domains), method, steps, labels, notes, perceptual, classes)
+        out = self._invert_batch(torch.stack(domains), method, steps, labels, notes, perceptual, classes, progress)
         it = iter(out)
         return [r if r is not None else next(it) for r in results]
 
     def _invert_batch(self, domains: torch.Tensor, method: str, steps: int, labels: list[str],
                       notes: list[list[str]], perceptual: bool = True,
-                      classes: tuple[torch.Tensor, ...] | None = None) -> list[Inverted | Failed]:
+                      classes: tuple[torch.Tensor, ...] | None = None,
+                      progress: ProgressCallback | None = None) -> list[Inverted | Failed]:
         x = to_float(domains).to(self.device)
         E = None
         if method in ("indomain", "encoder"):
@@ -204,10 +231,16 @@ class Editor:
         bs = max(1, self.inversion.batch_size)
         # Only the optimising methods need F; for the encoders it would only add a term to losses we do not use.
         F = self.perceptual() if method in ("indomain", "optimize") else None
-        for start in range(0, len(x), bs):
+        starts = range(0, len(x), bs)
+        total = steps * len(starts) if method in ("indomain", "optimize") else 0
+        for b, start in enumerate(starts):
+            callback = None
+            if progress is not None and total:
+                def callback(step: int, _loss: torch.Tensor, done: int = b * steps) -> None:
+                    progress(done + step + 1, total)
             outputs.append(invert(method, self.G, x[start:start + bs], E=E, F=F, steps=steps,
                                   lr=self.inversion.lr, lambda_perceptual=self.inversion.lambda_perceptual,
-                                  lambda_dom=self.inversion.lambda_dom))
+                                  lambda_dom=self.inversion.lambda_dom, callback=callback))
         seconds = (time.perf_counter() - t0) / len(x)
         ws = torch.cat([o.ws for o in outputs])
         recon = torch.cat([o.images for o in outputs]).clamp(-1, 1)
@@ -508,3 +541,149 @@ class Editor:
         start, stop, count = eps_range
         eps = [start + (stop - start) * i / max(count - 1, 1) for i in range(count)]
         return self.apply(ws, direction, eps, **kwargs)
+
+    # ------------------------------------------------------------------------------- several shifts at once
+
+    def latent_meta(self, res: Inverted) -> dict[str, Any]:
+        """The metadata ``invert`` stores with an inverted code (weights id, method, steps, class, source)."""
+        return latent_meta(res, self.weights_id)
+
+    def sample_meta(self, class_index: int, confidence: float, seed: int) -> dict[str, Any]:
+        """The metadata of a generated code of ``seed`` (:meth:`sample_code`), classified as ``class_index``."""
+        return sample_meta(self.weights_id, class_index, self.class_names[class_index], confidence, seed)
+
+    def latent_bytes(self, ws: torch.Tensor, meta: dict[str, Any]) -> bytes:
+        """A code (num_ws, w_dim) and its metadata as a latent file's bytes, byte for byte what ``invert`` writes
+        (serialised in memory; ``meta`` without a ``weights_id`` gets these weights')."""
+        return latent_bytes(ws, {"weights_id": self.weights_id, **meta})
+
+    def resolve_class(self, class_index: int | None = None, class_name: str | None = None) -> int | None:
+        """The class an edit works as: ``class_name`` (a name, unique prefix or index; UserError when unknown)
+        when given, else ``class_index`` (checked), else None."""
+        if class_name is not None:
+            return match_class(class_name, self.class_names)
+        if class_index is not None and not 0 <= class_index < len(self.class_names):
+            raise UserError(f"class index {class_index} is out of range (0..{len(self.class_names) - 1})")
+        return class_index
+
+    def _shift_direction(self, spec: DirectionSpec, class_index: int) -> tuple[torch.Tensor, float]:
+        """:meth:`direction` on the device, cached under the class it resolves to (so that "class:0@ankle" and
+        "class:0@Ankle boot" share an entry and a client cannot grow the cache beyond specs x classes)."""
+        if spec.kind == "to":
+            key = ("to", match_class(spec.class_name, self.class_names), class_index)
+        elif spec.kind in CLASS_KINDS and spec.class_name is not None:
+            key = (spec.kind, spec.k, match_class(spec.class_name, self.class_names))
+        else:
+            key = (spec.kind, spec.k, class_index if spec.kind in CLASS_KINDS else -1)
+        if key not in self._shift_directions:
+            vector, spread = self.direction(spec, class_index)
+            self._shift_directions[key] = (vector.to(self.device), spread)
+        return self._shift_directions[key]
+
+    def _locked_walk(self, ws: torch.Tensor, unit: torch.Tensor, eps: list[float], spread: float,
+                     layer_range: range, class_index: int) -> torch.Tensor:
+        """:func:`locked_shift_codes` of codes of one class, in at most MAX_LOCKED_STEPS steps per sign."""
+        step = max(DEFAULT_STEP, max(abs(e) for e in eps) / MAX_LOCKED_STEPS)
+        target = torch.full((len(ws),), class_index, dtype=torch.long)
+        return locked_shift_codes(self.G, self.C, ws, unit, eps, spread, layer_range, target, step)
+
+    @staticmethod
+    def _shift_list(shifts: Shifts) -> list[tuple[DirectionSpec, float]]:
+        """Shifts as (parsed spec, eps), every eps finite and within ±EPS_LIMIT; at most MAX_SHIFTS of them."""
+        items = list(shifts.items()) if isinstance(shifts, Mapping) else list(shifts)
+        if len(items) > MAX_SHIFTS:
+            raise UserError(f"too many directions in one edit ({len(items)} > {MAX_SHIFTS})")
+        out = []
+        for spec, eps in items:
+            parsed = parse_direction(spec) if isinstance(spec, str) else spec
+            if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) \
+                    or abs(eps) > EPS_LIMIT:
+                raise UserError(f"eps {eps} for '{parsed}' is out of range (-{EPS_LIMIT:g}..{EPS_LIMIT:g})")
+            out.append((parsed, float(eps)))
+        return out
+
+    @torch.no_grad()
+    def shifted_code(self, ws: torch.Tensor, shifts: Shifts, class_index: int | None = None, *,
+                     class_name: str | None = None, layers: str | range | None = None,
+                     keep_class: bool = False) -> torch.Tensor:
+        """One code (num_ws, w_dim) plus the sum of ``eps * spread * direction`` over ``shifts`` -> the edited code.
+
+        shifts: {spec: eps} or [(spec, eps), ...]; zero shifts are skipped. class_index / class_name: the class the
+        image is edited as (see :meth:`resolve_class`; None for both = the classifier's label of the code): it
+        resolves ``class:k`` / ``cpca:k`` and is the class the lock keeps. The sum is one shift of eps 1 along the
+        summed vector, so ``shift_codes`` applies it exactly as :meth:`apply` applies one direction.
+        keep_class: the sum of the shifts other than ``to:`` is walked class-locked (one shift alone: the same walk
+        as ``apply --keep class``, up to MAX_LOCKED_STEPS steps); each ``to:`` shift is then walked towards its
+        class, as :meth:`apply` walks it.
+        """
+        items = self._shift_list(shifts)
+        ws = ws.to(self.device)
+        layer_range = layers if isinstance(layers, range) else parse_layers(layers, ws.shape[0])
+        chosen = self.resolve_class(class_index, class_name)
+        if chosen is None and any(eps != 0 for _, eps in items):  # Only classified when a shift needs it.
+            chosen = int(self.classify(self.G.render(ws[None]))[0][0])
+        locked = torch.zeros_like(ws[0])
+        linear = torch.zeros_like(ws[0])
+        towards: list[tuple[int, float]] = []
+        walk = 0.0  # Sum of |eps| of the locked shifts: the walk's length in spreads.
+        for spec, eps in items:
+            if eps == 0:
+                continue
+            vector, spread = self._shift_direction(spec, chosen)
+            if spec.kind == "to":
+                towards.append((match_class(spec.class_name, self.class_names), eps))
+            elif keep_class:
+                locked = locked + eps * spread * vector
+                walk += abs(eps)
+            else:
+                linear = linear + eps * spread * vector
+        code = ws[None]
+        if walk > 0 and locked.norm() > 0:
+            code = self._locked_walk(code, locked / locked.norm(), [walk], float(locked.norm()) / walk, layer_range,
+                                     chosen)[:, 0]
+        code = shift_codes(code, linear, [1.0], 1.0, layer_range)[:, 0]
+        for target, eps in towards:   # Walked last, as apply walks to:<class>: towards the class until it is sure.
+            code = self.walk_toward(code, target, [eps], layer_range)[:, 0]
+        return code[0]
+
+    @torch.no_grad()
+    def apply_shifts(self, ws: torch.Tensor, shifts: Shifts, class_index: int | None = None, *,
+                     class_name: str | None = None, layers: str | range | None = None,
+                     keep_class: bool = False) -> EditedImage:
+        """Several direction shifts at once on one code (num_ws, w_dim) -> the edited image and its class.
+
+        The browser editor's slider edit: :meth:`shifted_code` (see there for the arguments), then the generator
+        and the classifier. With no shift the image is the code's reconstruction.
+        """
+        code = self.shifted_code(ws, shifts, class_index, class_name=class_name, layers=layers,
+                                 keep_class=keep_class)
+        image = self.G.render(code[None])
+        label, confidence = self.classify(image)
+        return EditedImage(image, int(label[0]), self.class_names[int(label[0])], float(confidence[0]))
+
+    @torch.no_grad()
+    def shift_strip(self, ws: torch.Tensor, shifts: Shifts, direction: str | DirectionSpec, eps: list[float],
+                    class_index: int | None = None, *, class_name: str | None = None,
+                    layers: str | range | None = None, keep_class: bool = False) -> torch.Tensor:
+        """A traversal strip along ``direction`` on top of the other ``shifts`` -> images (E, C, R, R), one per eps.
+
+        As ``apply --eps a:b:n`` along ``direction`` from the code :meth:`shifted_code` gives for the other shifts
+        (a shift along ``direction`` itself is left out: the strip sets it). Arguments as :meth:`shifted_code`.
+        """
+        spec = parse_direction(direction) if isinstance(direction, str) else direction
+        eps_list = check_eps(list(eps), "strip eps")
+        others = [(s, e) for s, e in self._shift_list(shifts) if str(s) != str(spec)]
+        chosen = self.resolve_class(class_index, class_name)
+        ws = ws.to(self.device)
+        if chosen is None:
+            chosen = int(self.classify(self.G.render(ws[None]))[0][0])
+        layer_range = layers if isinstance(layers, range) else parse_layers(layers, ws.shape[0])
+        base = self.shifted_code(ws, others, chosen, layers=layer_range, keep_class=keep_class)[None]
+        vector, spread = self._shift_direction(spec, chosen)  # Also refuses to:<its own class>.
+        if spec.kind == "to":
+            codes = self.walk_toward(base, match_class(spec.class_name, self.class_names), eps_list, layer_range)[0]
+        elif keep_class:
+            codes = self._locked_walk(base, vector, eps_list, spread, layer_range, chosen)[0]
+        else:
+            codes = shift_codes(base, vector, eps_list, spread, layer_range)[0]
+        return self.G.render(codes)

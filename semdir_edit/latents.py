@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from semdir_edit.core.errors import UserError
-from semdir_edit.core.io import atomic_save_safetensors
+from semdir_edit.core.io import atomic_write_bytes
 from semdir_edit.core.types import Inverted
 from semdir_edit.core.validate import LATENT_SCHEMA, check_latent_meta, one_line
 
@@ -41,23 +42,36 @@ def latent_meta(res: Inverted, weights_id: str) -> dict[str, Any]:
             **({"ood_score": res.ood_score} if res.ood_score is not None else {})}
 
 
+def sample_meta(weights_id: str, class_index: int, class_name: str, confidence: float, seed: int) -> dict[str, Any]:
+    """The metadata of a generated code (exact, nothing inverted): as :func:`latent_meta`, method "sample"."""
+    return {"weights_id": weights_id, "method": "sample", "steps": 0, "class_index": class_index,
+            "class_name": class_name, "confidence": confidence, "source": f"seed {seed}"}
+
+
 def _text(value: str) -> str:
     """Valid UTF-8 for the metadata: a non-UTF-8 file name (surrogate-escaped by Python) keeps its bytes as escapes."""
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def save_latent(path: str | Path, ws: torch.Tensor, meta: dict[str, Any]) -> None:
-    """Write ``ws`` (num_ws, w_dim) and ``meta`` (must hold ``weights_id``) atomically."""
+def latent_bytes(ws: torch.Tensor, meta: dict[str, Any]) -> bytes:
+    """``ws`` (num_ws, w_dim) and ``meta`` (must hold ``weights_id``) as a latent file's bytes, serialised in memory
+    (what :func:`save_latent` writes; the browser editor serves them without a file)."""
     if ws.ndim != 2:
         raise ValueError(f"ws must be (num_ws, w_dim), got {tuple(ws.shape)}")
     if "weights_id" not in meta:
         raise ValueError("latent metadata needs a weights_id")
-    path = Path(path)
     ws = ws.detach().float().cpu().contiguous()
     strings = {"format": FORMAT, **{k: _text(v) if isinstance(v, str) else json.dumps(v) for k, v in meta.items()},
                CHECKSUM: ws_digest(ws)}
+    return save_tensors({"ws": ws}, metadata=strings)
+
+
+def save_latent(path: str | Path, ws: torch.Tensor, meta: dict[str, Any]) -> None:
+    """Write ``ws`` (num_ws, w_dim) and ``meta`` (must hold ``weights_id``) atomically."""
+    path = Path(path)
+    data = latent_bytes(ws, meta)
     try:
-        atomic_save_safetensors(path, {"ws": ws}, strings)
+        atomic_write_bytes(path, data)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 

@@ -124,8 +124,12 @@ def test_ui_offers_cpca_for_the_session_class(editor):
     info = service.info()
     assert info["groups"] == ["pca", "cpca"] and info["k"] == {"pca": 3, "cpca": 3}
     assert info["cpca_classes"] == [editor.class_names[c]]
-    vector, spread = service._direction("cpca:0", c)
+    # A cpca slider of the session's class: its shift is eps * spread along that class's direction.
+    ws = editor.sample_code(None, 0)
+    vector, spread = editor.direction("cpca:0", c)
     assert torch.allclose(vector, editor.direction_set("cpca", c)[:, 0]) and spread > 0
+    shifted = editor.shifted_code(ws, {"cpca:0": 1.5}, c)
+    assert torch.allclose(shifted.cpu() - ws, (1.5 * spread * vector).expand_as(ws), atol=1e-5)
 
 
 def test_another_class_set_on_an_image_says_so(weights, editor, tmp_path):

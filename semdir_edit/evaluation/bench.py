@@ -41,7 +41,7 @@ import cv2
 import torch
 
 from semdir_edit.core.device import autocast, resolve_device
-from semdir_edit.core.images import to_float, to_uint8
+from semdir_edit.core.images import png_bytes, to_float, to_uint8
 from semdir_edit.editing.apply import apply_files
 from semdir_edit.editing.batch import run_batch
 from semdir_edit.editor import Editor
@@ -116,18 +116,38 @@ def _peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes.
 
 
+# Torch threads of the slider timing: the browser editor's server runs every network call with one (ui.server's
+# TORCH_THREADS), so the figure is the page's.
+SLIDER_THREADS = 1
+
+
+def slider_edit_ms(editor: Editor, repeats: int = 50, warmup: int = 5, keep_class: bool = False) -> float:
+    """Median milliseconds of one browser-editor slider step: :meth:`Editor.apply_shifts` (what the server runs per
+    move) plus the PNG it answers with, on a generated sample, the default direction moved back and forth so that
+    every step computes a new image. keep_class: the page's default, a class-locked walk."""
+    spec = default_direction(editor)
+    before = torch.get_num_threads()
+    torch.set_num_threads(SLIDER_THREADS)
+    try:
+        ws = editor.sample_code(None, 0).to(editor.device)
+        class_index = editor.apply_shifts(ws, {}).class_index
+        times = []
+        for i in range(warmup + repeats):
+            eps = ((i % 13) - 6) / 2  # -3 .. 3 in steps of 0.5, as a dragged slider.
+            t0 = time.perf_counter()
+            png_bytes(editor.apply_shifts(ws, {spec: eps}, class_index, keep_class=keep_class).image)
+            if i >= warmup:
+                times.append((time.perf_counter() - t0) * 1000)
+    finally:
+        torch.set_num_threads(before)
+    return statistics.median(times)
+
+
 def _ui_edit_ms(editor: Editor, repeats: int, keep_class: bool = False) -> tuple[float | None, str]:
-    """The browser editor's median slider-edit time, when its module is installed; else None and why not."""
+    """The browser editor's median slider-edit time (:func:`slider_edit_ms`); None and why when it failed."""
     try:
-        from semdir_edit.ui import server  # noqa: PLC0415 — optional, written separately.
-    except ImportError as exc:
-        return None, f"not installed ({exc})"
-    measure = getattr(server, "measure_edit_ms", None)
-    if measure is None:
-        return None, "not installed (semdir_edit.ui.server has no measure_edit_ms)"
-    try:
-        return float(measure(editor, repeats=repeats, keep_class=keep_class)), "measured"
-    except Exception as exc:  # noqa: BLE001 — an optional part must not cost the other figures.
+        return float(slider_edit_ms(editor, repeats=repeats, keep_class=keep_class)), "measured"
+    except Exception as exc:  # noqa: BLE001 — an optional figure must not cost the other figures.
         return None, f"failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
 
 
@@ -139,7 +159,7 @@ def run_bench(weights_dir: str | Path, device: str | torch.device = "auto", quic
     Keys: ``<task>_per_s`` (images/s) and ``<task>_floor_ratio`` (achieved / floor throughput) for each of
     :data:`TASKS`, ``<task>_floor_per_s``, ``invert_s_per_image``, ``device``, ``peak_mem_mb`` (CPU: the process's
     peak resident set; CUDA: peak allocated), ``torch_version``, ``threads``, the sizes used, and ``ui_edit_ms``
-    and ``ui_edit_locked_ms`` (a class-locked slider step) when the browser editor is installed.
+    and ``ui_edit_locked_ms`` (a browser-editor slider step, :func:`slider_edit_ms`; class-locked) unless they failed.
 
     quick: tiny sizes (a smoke test, not a measurement). direction: the edit of apply and batch (default
     :func:`default_direction`). amp: bfloat16 autocast on both sides (CUDA only; ignored on CPU). threads: torch's

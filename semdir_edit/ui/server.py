@@ -3,11 +3,10 @@
 Flow: the page sends an image (the raw file as the request body: held in memory, never written, never a path)
 or asks for a random test image / generated sample; the server inverts it once and keeps the W+ code in a
 session (:mod:`semdir_edit.ui.sessions`). Every slider move then posts the current shifts
-``{"global:0": 1.5, "to:Coat": 2, ...}`` (``class:k`` and ``cpca:k`` are those of the session image's class); the
-server adds ``eps * spread * direction`` of each to the stored code (on the chosen layers) and runs only the
-generator, answering with a PNG. With ``"keep_class": true`` the
-shifts other than ``to:`` are walked class-locked instead (:mod:`semdir_edit.ops.class_lock`, as ``apply``
-walks class directions): a few generator + classifier passes instead of one generator pass.
+``{"global:0": 1.5, "to:Coat": 2, ...}``, and the server answers with the PNG of :meth:`Editor.apply_shifts`
+(the sum of the shifts added to the stored code; class-locked with ``"keep_class": true``; ``class:k`` and
+``cpca:k`` are those of ``"class_name"``, default the session's predicted class). The routes only parse, call
+one Editor method and answer: the editing itself lives in :class:`~semdir_edit.editor.Editor`.
 
 Errors are JSON ``{"error": "<one line>"}``: a UserError (bad image, bad direction, bad eps) is a 400, an unknown
 session a 404, a too-large upload or JSON body a 413, a malformed request a 422, a request from another web page
@@ -16,10 +15,12 @@ are shared by all sessions, so every use of them holds one lock.
 
 API (all under ``/api``):
     GET  /info                            class names, directions and their descriptions, limits
-    POST /sessions/upload?name=&method=   body = the image file -> session JSON (runs the inversion)
-    POST /sessions/random?source=test|sample&seed=&method=   -> session JSON
+    POST /sessions/upload?name=&method=&progress=   body = the image file -> session JSON (runs the inversion)
+    POST /sessions/random?source=test|sample&seed=&method=&progress=   -> session JSON
+    GET  /progress/{progress}             {"done", "total"} steps of the inversion started with that progress id
     GET  /sessions/{id}                   session JSON again
-    POST /sessions/{id}/edit              {"shifts": {...}, "layers": "2-5", "scale": 1, "keep_class": false} -> PNG
+    POST /sessions/{id}/edit              {"shifts": {...}, "layers": "2-5", "scale": 1, "keep_class": false,
+                                           "class_name": "Pullover"} -> PNG
     POST /sessions/{id}/strip             same + {"direction": "global:0", "eps_min", "eps_max", "count"} -> PNG
     GET  /sessions/{id}/latent            the inverted code as a .latent.safetensors file
 """
@@ -29,14 +30,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-import math
 import re
 import secrets
 import statistics
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from urllib.parse import quote
 
 import torch
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -64,9 +65,7 @@ from semdir_edit.core.validate import (  # EPS_LIMIT: |eps| per direction, share
 from semdir_edit.data.datasets import ImageSet, load_split
 from semdir_edit.editor import Editor
 from semdir_edit.inversion.invert import METHODS
-from semdir_edit.latents import latent_meta, save_latent
-from semdir_edit.ops.class_lock import DEFAULT_STEP, locked_shift_codes
-from semdir_edit.ops.shift_codes import MAX_STRIP, match_class, parse_direction, parse_layers, shift_codes
+from semdir_edit.ops.shift_codes import MAX_STRIP
 from semdir_edit.ui.sessions import Session, SessionNotFound, SessionStore
 
 log = logging.getLogger("semdir_edit.ui")
@@ -77,26 +76,28 @@ MAX_JSON_BYTES = 64_000
 # Seconds a slider edit waits for the networks while an inversion holds them, before a 503 "busy" (the page shows
 # it and the next slider move tries again) instead of queueing every move behind a minute-long inversion.
 EDIT_WAIT_S = 5.0
-MAX_SHIFTS = 64                      # Directions summed in one edit (the page sends at most 2K + 1).
 MAX_STRIP_COUNT = 21                 # Images in a traversal strip from the page (the CLI allows MAX_STRIP).
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # Torch threads for every network call of the server. One 32x32 image is too small to gain from several threads,
 # and on a CPU busy with other work extra threads are much slower (measured on the 2-core machine under load:
 # a generator step 9 ms with 1 thread vs 250 ms with 2; an in-domain inversion 8.5 s vs 57 s).
 TORCH_THREADS = 1
-# Steps of a class-locked slider edit: DEFAULT_STEP spreads each (as `apply`) up to this many, longer ones in
-# proportionally longer steps, so that one slider move stays a fraction of a second (~10 ms a step on a CPU).
-MAX_LOCKED_STEPS = 24
+# Progress of running inversions, under ids the page makes up: at most this many at once (the oldest is dropped).
+MAX_PROGRESS = 64
+PROGRESS_ID = r"^[A-Za-z0-9_-]{8,64}$"
 
 
 class EditRequest(BaseModel):
-    """One slider state: eps per direction spec, the W+ layer range ("2-5", None = all), the PNG scale, and whether
-    the shifts (but ``to:``) are walked class-locked."""
+    """One slider state: eps per direction spec, the W+ layer range ("2-5", None = all), the PNG scale, whether
+    the shifts (but ``to:``) are walked class-locked, and the class to edit the image as (a name or a unique
+    prefix; None = the session's predicted class): it picks ``class:k`` / ``cpca:k`` and is the class the lock
+    keeps."""
 
     shifts: dict[str, float] = Field(default_factory=dict)
     layers: str | None = None
     scale: int = Field(1, ge=1, le=16)
     keep_class: bool = False
+    class_name: str | None = Field(None, max_length=64)
 
 
 class StripRequest(EditRequest):
@@ -132,6 +133,52 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+class ProgressBoard:
+    """Steps done / total of the inversions running now, under ids the page makes up and sends with its upload: the
+    upload request answers only when the inversion is done, so the page polls ``GET /api/progress/{id}`` meanwhile.
+
+    Bounded (MAX_PROGRESS; the oldest entry goes first) and forgotten when the inversion ends (the page then has
+    its answer). An id reveals only a step count, so it needs no more secrecy than the page's random choice.
+    """
+
+    def __init__(self, max_entries: int = MAX_PROGRESS) -> None:
+        self.max_entries = max_entries
+        self._items: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def track(self, progress_id: str | None) -> Iterator[Callable[[int, int], None] | None]:
+        """While the block runs, ``progress_id`` reads as (0, 0) "waiting", then as the callback sets it; yields
+        the callback for :meth:`Editor.invert` (None without an id)."""
+        if progress_id is None:
+            yield None
+            return
+
+        def update(done: int, total: int) -> None:
+            with self._lock:
+                if progress_id in self._items:
+                    self._items[progress_id] = (done, total)
+
+        with self._lock:
+            self._items[progress_id] = (0, 0)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+        try:
+            yield update
+        finally:
+            with self._lock:
+                self._items.pop(progress_id, None)
+
+    def get(self, progress_id: str) -> dict[str, int]:
+        """{"done", "total"} of a running inversion (total 0: waiting for the networks, or an encoder method that
+        takes no steps); a 404 once it is over or for an unknown id."""
+        with self._lock:
+            if progress_id not in self._items:
+                raise HTTPException(404, "no inversion running under this progress id")
+            done, total = self._items[progress_id]
+        return {"done": done, "total": total}
+
+
 class EditorService:
     """Everything the routes do, without HTTP: inversion into sessions, edits, strips, latent files.
 
@@ -148,6 +195,7 @@ class EditorService:
         self.steps = editor.inversion.steps if steps is None else steps
         self.data = DataConfig(path=str(data_dir)) if data_dir else DataConfig()
         self.sessions = SessionStore(max_sessions, session_ttl_s)
+        self.progress = ProgressBoard()
         self.lock = threading.Lock()
         self._test_set: ImageSet | None = None
         self._directions: dict[tuple[str, int], tuple[torch.Tensor, float]] = {}
@@ -200,16 +248,19 @@ class EditorService:
 
     # ------------------------------------------------------------------------------------------ sessions
 
-    def invert_upload(self, data: bytes, name: str | None, method: str | None, steps: int | None) -> Session:
-        """Invert uploaded bytes with the CLI's loader (its UserErrors are the messages) -> a new session."""
-        with self.models(inference=False) as ed:
+    def invert_upload(self, data: bytes, name: str | None, method: str | None, steps: int | None,
+                      progress_id: str | None = None) -> Session:
+        """Invert uploaded bytes with the CLI's loader (its UserErrors are the messages) -> a new session.
+        progress_id: report the steps under it (:class:`ProgressBoard`)."""
+        with self.progress.track(progress_id) as progress, self.models(inference=False) as ed:
             (res,) = ed.invert([data], method=method or self.method, steps=self.steps if steps is None else steps,
-                               names=[safe_name(name, "upload")])
+                               names=[safe_name(name, "upload")], progress=progress)
         return self._add_inverted(res, safe_stem(name, "upload"), "upload")
 
-    def invert_test_image(self, seed: int | None, method: str | None, steps: int | None) -> Session:
+    def invert_test_image(self, seed: int | None, method: str | None, steps: int | None,
+                          progress_id: str | None = None) -> Session:
         """Invert a random Fashion-MNIST test image (seeded when ``seed`` is given) -> a new session."""
-        with self.models(inference=False) as ed:
+        with self.progress.track(progress_id) as progress, self.models(inference=False) as ed:
             if self._test_set is None:
                 self._test_set = load_split(self.data, "test")  # UserError with the install hint when missing.
             images = self._test_set
@@ -217,8 +268,8 @@ class EditorService:
             label = images.class_names[int(images.labels[index])]
             stem = f"test-{index}"
             (res,) = ed.invert(images.images[index:index + 1], method=method or self.method,
-                                        steps=self.steps if steps is None else steps, preprocess=False,
-                                        names=[stem])
+                               steps=self.steps if steps is None else steps, preprocess=False, names=[stem],
+                               progress=progress)
         session = self._add_inverted(res, stem, "test")
         session.notes.append(f"Fashion-MNIST test image #{index}, labelled {label}")
         return session
@@ -228,17 +279,13 @@ class EditorService:
         seed = check_seed(seed) if seed is not None else secrets.randbelow(1 << 30)
         with self.models() as ed:
             ws = ed.sample_code(None, seed).to(ed.device)
-            image = ed.G.render(ws[None])
-            idx, conf = ed.classify(image)
-        class_index = int(idx[0])
-        png = png_bytes(image)
-        meta = {"weights_id": ed.weights_id, "method": "sample", "steps": 0, "class_index": class_index,
-                "class_name": ed.class_names[class_index], "confidence": float(conf[0]), "source": f"seed {seed}"}
+            sample = ed.apply_shifts(ws, {})  # No shift: the code's image and its class.
+        png = png_bytes(sample.image)
         return self.sessions.add(Session(
-            name=f"sample-{seed}", source="sample", ws=ws, class_index=class_index,
-            class_name=ed.class_names[class_index], confidence=float(conf[0]), psnr=None, ssim=None,
+            name=f"sample-{seed}", source="sample", ws=ws, class_index=sample.class_index,
+            class_name=sample.class_name, confidence=sample.confidence, psnr=None, ssim=None,
             method="sample", steps=0, seconds=0.0, notes=[f"generated sample, seed {seed}"], domain_png=png,
-            reconstruction_png=png, latent_meta=meta))
+            reconstruction_png=png, latent_meta=ed.sample_meta(sample.class_index, sample.confidence, seed)))
 
     def _add_inverted(self, res: Inverted | Failed, stem: str, source: str) -> Session:
         if isinstance(res, Failed):
@@ -250,7 +297,7 @@ class EditorService:
                 [f"may be none of the classes: ood_score {res.ood_score:.2f}, the class is a guess"]
                 if res.out_of_domain else []),
             domain_png=png_bytes(to_float(res.domain)[None]), reconstruction_png=png_bytes(res.reconstruction[None]),
-            latent_meta=latent_meta(res, self.editor.weights_id)))
+            latent_meta=self.editor.latent_meta(res)))
 
     @staticmethod
     def describe(session: Session) -> dict[str, Any]:
@@ -267,108 +314,35 @@ class EditorService:
                 "domain": data_url(session.domain_png), "reconstruction": data_url(session.reconstruction_png)}
 
     # ------------------------------------------------------------------------------------------- editing
-
-    def _direction(self, spec: str, class_index: int) -> tuple[torch.Tensor, float]:
-        """A direction spec -> (unit vector on the device, spread), resolved by the Editor and cached."""
-        key = (str(parse_direction(spec)), class_index)
-        if key not in self._directions:
-            vector, spread = self.editor.direction(key[0], class_index)
-            self._directions[key] = (vector.to(self.editor.device), spread)
-        return self._directions[key]
-
-    def edited_code(self, session: Session, shifts: dict[str, float], layers: str | None,
-                    keep_class: bool = False) -> torch.Tensor:
-        """The stored code plus the sum of ``eps * spread * direction`` over the shifts, on ``layers``.
-
-        Call inside :meth:`models`. The sum is one shift of eps 1 along the summed vector, so ``shift_codes``
-        (the CLI's function) applies it exactly as ``apply`` applies one direction. keep_class: the sum of the
-        shifts other than ``to:`` is walked class-locked for the session's class (one slider alone: the same walk
-        as ``apply --keep class``); then each ``to:`` shift is walked towards its class, as ``apply`` walks it.
-        """
-        if len(shifts) > MAX_SHIFTS:
-            raise UserError(f"too many directions in one edit ({len(shifts)} > {MAX_SHIFTS})")
-        locked = torch.zeros_like(session.ws[0])
-        linear = torch.zeros_like(session.ws[0])
-        towards: list[tuple[int, float]] = []
-        walk = 0.0  # Sum of |eps| of the locked shifts: the walk's length in spreads.
-        for spec, eps in shifts.items():
-            if not math.isfinite(eps) or abs(eps) > EPS_LIMIT:
-                raise UserError(f"eps {eps} for '{spec}' is out of range (-{EPS_LIMIT:g}..{EPS_LIMIT:g})")
-            if eps == 0:
-                continue
-            vector, spread = self._direction(spec, session.class_index)
-            parsed = parse_direction(spec)
-            if parsed.kind == "to":
-                towards.append((match_class(parsed.class_name, self.editor.class_names), eps))
-            elif keep_class:
-                locked = locked + eps * spread * vector
-                walk += abs(eps)
-            else:
-                linear = linear + eps * spread * vector
-        layer_range = parse_layers(layers, session.ws.shape[0])
-        ws = session.ws[None]
-        if walk > 0 and locked.norm() > 0:
-            ws = self._locked(ws, locked / locked.norm(), [walk], float(locked.norm()) / walk, layer_range,
-                              session.class_index)[:, 0]
-        ws = shift_codes(ws, linear, [1.0], 1.0, layer_range)[:, 0]
-        for target, eps in towards:   # Walked last, as apply walks to:<class>: towards the class until it is sure.
-            ws = self.editor.walk_toward(ws, target, [eps], layer_range)[:, 0]
-        return ws[0]
-
-    def _locked(self, ws: torch.Tensor, unit: torch.Tensor, eps: list[float], spread: float, layer_range: range,
-                class_index: int) -> torch.Tensor:
-        """:func:`locked_shift_codes` for one code, in at most MAX_LOCKED_STEPS steps per sign."""
-        longest = max(abs(e) for e in eps)
-        step = max(DEFAULT_STEP, longest / MAX_LOCKED_STEPS)
-        target = torch.tensor([class_index])
-        return locked_shift_codes(self.editor.G, self.editor.C, ws, unit, eps, spread, layer_range, target, step)
+    # The edits themselves are the Editor's (apply_shifts, shift_strip, latent_bytes); these only unpack the
+    # request and hold the networks.
 
     def edit_png(self, session_id: str, request: EditRequest) -> tuple[bytes, str, float]:
-        """One slider step: shifted code -> generator -> PNG (only the generator runs, unless class-locked), with
-        the class the classifier gives the edited image and its confidence (the page shows both live)."""
+        """One slider step: :meth:`Editor.apply_shifts` -> PNG (only the generator and the classifier run, unless
+        class-locked), with the class the classifier gives the edited image and its confidence (the page shows
+        both live)."""
         session = self.sessions.get(session_id)
         with self.models(wait_s=EDIT_WAIT_S) as ed:
-            ws = self.edited_code(session, request.shifts, request.layers, request.keep_class)
-            image = ed.G.render(ws[None])
-            label, confidence = ed.classify(image)
-        return png_bytes(image, scale=request.scale), ed.class_names[int(label[0])], float(confidence[0])
+            edited = ed.apply_shifts(session.ws, request.shifts, session.class_index, class_name=request.class_name,
+                                     layers=request.layers, keep_class=request.keep_class)
+        return png_bytes(edited.image, scale=request.scale), edited.class_name, edited.confidence
 
     def strip_png(self, session_id: str, request: StripRequest) -> bytes:
         """A traversal strip along one direction, on top of the other shifts (as ``apply --eps a:b:n`` does)."""
         session = self.sessions.get(session_id)
-        for value in (request.eps_min, request.eps_max):
-            if not math.isfinite(value) or abs(value) > EPS_LIMIT:
-                raise UserError(f"strip eps {value} is out of range (-{EPS_LIMIT:g}..{EPS_LIMIT:g})")
-        spec = str(parse_direction(request.direction))
-        others = {k: v for k, v in request.shifts.items() if str(parse_direction(k)) != spec}
         n = request.count
         eps = [request.eps_min + (request.eps_max - request.eps_min) * i / (n - 1) for i in range(n)]
         with self.models(wait_s=EDIT_WAIT_S) as ed:
-            base = self.edited_code(session, others, request.layers, request.keep_class)
-            vector, spread = self._direction(spec, session.class_index)
-            layer_range = parse_layers(request.layers, session.ws.shape[0])
-            parsed = parse_direction(spec)
-            if parsed.kind == "to":
-                target = match_class(parsed.class_name, ed.class_names)
-                codes = ed.walk_toward(base[None], target, eps, layer_range)[0]
-            elif request.keep_class:
-                codes = self._locked(base[None], vector, eps, spread, layer_range, session.class_index)[0]
-            else:
-                codes = shift_codes(base[None], vector, eps, spread, layer_range)[0]
-            images = ed.G.render(codes)
+            images = ed.shift_strip(session.ws, request.shifts, request.direction, eps, session.class_index,
+                                    class_name=request.class_name, layers=request.layers,
+                                    keep_class=request.keep_class)
         return png_bytes(images, nrow=n, scale=request.scale, pad=2)
 
     def latent_bytes(self, session_id: str) -> tuple[bytes, str]:
-        """The session's (unedited) code as a latent file for ``semdir-edit apply`` -> (bytes, file name).
-
-        Written by ``latents.save_latent`` into a private temporary folder and read back, so the file is
-        byte-for-byte what ``invert`` writes.
-        """
+        """The session's (unedited) code as a latent file for ``semdir-edit apply`` -> (bytes, file name): byte for
+        byte what ``invert`` writes, serialised in memory."""
         session = self.sessions.get(session_id)
-        with tempfile.TemporaryDirectory(prefix="semdir-ui-") as tmp:
-            path = Path(tmp) / (session.name + LATENT_SUFFIX)
-            save_latent(path, session.ws.cpu(), session.latent_meta)
-            return path.read_bytes(), path.name
+        return self.editor.latent_bytes(session.ws, session.latent_meta), session.name + LATENT_SUFFIX
 
 
 # ------------------------------------------------------------------------------------------------------ app
@@ -498,21 +472,25 @@ def create_app(editor: Editor, *, method: str | None = None, steps: int | None =
 
     @app.post("/api/sessions/upload")
     async def upload(request: Request, name: str | None = Query(None, max_length=512),
-                     method: str | None = Query(None), steps: int | None = Query(None, ge=0, le=1000)
-                     ) -> dict[str, Any]:
+                     method: str | None = Query(None), steps: int | None = Query(None, ge=0, le=1000),
+                     progress: str | None = Query(None, pattern=PROGRESS_ID)) -> dict[str, Any]:
         if request.headers.get("content-type", "").startswith("multipart/"):
             raise HTTPException(415, "send the image file itself as the request body, not a form")
         data = await _read_body(request, service.max_upload_bytes)
-        session = await run_in_threadpool(service.invert_upload, data, name, method, steps)
+        session = await run_in_threadpool(service.invert_upload, data, name, method, steps, progress)
         return service.describe(session)
 
     @app.post("/api/sessions/random")
     def random_image(source: str = Query("test", pattern="^(test|sample)$"), seed: int | None = Query(None),
-                     method: str | None = Query(None), steps: int | None = Query(None, ge=0, le=1000)
-                     ) -> dict[str, Any]:
+                     method: str | None = Query(None), steps: int | None = Query(None, ge=0, le=1000),
+                     progress: str | None = Query(None, pattern=PROGRESS_ID)) -> dict[str, Any]:
         session = (service.new_sample(seed) if source == "sample"
-                   else service.invert_test_image(seed, method, steps))
+                   else service.invert_test_image(seed, method, steps, progress))
         return service.describe(session)
+
+    @app.get("/api/progress/{progress_id}")
+    def inversion_progress(progress_id: str = PathParam(..., pattern=PROGRESS_ID)) -> dict[str, int]:
+        return service.progress.get(progress_id)
 
     @app.get("/api/sessions/{session_id}")
     def get_session(session_id: str) -> dict[str, Any]:
@@ -545,8 +523,8 @@ def measure_edit_ms(editor: Editor, repeats: int = 50, warmup: int = 5, keep_cla
     """Median milliseconds of one slider step through the app: POST edit request -> PNG bytes received.
 
     Runs in-process with FastAPI's TestClient on a generated sample (no inversion), moving the first slider
-    back and forth so that every request computes a new image. ``semdir-edit bench`` reports it as ``ui_edit_ms``,
-    and with ``keep_class`` (the page's default: a class-locked walk) as ``ui_edit_locked_ms``.
+    back and forth so that every request computes a new image; ``keep_class``: the page's default, a class-locked
+    walk. ``semdir-edit bench`` reports the part without HTTP (``evaluation.bench.slider_edit_ms``).
     """
     import warnings
 
