@@ -553,9 +553,10 @@ class Editor:
         return sample_meta(self.weights_id, class_index, self.class_names[class_index], confidence, seed)
 
     def latent_bytes(self, ws: torch.Tensor, meta: dict[str, Any]) -> bytes:
-        """A code (num_ws, w_dim) and its metadata as a latent file's bytes, byte for byte what ``invert`` writes
-        (serialised in memory; ``meta`` without a ``weights_id`` gets these weights')."""
-        return latent_bytes(ws, {"weights_id": self.weights_id, **meta})
+        """A code (num_ws, w_dim) and its metadata as a latent file's bytes: the file ``invert`` writes
+        (:func:`~semdir_edit.latents.save_latent`), serialised in memory; ``meta`` without a ``weights_id`` gets
+        these weights'."""
+        return latent_bytes(ws, meta if "weights_id" in meta else {**meta, "weights_id": self.weights_id})
 
     def resolve_class(self, class_index: int | None = None, class_name: str | None = None) -> int | None:
         """The class an edit works as: ``class_name`` (a name, unique prefix or index; UserError when unknown)

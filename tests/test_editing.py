@@ -141,3 +141,48 @@ def test_apply_cli_writes_strip(weights, tmp_path):
     assert labelled[:top].max() > 200 and labelled[top:, :left].max() > 200     # Text was drawn in both bands.
     result = run_cli("apply", str(latent), "-d", "bogus:1", "-w", str(weights), "-o", str(out))
     assert result.returncode == 2 and "invalid --direction" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_editor_apply_shifts_sums_locks_and_serialises(weights, tmp_path):
+    """apply_shifts: one shift = apply (linear and class-locked), several = their sum, an explicit class picks the
+    class set and the lock; shift_strip = apply's strip; latent_bytes = what save_latent writes."""
+    from semdir_edit.latents import latent_bytes, load_latent
+
+    ed = Editor.from_pretrained(weights, device="cpu")
+    ws = ed.sample_code(None, 3)
+    c = int(ed.classify(ed.G.render(ws[None]))[0][0])
+    none = ed.apply_shifts(ws, {})
+    assert torch.allclose(none.image, ed.G.render(ws[None]), atol=1e-6) and none.class_index == c
+    for keep in (False, True):
+        one = ed.apply_shifts(ws, [("pca:0", 2.5)], c, keep_class=keep)
+        assert torch.allclose(one.image[0], ed.apply(ws, "pca:0", 2.5, class_index=c, keep_class=keep)[0, 0],
+                              atol=1e-5)
+        assert one.class_name == ed.class_names[one.class_index] and 0 < one.confidence <= 1
+    both = ed.shifted_code(ws, {"pca:0": 1.0, "pca:1": -2.0}, c)
+    expected = ws.clone()
+    for spec, eps in (("pca:0", 1.0), ("pca:1", -2.0)):
+        vector, spread = ed.direction(spec)
+        expected = expected + eps * spread * vector
+    assert torch.allclose(both, expected, atol=1e-5)
+    # An explicit class (by name) is the class the lock keeps: as apply with that class.
+    other = (c + 1) % len(ed.class_names)
+    locked = ed.apply_shifts(ws, {"pca:0": -2.0}, c, class_name=ed.class_names[other], keep_class=True)
+    assert torch.allclose(locked.image[0], ed.apply(ws, "pca:0", -2.0, class_index=other, keep_class=True)[0, 0],
+                          atol=1e-5)
+    strip = ed.shift_strip(ws, {"pca:1": 1.0, "pca:0": 3.0}, "pca:0", [-1.0, 0.0, 1.0], c)
+    base = ed.shifted_code(ws, {"pca:1": 1.0}, c)
+    assert torch.allclose(strip, ed.apply(base, "pca:0", [-1.0, 0.0, 1.0], class_index=c)[0], atol=1e-5)
+    for bad, match in (({"pca:0": 11.0}, "out of range"), ({"pca:0": float("nan")}, "out of range"),
+                       ({"bogus:0": 1.0}, "invalid --direction"), ({f"pca:{i}": 1.0 for i in range(65)}, "too many")):
+        with pytest.raises(UserError, match=match):
+            ed.apply_shifts(ws, bad, c)
+    with pytest.raises(UserError, match="unknown class"):
+        ed.apply_shifts(ws, {"pca:0": 1.0}, c, class_name="Hat")
+    meta = {"weights_id": ed.weights_id, "class_index": c, "source": "x"}
+    save_latent(tmp_path / "a.latent.safetensors", ws, meta)
+    (tmp_path / "b.latent.safetensors").write_bytes(ed.latent_bytes(ws, {"class_index": c, "source": "x"}))
+    # safetensors orders the metadata as it likes (a hash map), so the files are compared read back.
+    files = [load_latent(tmp_path / f"{n}.latent.safetensors", ed.weights_id) for n in "ab"]
+    assert torch.equal(files[0][0], ws) and torch.equal(files[1][0], ws) and files[0][1] == files[1][1]
+    assert files[0][1]["class_index"] == c and files[0][1]["source"] == "x"
+    assert len(latent_bytes(ws, meta)) == (tmp_path / "a.latent.safetensors").stat().st_size

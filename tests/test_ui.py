@@ -188,6 +188,57 @@ def test_class_boundary_direction(client, session, editor):
     assert_error(edit(client, session["session"], {f"to:{session['class_name']}": 1.0}), 400, "already classified")
 
 
+def test_edit_as_another_class(client, editor, session, tmp_path):
+    """class_name: the class set and the lock are that class's (as apply with that class); a bad one is a 400."""
+    from semdir_edit.core.images import make_grid
+
+    sid, c = session["session"], session["class_index"]
+    path = tmp_path / "c.latent.safetensors"
+    path.write_bytes(client.get(f"/api/sessions/{sid}/latent").content)
+    ws, _ = load_latent(path)
+    other = (c + 1) % len(editor.class_names)
+    name = editor.class_names[other]
+    got = edit(client, sid, {"pca:0": -2.5}, keep_class=True, class_name=name)
+    assert got.status_code == 200, got.text
+    expected = make_grid(editor.apply(ws, "pca:0", -2.5, class_index=other, keep_class=True)[0], 1, pad=0)
+    assert np.abs(decode(got.content).astype(int) - expected.astype(int)).max() <= 1
+    # The predicted class by name is the default.
+    assert edit(client, sid, {"pca:0": 1.0}, class_name=session["class_name"]).content == \
+        edit(client, sid, {"pca:0": 1.0}).content
+    strip = client.post(f"/api/sessions/{sid}/strip", json={"direction": "pca:0", "count": 3, "class_name": name})
+    assert strip.status_code == 200
+    assert_error(edit(client, sid, {"pca:0": 1.0}, class_name="Hat"), 400, "unknown class")
+    assert_error(edit(client, sid, {"pca:0": 1.0}, class_name="x" * 100), 422, "class_name")
+    assert_error(client.post(f"/api/sessions/{sid}/strip", json={"direction": "pca:0", "class_name": "Hat"}), 400,
+                 "unknown class")
+
+
+def test_inversion_progress(client):
+    """The page polls /api/progress/{id} while its upload runs: steps done / total, then a 404 once it is over."""
+    import threading
+    import time
+
+    service = client.app.state.service
+    pid = "progress-test-0001"
+    assert_error(client.get(f"/api/progress/{pid}"), 404, "no inversion")
+    assert_error(client.get("/api/progress/bad%20id"), 422)
+    assert_error(upload(client, article_png(), progress="no"), 422, "progress")
+    seen: list[dict] = []
+    worker = threading.Thread(target=service.invert_upload, args=(article_png(5), "p.png", "optimize", 60, pid))
+    worker.start()
+    while worker.is_alive():
+        response = client.get(f"/api/progress/{pid}")
+        if response.status_code == 200:
+            seen.append(response.json())
+        time.sleep(0.01)
+    worker.join()
+    assert any(p["total"] == 60 and 0 < p["done"] <= 60 for p in seen), seen
+    assert [p["done"] for p in seen if p["total"]] == sorted(p["done"] for p in seen if p["total"])
+    assert client.get(f"/api/progress/{pid}").status_code == 404
+    # The id rides along with a real upload without changing its answer.
+    assert upload(client, article_png(6), progress=pid).status_code == 200
+
+
 @pytest.mark.parametrize(("data", "needle"), [
     (b"", "empty"),
     (bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), "shirt.png"),

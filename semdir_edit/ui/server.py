@@ -339,8 +339,8 @@ class EditorService:
         return png_bytes(images, nrow=n, scale=request.scale, pad=2)
 
     def latent_bytes(self, session_id: str) -> tuple[bytes, str]:
-        """The session's (unedited) code as a latent file for ``semdir-edit apply`` -> (bytes, file name): byte for
-        byte what ``invert`` writes, serialised in memory."""
+        """The session's (unedited) code as a latent file for ``semdir-edit apply`` -> (bytes, file name): the file
+        ``invert`` writes, serialised in memory."""
         session = self.sessions.get(session_id)
         return self.editor.latent_bytes(session.ws, session.latent_meta), session.name + LATENT_SUFFIX
 

@@ -17,6 +17,8 @@ const state = {
   shifts: {},         // Direction spec -> eps; zeros are left out of requests.
   active: null,       // The last moved direction (for the traversal strip).
   target: null,       // Class name of the class-boundary direction.
+  editClass: null,    // Class the image is edited as: its class sliders and the lock (default: the predicted one).
+  stripSeq: 0,        // Bumped by Reset and new images: a strip answer from before is not shown.
   seq: 0,             // Number of the latest edit request sent ...
   shownSeq: 0,        // ... and of the one whose image is on the page.
   inFlight: false,
@@ -96,10 +98,46 @@ function inversionQuery() {
   return params;
 }
 
-async function runLoad(label, request) {
+function newProgressId() {
+  const bytes = new Uint8Array(12); // crypto.getRandomValues also works where randomUUID does not (plain http).
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// Poll the server for the steps of the inversion running under `id` while its request waits; returns a stop
+// function. Total 0 (waiting for the networks, or an encoder method, which takes no steps): an indeterminate bar.
+function watchProgress(id) {
+  const row = $("progress-row");
+  const bar = $("progress");
+  const text = $("progress-text");
+  bar.removeAttribute("value");
+  text.textContent = "";
+  row.hidden = false;
+  let polling = false;
+  let stopped = false;
+  const timer = setInterval(async () => {
+    if (polling) return;
+    polling = true;
+    try {
+      const response = await fetch(`api/progress/${id}`);
+      if (response.ok && !stopped) {
+        const { done, total } = await response.json();
+        if (total > 0) {
+          bar.max = total;
+          bar.value = done;
+          text.textContent = `step ${done} / ${total}`;
+        }
+      }
+    } catch (_) { /* The upload's own answer reports errors. */ } finally { polling = false; }
+  }, 250);
+  return () => { stopped = true; clearInterval(timer); row.hidden = true; };
+}
+
+async function runLoad(label, request, progressId = null) {
   showError("");
   setInputsEnabled(false);
   setStatus(label, true);
+  const stopProgress = progressId ? watchProgress(progressId) : () => {};
   try {
     const session = await (await request()).json();
     setSession(session);
@@ -109,6 +147,7 @@ async function runLoad(label, request) {
     setStatus(state.session ? `still editing ${state.session.name}` : "Load an image to start.");
     showError(error.message);
   } finally {
+    stopProgress();
     setInputsEnabled(true);
   }
 }
@@ -121,25 +160,36 @@ function uploadFile(file) {
   }
   const params = inversionQuery();
   params.set("name", file.name);
+  const progress = newProgressId();
+  params.set("progress", progress);
   runLoad(`inverting ${file.name}…`, () => api(`api/sessions/upload?${params}`, {
-    method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: file }));
+    method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: file }), progress);
 }
 
 function randomImage(source) {
   const params = inversionQuery();
   params.set("source", source);
+  const progress = source === "test" ? newProgressId() : null; // A sample is drawn, not inverted.
+  if (progress) params.set("progress", progress);
   runLoad(source === "test" ? "inverting a test image…" : "drawing a sample…",
-          () => api(`api/sessions/random?${params}`, { method: "POST" }));
+          () => api(`api/sessions/random?${params}`, { method: "POST" }), progress);
 }
 
 function setSession(session) {
   state.session = session;
   state.shifts = {};
   state.active = null;
+  state.editClass = session.class_name;
+  $("placeholder").hidden = true;
+  $("images").hidden = false;
   $("domain-img").src = session.domain;
   $("recon-img").src = session.reconstruction;
   $("edited-img").src = session.reconstruction;
   $("class").textContent = `${session.class_name} (${(100 * session.confidence).toFixed(1)}%)`;
+  const editClass = $("edit-class");
+  editClass.replaceChildren(...state.info.class_names.map(
+    (c) => new Option(c === session.class_name ? `${c} (predicted)` : c, c, false, c === session.class_name)));
+  $("edit-class-row").hidden = false;
   $("edited-class").textContent = "not edited yet";
   $("quality").textContent = session.psnr === null ? "exact (generated code)"
     : `PSNR ${fmt(session.psnr, 2)} dB · SSIM ${fmt(session.ssim, 3)}`;
@@ -147,8 +197,7 @@ function setSession(session) {
     : `${session.method}${session.steps ? `, ${session.steps} steps` : ""}, ${fmt(session.seconds, 2)} s`;
   const notes = $("notes");
   notes.replaceChildren(...session.notes.map((n) => Object.assign(document.createElement("li"), { textContent: n })));
-  $("strip").style.display = "none";
-  $("strip-label").textContent = "";
+  clearStrip();
   for (const id of ["download-png", "download-latent", "download-strip", "reset"]) $(id).disabled = false;
   buildSliders();
   resetLayers();
@@ -170,11 +219,8 @@ function makeSlider(spec, text, title) {
   row.dataset.spec = spec;
   const label = document.createElement("label");
   label.title = title;
-  label.innerHTML = "<b></b> ";
-  label.firstChild.textContent = spec.startsWith("to:") ? "to:" : spec;
-  label.append(text);
+  label.append(document.createElement("b"), document.createElement("span"));
   const input = Object.assign(document.createElement("input"), { type: "range", value: 0, ...SLIDER });
-  input.setAttribute("aria-label", `${spec} ${text}`);
   const output = Object.assign(document.createElement("output"), { textContent: "0.00" });
   input.addEventListener("input", () => {
     const eps = Number(input.value);
@@ -187,7 +233,15 @@ function makeSlider(spec, text, title) {
   });
   input.addEventListener("dblclick", () => { input.value = 0; input.dispatchEvent(new Event("input")); });
   row.append(label, input, output);
+  setSliderLabel(row, spec, text);
   return row;
+}
+
+function setSliderLabel(row, spec, text) {
+  const label = row.querySelector("label");
+  label.firstChild.textContent = spec;
+  label.lastChild.textContent = text ? ` · ${text}` : "";
+  row.querySelector("input").setAttribute("aria-label", text ? `${spec} · ${text}` : spec);
 }
 
 function setActive(spec) {
@@ -195,45 +249,95 @@ function setActive(spec) {
   for (const row of document.querySelectorAll(".slider")) row.classList.toggle("active", row.dataset.spec === spec);
 }
 
+// Measured descriptions repeat within a set ("ink +" five times): the second and later get "(2)", "(3)", ... so
+// that every label of a group reads differently, besides its direction id.
+function numbered(labels) {
+  const seen = {};
+  return labels.map((label) => {
+    if (!label) return label;
+    seen[label] = (seen[label] || 0) + 1;
+    return seen[label] > 1 ? `${label} (${seen[label]})` : label;
+  });
+}
+
+// The spec a slider of `group` sends: the class sets name the class when it is not the predicted one, so that the
+// command line (apply takes the latent file's class) picks the same set.
+function sliderSpec(group, k) {
+  const perClass = CLASS_GROUPS.includes(group);
+  return perClass && state.editClass !== state.session.class_name ? `${group}:${k}@${state.editClass}` : `${group}:${k}`;
+}
+
+function fillGroup(box, group) {
+  const { info } = state;
+  const perClass = CLASS_GROUPS.includes(group);
+  // No per-class PCA for a class the generator never drew: the group stays empty.
+  box.hidden = group === "cpca" && !(info.cpca_classes || []).includes(state.editClass);
+  if (box.hidden) { box.replaceChildren(); return; }
+  const heading = document.createElement("h3");
+  heading.textContent = GROUP_TITLES[group] + (perClass ? ` (${state.editClass})` : "");
+  const described = [];
+  for (let k = 0; k < info.k[group]; k++) described.push(describe(perClass ? `${group}:${k}@${state.editClass}` : `${group}:${k}`));
+  const labels = numbered(described.map((d) => d.label));
+  box.replaceChildren(heading, ...described.map((d, k) => makeSlider(sliderSpec(group, k), labels[k], d.title)));
+}
+
 function buildSliders() {
-  const { info, session } = state;
+  const { info } = state;
   const groups = $("groups");
   groups.replaceChildren();
   for (const group of info.groups) {
-    if (group === "cpca" && !(info.cpca_classes || []).includes(session.class_name)) continue; // No set.
-    const perClass = CLASS_GROUPS.includes(group);
-    const heading = document.createElement("h3");
-    heading.textContent = GROUP_TITLES[group] + (perClass ? ` (${session.class_name})` : "");
-    groups.append(heading);
-    for (let k = 0; k < info.k[group]; k++) {
-      const spec = `${group}:${k}`;
-      const d = describe(perClass ? `${spec}@${session.class_name}` : spec);
-      groups.append(makeSlider(spec, d.label, d.title));
-    }
+    const box = document.createElement("div");
+    box.className = "group";
+    box.dataset.group = group;
+    groups.append(box);
+    fillGroup(box, group);
   }
-  // Class boundary: towards any class but the image's own.
+  // Class boundary: towards any class but the one the image is edited as.
   $("boundary").hidden = !info.boundary;
+  state.target = null;
+  $("boundary-slider").replaceChildren(makeSlider("to:", "", "move across the boundary between the image's class "
+    + "and the target class"));
+  buildTargets();
+}
+
+function buildTargets() {
   const target = $("target");
-  target.replaceChildren(...info.class_names.filter((c) => c !== session.class_name).map((c) => new Option(c, c)));
-  state.target = target.value;
-  $("boundary-slider").replaceChildren(makeSlider(`to:${state.target}`, state.target, "move across the boundary "
-    + "between the image's class and the target class"));
+  const others = state.info.class_names.filter((c) => c !== state.editClass);
+  const keep = others.includes(state.target) ? state.target : others[0];
+  target.replaceChildren(...others.map((c) => new Option(c, c, false, c === keep)));
+  changeTarget();
+}
+
+// The class the image is edited as changed: its class sets replace the old ones (their shifts are dropped: they
+// were another class's directions), the boundary menu leaves it out, and the edit follows.
+function changeEditClass() {
+  state.editClass = $("edit-class").value;
+  for (const spec of Object.keys(state.shifts)) {
+    if (CLASS_GROUPS.some((g) => spec.startsWith(`${g}:`))) delete state.shifts[spec];
+  }
+  if (state.active && CLASS_GROUPS.some((g) => state.active.startsWith(`${g}:`))) setActive(null);
+  for (const box of document.querySelectorAll("#groups .group")) {
+    if (CLASS_GROUPS.includes(box.dataset.group)) fillGroup(box, box.dataset.group);
+  }
+  buildTargets();
+  scheduleEdit();
+  updateCommand();
 }
 
 function changeTarget() {
   const row = $("boundary-slider").firstChild;
-  const oldSpec = `to:${state.target}`;
+  const oldSpec = row.dataset.spec;
   state.target = $("target").value;
   const newSpec = `to:${state.target}`;
   row.dataset.spec = newSpec;
-  row.querySelector("label").lastChild.textContent = state.target;
-  if (oldSpec in state.shifts) {
+  setSliderLabel(row, newSpec, "");
+  if (state.active === oldSpec) setActive(newSpec);
+  if (oldSpec !== newSpec && oldSpec in state.shifts) { // Only a moved boundary slider changes the edit.
     state.shifts[newSpec] = state.shifts[oldSpec];
     delete state.shifts[oldSpec];
+    scheduleEdit();
+    updateCommand();
   }
-  if (state.active === oldSpec) setActive(newSpec);
-  scheduleEdit();
-  updateCommand();
 }
 
 function layersSpec() {
@@ -256,12 +360,23 @@ function resetLayers() {
   $("layers-note").textContent = "all layers";
 }
 
+function clearStrip() {
+  state.stripSeq++;
+  const img = $("strip");
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  img.removeAttribute("src");
+  img.style.display = "none";
+  $("strip-label").textContent = "";
+}
+
+// Back to the unedited image (the "edit as" class stays: it is a choice, not an edit); the strip showed an edit.
 function reset() {
   for (const input of document.querySelectorAll(".slider input")) input.value = 0;
   for (const output of document.querySelectorAll(".slider output")) output.textContent = "0.00";
   state.shifts = {};
   setActive(null);
   resetLayers();
+  clearStrip();
   scheduleEdit();
   updateCommand();
 }
@@ -269,7 +384,8 @@ function reset() {
 // ----------------------------------------------------------------------------------------------- editing
 
 function editBody(scale = 1) {
-  return { shifts: { ...state.shifts }, layers: layersSpec(), scale, keep_class: $("keep-class").checked };
+  return { shifts: { ...state.shifts }, layers: layersSpec(), scale, keep_class: $("keep-class").checked,
+    class_name: state.editClass };
 }
 
 function scheduleEdit() {
@@ -309,15 +425,36 @@ async function sendEdit() {
   }
 }
 
+// The command box: lines of tokens (each a nowrap span, so the box wraps only between tokens) or comments.
+function renderCommand(lines) {
+  const nodes = [];
+  lines.forEach((line, i) => {
+    if (i) nodes.push(document.createTextNode("\n"));
+    if (typeof line === "string") {
+      nodes.push(Object.assign(document.createElement("span"), { className: "comment", textContent: line }));
+      return;
+    }
+    line.forEach((token, j) => {
+      if (j) nodes.push(document.createTextNode(" "));
+      nodes.push(Object.assign(document.createElement("span"), { className: "tok", textContent: token }));
+    });
+  });
+  $("command").replaceChildren(...nodes);
+}
+
 function updateCommand() {
   const { info, session } = state;
   if (!session) return;
-  const base = ["semdir-edit apply", shellQuote(session.latent_name)];
+  const specs = Object.keys(state.shifts);
+  if (specs.length === 0) {
+    renderCommand(["# no edit yet: move a slider to see the equivalent semdir-edit apply command"]);
+    return;
+  }
+  const base = ["semdir-edit", "apply", shellQuote(session.latent_name)];
   const extra = [];
   const layers = layersSpec();
   if (layers !== null) extra.push("--layers", layers);
   if (info.weights !== "weights/fashion_mnist") extra.push("--weights", shellQuote(info.weights));
-  const specs = Object.keys(state.shifts);
   // apply walks class directions class-locked unless told --keep none, the others only with --keep class.
   const locked = $("keep-class").checked;
   const keep = (spec) => {
@@ -326,13 +463,15 @@ function updateCommand() {
     return locked ? ["--keep", "class"] : [];
   };
   const line = (spec, eps) => [...base, "--direction", shellQuote(spec), "--eps", String(eps), ...keep(spec),
-    ...extra, "-o", shellQuote(`${session.name}.edited.png`)].join(" ");
-  let text;
-  if (specs.length === 0) text = `# no edit yet: move a slider\n${line(`${info.groups[0] || "pca"}:0`, 0)}`;
-  else if (specs.length === 1) text = line(specs[0], state.shifts[specs[0]]);
-  else text = `# apply takes one direction at a time; this edit adds ${specs.length}:\n`
-    + specs.map((s) => line(s, state.shifts[s])).join("\n");
-  $("command").textContent = `# after: semdir-edit invert <image> (or the "Latent file" button)\n${text}`;
+    ...extra, "-o", shellQuote(`${session.name}.edited.png`)];
+  const lines = ["# after: semdir-edit invert <image> (or the \"Latent file\" button)"];
+  if (state.editClass !== session.class_name && locked && specs.some((s) => !s.startsWith("to:"))) {
+    lines.push(`# edited as ${state.editClass} here; apply's class lock keeps the latent file's class `
+      + `(${session.class_name}), so its image can differ`);
+  }
+  if (specs.length > 1) lines.push(`# apply takes one direction at a time; this edit adds ${specs.length}:`);
+  for (const spec of specs) lines.push(line(spec, state.shifts[spec]));
+  renderCommand(lines);
 }
 
 // --------------------------------------------------------------------------------------------- downloads
@@ -356,13 +495,15 @@ async function downloadStrip() {
   const direction = state.active || `${state.info.groups[0] || "pca"}:0`;
   const body = { ...editBody(DOWNLOAD_SCALE), direction, eps_min: SLIDER.min, eps_max: SLIDER.max, count: 7 };
   try {
+    const seq = state.stripSeq;
     const blob = await (await postJson(`api/sessions/${state.session.session}/strip`, body)).blob();
+    download(blob, `${state.session.name}.strip.png`);
+    if (seq !== state.stripSeq) return; // Reset (or another image) meanwhile: the strip would be stale.
     const img = $("strip");
     if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
     img.src = URL.createObjectURL(blob);
     img.style.display = "block";
     $("strip-label").textContent = `${direction}, eps ${SLIDER.min}..${SLIDER.max}`;
-    download(blob, `${state.session.name}.strip.png`);
   } catch (error) { showError(error.message); }
 }
 
@@ -384,6 +525,7 @@ function wire() {
   $("random-test").addEventListener("click", () => randomImage("test"));
   $("random-sample").addEventListener("click", () => randomImage("sample"));
   $("target").addEventListener("change", changeTarget);
+  $("edit-class").addEventListener("change", changeEditClass);
   $("layer-lo").addEventListener("input", changeLayers);
   $("layer-hi").addEventListener("input", changeLayers);
   $("keep-class").addEventListener("change", () => { updateCommand(); scheduleEdit(); });
