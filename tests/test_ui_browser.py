@@ -146,3 +146,60 @@ def test_upload_move_slider_download(server_url, tmp_path):
             assert "Sneaker" in page.locator("#class").text_content()
         finally:
             browser.close()
+
+
+NO_BROKEN_IMAGES = ("[...document.images].filter((i) => i.getClientRects().length > 0"
+                    " && !(i.complete && i.naturalWidth > 0)).length")
+
+
+def test_placeholder_class_override_and_reset(server_url):
+    """The empty page shows a placeholder, no broken images; "edit as" swaps the class sliders to that class's set
+    and an edit there lands (live edited-class line); Reset clears the strip; slider labels are unique."""
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(server_url)
+            page.wait_for_function("document.querySelectorAll('#method option').length > 0")
+            assert page.locator("#placeholder").is_visible()
+            assert page.evaluate(NO_BROKEN_IMAGES) == 0
+            assert not page.locator("#edit-class").is_visible()
+
+            page.set_input_files("#file", str(PHOTO))
+            page.wait_for_function("document.getElementById('class').textContent !== '–'", timeout=120_000)
+            assert not page.locator("#placeholder").is_visible() and page.evaluate(NO_BROKEN_IMAGES) == 0
+            assert not page.locator("#progress-row").is_visible()  # Shown only while an inversion runs.
+            assert "--eps" not in page.locator("#command").text_content()  # No command before a slider moves.
+            labels = page.locator("#groups .slider label").all_text_contents()
+            assert len(labels) == 16 and len(set(labels)) == 16, labels
+            class_rows = page.locator("#groups .group[data-group=class] .slider")
+            assert class_rows.first.get_attribute("data-spec") == "class:0"
+            assert page.locator("#edit-class").input_value() == "Sneaker"
+
+            page.locator("#edit-class").select_option("Ankle boot")
+            page.wait_for_function("document.querySelector('#groups .group[data-group=class] .slider')"
+                                   ".dataset.spec === 'class:0@Ankle boot'")
+            specs = [class_rows.nth(k).get_attribute("data-spec") for k in range(class_rows.count())]
+            assert specs == [f"class:{k}@Ankle boot" for k in range(8)], specs
+            assert "Ankle boot" in page.locator("#groups .group[data-group=class] h3").text_content()
+            assert "Ankle boot" not in page.locator("#target").evaluate("s => [...s.options].map(o => o.value)")
+            seq = page.locator("#edited-img").get_attribute("data-seq") or "0"
+            class_rows.first.locator("input").fill("2")
+            page.wait_for_function(f"Number(document.getElementById('edited-img').dataset.seq || 0) > {seq}"
+                                   " && document.getElementById('edited-class').textContent.includes('%')",
+                                   timeout=60_000)
+            assert page.locator("#error").text_content() == ""
+            assert "Sneaker" in page.locator("#class").text_content()  # The input's class line stays.
+            command = page.locator("#command").text_content()
+            assert "--direction 'class:0@Ankle boot' --eps 2" in command, command
+
+            with page.expect_download():
+                page.click("#download-strip")
+            page.wait_for_function("document.getElementById('strip').naturalWidth > 0")
+            page.click("#reset")
+            page.wait_for_function("!document.getElementById('strip').hasAttribute('src')")
+            assert not page.locator("#strip").is_visible() and page.locator("#strip-label").text_content() == ""
+            assert "--eps" not in page.locator("#command").text_content()
+            assert page.evaluate(NO_BROKEN_IMAGES) == 0
+        finally:
+            browser.close()
