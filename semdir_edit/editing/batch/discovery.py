@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import stat
-import sys
 from pathlib import Path, PurePosixPath
-
-from tqdm import tqdm
 
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.io import IMAGE_SUFFIXES
+from semdir_edit.core.progress import say
 from semdir_edit.core.validate import one_line
 
 
@@ -57,7 +55,7 @@ def find_images(in_dir: str | Path, recursive: bool = False, exclude: str | Path
         except OSError as exc:
             if rel_dir == PurePosixPath():
                 raise UserError(f"cannot read input folder {root}: {exc.strerror or exc}") from None
-            tqdm.write(f"warning: skipping folder {folder}: {exc.strerror or exc}", file=sys.stderr)
+            say(f"warning: skipping folder {folder}: {exc.strerror or exc}")
             continue
         for entry in entries:
             rel = rel_dir / entry.name
@@ -78,8 +76,8 @@ def find_images(in_dir: str | Path, recursive: bool = False, exclude: str | Path
                 if entry.is_symlink() and not follow_symlinks:
                     target = os.path.realpath(entry.path)
                     if os.path.commonpath([real_root, target]) != real_root:
-                        tqdm.write(f"warning: not following {one_line(rel)}: a link out of the input folder "
-                                   "(--follow-symlinks follows it)", file=sys.stderr)
+                        say(f"warning: not following {one_line(rel)}: a link out of the input folder "
+                            "(--follow-symlinks follows it)")
                         continue
                 (linked if entry.is_symlink() else real).append((rel, sub))
             elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:

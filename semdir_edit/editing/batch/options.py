@@ -43,6 +43,18 @@ class BatchOptions:
     weights_id: str
     inversion: dict[str, Any]  # Inversion hyper-parameters other than steps (from the Editor's config).
     keep_class: bool = False   # Class-locked edits (see semdir_edit.ops.class_lock).
+    scale: int = 1             # Every tile of the edited PNG enlarged this many times.
+    labels: bool = False       # A strip's columns (eps) and row (direction) named, as `apply` names them.
+
+    @property
+    def strip(self) -> bool:
+        """A traversal (several eps) rather than one edited image."""
+        return len(self.eps) > 1
+
+    @property
+    def labelled(self) -> bool:
+        """Labels are drawn: on strips only (a single edited image stays a plain picture, as with `apply`)."""
+        return self.labels and self.strip
 
     def figures(self) -> dict[str, Any]:
         """The options as JSON-able values (what the hash covers)."""
@@ -51,6 +63,11 @@ class BatchOptions:
                    "inversion": self.inversion}
         if self.keep_class:  # Only when on: runs of unlocked edits keep the hash they had before the lock existed.
             figures["keep_class"] = True
+        # Likewise only when they change the PNG: raw outputs keep the hash they had before these options existed.
+        if self.scale != 1:
+            figures["scale"] = self.scale
+        if self.labelled:
+            figures["labels"] = True
         return figures
 
     def key(self) -> str:
@@ -59,8 +76,11 @@ class BatchOptions:
 
 
 def resolve_options(editor: Editor, direction: str | DirectionSpec, eps: str | float | list[float], method: str,
-                    steps: int | None, layers: str | range | None, keep_class: bool | None = None) -> BatchOptions:
+                    steps: int | None, layers: str | range | None, keep_class: bool | None = None, scale: int = 1,
+                    labels: bool = False) -> BatchOptions:
     """Parse and check every option against the weights before any image is touched (UserError on a bad one)."""
+    if not 1 <= scale <= 16:
+        raise UserError("--scale must be between 1 and 16")
     spec = parse_direction(direction) if isinstance(direction, str) else direction
     if isinstance(eps, str):
         eps_list = parse_eps(eps)
@@ -92,5 +112,5 @@ def resolve_options(editor: Editor, direction: str | DirectionSpec, eps: str | f
     inversion = {"lr": inv.lr, "lambda_perceptual": inv.lambda_perceptual, "lambda_dom": inv.lambda_dom,
                  "perceptual": inv.perceptual} if method in ("indomain", "optimize") else {}
     return BatchOptions(spec, eps_list, method, steps, layer_range, editor.weights_id, inversion,
-                        keeps_class(spec, keep_class))
+                        keeps_class(spec, keep_class), scale, labels)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,8 +26,10 @@ from tqdm import tqdm
 
 from semdir_edit.core import distributed
 from semdir_edit.core.errors import UserError
-from semdir_edit.core.images import save_grid, to_uint8
+from semdir_edit.core.images import eps_labels, save_grid, to_uint8
 from semdir_edit.core.io import IMAGE_SUFFIXES, LATENT_SUFFIX
+from semdir_edit.core.progress import bar as progress_bar
+from semdir_edit.core.progress import say as progress_say
 from semdir_edit.core.types import Failed, Inverted
 from semdir_edit.core.validate import PATH_ERRNOS
 from semdir_edit.core.writer import BackgroundWriter, read_ahead
@@ -59,7 +60,7 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
               layers: str | range | None = None, recursive: bool = False, batch_size: int = 16,
               workers: int | None = None, progress: bool = True,
               log: Callable[[str], None] | None = None, keep_class: bool | None = None,
-              follow_symlinks: bool = False) -> dict[str, Any]:
+              follow_symlinks: bool = False, scale: int = 1, labels: bool = False) -> dict[str, Any]:
     """Edit every image under ``in_dir`` into ``out_dir`` (layout mirrored) and log each in ``manifest.jsonl``.
 
     Inputs already done with the same bytes and options (ok in the manifest, outputs present) are skipped. A bad
@@ -68,11 +69,14 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
     workers: DataLoader processes that decode and convert images (None = 0 on CPU, up to 4 on a GPU).
     keep_class: class-locked edits (None = on for ``class:k`` directions; see :meth:`Editor.apply`).
     follow_symlinks: with ``recursive``, also descend folder links that lead out of ``in_dir``.
+    scale: enlarge every tile of the edited PNGs this many times. labels: name a strip's columns (eps) and row
+    (direction), as ``apply`` does; a single edited image is never labelled.
+    progress: a bar on stderr, when it is a terminal (:mod:`semdir_edit.core.progress`).
     Under torchrun (see :mod:`semdir_edit.core.distributed`), call it on every rank: each edits its share of the inputs.
     Returns a summary: inputs, ok, errors, skipped (over all ranks), options (hash), manifest (path), seconds.
     """
     t0 = time.perf_counter()
-    say = log or (lambda message: tqdm.write(message, file=sys.stderr))
+    say = log or progress_say
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     if batch_size < 1:
         raise UserError("--batch-size must be >= 1")
@@ -84,7 +88,7 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
     if not rels:
         raise UserError(f"no images found in {in_dir} ({', '.join(sorted(e[1:] for e in IMAGE_SUFFIXES))}"
                         f"{'' if recursive else '; use --recursive for sub-folders'})")
-    opts = resolve_options(editor, direction, eps, method, steps, layers, keep_class)
+    opts = resolve_options(editor, direction, eps, method, steps, layers, keep_class, scale, labels)
     plan = RunPlan(in_dir, out_dir, opts, opts.key(), output_stems(rels), batch_size, workers,
                    progress and distributed.is_main())
 
@@ -140,7 +144,7 @@ class RunPlan:
     @property
     def suffix(self) -> str:
         """The edited output's suffix: one image, or a strip of every eps."""
-        return "edited.png" if len(self.opts.eps) == 1 else "strip.png"
+        return "strip.png" if self.opts.strip else "edited.png"
 
 
 def edit_chunk(editor: Editor, items: list[LoadResult], opts: BatchOptions
@@ -176,7 +180,7 @@ class ShardRun:
         # Lines wait here until `commit` appends a chunk's with one fsync: a line is still written only after its
         # outputs, so a killed run redoes at most the last chunk and skips nothing unfinished.
         self.finished: list[dict[str, Any]] = []
-        self.bar: tqdm | None = None
+        self.bar: tqdm | None = None  # Made by run(): a disabled bar when there is nothing to draw on.
 
     def run(self, rels: list[str]) -> dict[str, int]:
         """Edit ``rels``; returns the counts ok / errors / skipped. Raises what stops the run (a full disk)."""
@@ -187,8 +191,7 @@ class ShardRun:
         dataset = ImageFolder(plan.in_dir, rels, self.editor.G.cfg.resolution, self.done)
         loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=False, num_workers=workers,
                             collate_fn=collate_records, worker_init_fn=worker_init if workers else None)
-        self.bar = tqdm(total=len(rels), unit="img", desc="batch", disable=not plan.progress, file=sys.stderr,
-                        dynamic_ncols=True)
+        self.bar = progress_bar(total=len(rels), unit="img", desc="batch", progress=plan.progress)
         # Every per-input ending (outputs, manifest line, counts, progress) runs on one writer thread, in input
         # order, while the device works on the next chunk.
         writer = BackgroundWriter(max_pending=2 * plan.batch_size)
@@ -234,17 +237,22 @@ class ShardRun:
                 writer.submit(self.on_finished, self.record(item, error=error or f"{item.rel}: not edited", res=res))
                 continue
             res.notes = item.notes + res.notes
-            writer.submit(self.on_edited, item, res, to_uint8(images).numpy())  # uint8: the writer needs no torch.
+            # uint8 and the row's label made here: the writer thread then needs neither torch nor the editor.
+            row = self.editor.direction_label(self.plan.opts.direction, res.class_index) if self.plan.opts.labelled \
+                else None
+            writer.submit(self.on_edited, item, res, to_uint8(images).numpy(), row)
 
     # ------------------------------------------------------------------------------------ writer thread only
 
-    def on_edited(self, item: LoadResult, res: Inverted, images: np.ndarray) -> None:
-        """Write an edited input's outputs (each atomic), then queue its line: a line means complete outputs."""
+    def on_edited(self, item: LoadResult, res: Inverted, images: np.ndarray, row: str | None = None) -> None:
+        """Write an edited input's outputs (each atomic), then queue its line: a line means complete outputs.
+        ``row``: the strip's row label (None: no labels)."""
         out_dir, opts = self.plan.out_dir, self.plan.opts
         stem = self.plan.stems[item.rel]
         edited_rel, latent_rel = f"{stem}.{self.plan.suffix}", stem + LATENT_SUFFIX
         try:
-            save_grid(out_dir / edited_rel, images, nrow=len(opts.eps), pad=2 if len(opts.eps) > 1 else 0)
+            save_grid(out_dir / edited_rel, images, nrow=len(opts.eps), scale=opts.scale, pad=2 if opts.strip else 0,
+                      cols=eps_labels(opts.eps) if row else None, rows=[row] if row else None)
             save_latent(out_dir / latent_rel, res.ws, latent_meta(res, opts.weights_id))
         except UserError as exc:
             # A problem of this input's output paths (a name too long for the file system, a folder or a device
