@@ -531,10 +531,12 @@ def invert_cmd(
     from semdir_edit.core import progress
     from semdir_edit.core.types import Failed
     from semdir_edit.editor import Editor
+    from semdir_edit.inversion.invert import OPTIMIZING
 
     inversion = load_config(config).invert if config else InversionConfig()
     editor = Editor.from_pretrained(weights, device, inversion)
-    with progress.bar(desc="invert", unit="step", progress=not quiet) as bar:
+    # A bar for the optimising methods only: the encoders take no steps, so it would only say "0 steps".
+    with progress.bar(desc="invert", unit="step", progress=not quiet and method in OPTIMIZING) as bar:
         results = editor.invert([str(p) for p in images], method=method, steps=steps, preprocess=not no_preprocess,
                                 on_step=progress.step_callback(bar))
     rows, failures, used = [], 0, set()
@@ -664,6 +666,7 @@ def apply_cmd(
     from semdir_edit.core.images import eps_labels, save_grid
     from semdir_edit.core.types import Failed
     from semdir_edit.editor import Editor
+    from semdir_edit.inversion.invert import OPTIMIZING
     from semdir_edit.ops.shift_codes import CLASS_KINDS, match_class, parse_direction, parse_eps, parse_keep
 
     spec = parse_direction(direction)
@@ -675,7 +678,7 @@ def apply_cmd(
         ws, meta = editor.load_latent(source)
         class_index = meta.get("class_index")
     else:
-        with progress.bar(desc="invert", unit="step", progress=not quiet) as bar:
+        with progress.bar(desc="invert", unit="step", progress=not quiet and method in OPTIMIZING) as bar:
             (res,) = editor.invert([str(source)], method=method, on_step=progress.step_callback(bar))
         if isinstance(res, Failed):
             raise UserError(res.message)
