@@ -185,12 +185,7 @@ class ShardRun:
     def run(self, rels: list[str]) -> dict[str, int]:
         """Edit ``rels``; returns the counts ok / errors / skipped. Raises what stops the run (a full disk)."""
         plan = self.plan
-        workers = plan.workers
-        if workers is None:
-            workers = 0 if self.editor.device.type == "cpu" else min(4, max(1, (os.cpu_count() or 2) - 1))
-        dataset = ImageFolder(plan.in_dir, rels, self.editor.G.cfg.resolution, self.done)
-        loader = DataLoader(dataset, batch_size=plan.batch_size, shuffle=False, num_workers=workers,
-                            collate_fn=collate_records, worker_init_fn=worker_init if workers else None)
+        loader = self.loader(rels)
         self.bar = progress_bar(total=len(rels), unit="img", desc="batch", progress=plan.progress)
         # Every per-input ending (outputs, manifest line, counts, progress) runs on one writer thread, in input
         # order, while the device works on the next chunk.
@@ -225,6 +220,15 @@ class ShardRun:
         finally:
             self.bar.close()
         return self.counts
+
+    def loader(self, rels: list[str]) -> DataLoader:
+        """Chunks of :class:`LoadResult` for ``rels``, read and converted in ``plan.workers`` processes."""
+        workers = self.plan.workers
+        if workers is None:
+            workers = 0 if self.editor.device.type == "cpu" else min(4, max(1, (os.cpu_count() or 2) - 1))
+        dataset = ImageFolder(self.plan.in_dir, rels, self.editor.G.cfg.resolution, self.done)
+        return DataLoader(dataset, batch_size=self.plan.batch_size, shuffle=False, num_workers=workers,
+                          collate_fn=collate_records, worker_init_fn=worker_init if workers else None)
 
     def record(self, item: LoadResult, **kwargs: Any) -> dict[str, Any]:
         """``item``'s manifest line (see :func:`manifest_record`)."""
