@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,6 +23,7 @@ from semdir_edit.config import FASHION_MNIST_CLASSES, InversionConfig
 from semdir_edit.core.device import for_inference, resolve_device
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import to_float
+from semdir_edit.core.progress import StepCallback
 from semdir_edit.core.types import Failed, Inverted
 from semdir_edit.core.validate import EPS_LIMIT, check_eps
 from semdir_edit.data.photo import load_domain_photo
@@ -52,7 +53,6 @@ MAX_SHIFTS = 64
 MAX_LOCKED_STEPS = 24
 
 Shifts = Mapping[str, float] | Iterable[tuple[str | DirectionSpec, float]]
-ProgressCallback = Callable[[int, int], None]
 
 
 class EditedImage(NamedTuple):
@@ -166,8 +166,8 @@ class Editor:
     def invert(self, sources: list[str | Path | bytes] | torch.Tensor, method: str | None = None,
                steps: int | None = None, preprocess: bool = True,
                names: list[str] | None = None, perceptual: bool = True,
-               classes: tuple[torch.Tensor, ...] | None = None,
-               progress: ProgressCallback | None = None) -> list[Inverted | Failed]:
+               classes: tuple[torch.Tensor, ...] | None = None, on_step: StepCallback | None = None
+               ) -> list[Inverted | Failed]:
         """Invert photos (paths or bytes) or domain images ((B, 1, R, R) uint8) in one batch.
 
         Inputs that cannot be loaded, or whose optimisation diverges, come back as :class:`Failed`;
@@ -176,8 +176,8 @@ class Editor:
         classes: :meth:`classify` (or :meth:`classify_photos`, with the ood_score) of the domain images when the
         caller has it already (a pipeline that classifies the next chunk while this one inverts); only with domain
         images. Files that came in as photos are classified with :meth:`classify_photos`.
-        progress: called as ``progress(done, total)`` after each optimisation step (total = steps times the number
-        of batches; the encoder methods, which take no steps, never call it).
+        on_step: progress of the optimising methods, ``on_step(done, total)`` after each update, counted over every
+        chunk of ``inversion.batch_size`` images (total = steps x chunks); the encoders take no steps.
         """
         method = method or self.inversion.method
         if method not in METHODS:
@@ -212,14 +212,14 @@ class Editor:
             raise ValueError("classes can only come with domain images (a tensor), not files")
         if any(photo):
             classes = self.classify_photos(to_float(torch.stack(domains)), photo)
-        out = self._invert_batch(torch.stack(domains), method, steps, labels, notes, perceptual, classes, progress)
+        out = self._invert_batch(torch.stack(domains), method, steps, labels, notes, perceptual, classes, on_step)
         it = iter(out)
         return [r if r is not None else next(it) for r in results]
 
     def _invert_batch(self, domains: torch.Tensor, method: str, steps: int, labels: list[str],
                       notes: list[list[str]], perceptual: bool = True,
-                      classes: tuple[torch.Tensor, ...] | None = None,
-                      progress: ProgressCallback | None = None) -> list[Inverted | Failed]:
+                      classes: tuple[torch.Tensor, ...] | None = None, on_step: StepCallback | None = None
+                      ) -> list[Inverted | Failed]:
         x = to_float(domains).to(self.device)
         E = None
         if method in ("indomain", "encoder"):
@@ -231,16 +231,14 @@ class Editor:
         bs = max(1, self.inversion.batch_size)
         # Only the optimising methods need F; for the encoders it would only add a term to losses we do not use.
         F = self.perceptual() if method in ("indomain", "optimize") else None
-        starts = range(0, len(x), bs)
-        total = steps * len(starts) if method in ("indomain", "optimize") else 0
-        for b, start in enumerate(starts):
-            callback = None
-            if progress is not None and total:
-                def callback(step: int, _loss: torch.Tensor, done: int = b * steps) -> None:
-                    progress(done + step + 1, total)
+        chunks = range(0, len(x), bs)
+        for i, start in enumerate(chunks):
+            # One count over every chunk: the caller sees one inversion, however it is split.
+            chunk_step = None if on_step is None else (
+                lambda done, _, before=i * steps: on_step(before + done, len(chunks) * steps))
             outputs.append(invert(method, self.G, x[start:start + bs], E=E, F=F, steps=steps,
                                   lr=self.inversion.lr, lambda_perceptual=self.inversion.lambda_perceptual,
-                                  lambda_dom=self.inversion.lambda_dom, callback=callback))
+                                  lambda_dom=self.inversion.lambda_dom, on_step=chunk_step))
         seconds = (time.perf_counter() - t0) / len(x)
         ws = torch.cat([o.ws for o in outputs])
         recon = torch.cat([o.images for o in outputs]).clamp(-1, 1)
@@ -359,12 +357,12 @@ class Editor:
     @torch.no_grad()
     def direction_grid(self, ws: torch.Tensor, kind: str, eps: list[float], class_index: int | None = None,
                        layers: str | range | None = None, keep_class: bool | None = None,
-                       image_class: int | None = None) -> torch.Tensor:
+                       image_class: int | None = None, on_step: StepCallback | None = None) -> torch.Tensor:
         """Every direction of one source applied to one code: images (K, E, C, R, R), rows = directions.
 
         class_index: whose class set (``kind="class"`` or ``"cpca"``). keep_class: class-locked edits, as
         :meth:`apply` (None = on for class sets, not cpca); they keep ``image_class`` (None = ``class_index``, else
-        the classifier's label of ``ws``).
+        the classifier's label of ``ws``). on_step: progress, ``on_step(rows done, K)`` after each row.
         """
         source = self.direction_set(kind, class_index)
         bank = self.model("direction_bank")
@@ -385,6 +383,8 @@ class Editor:
             else:
                 shifted = shift_codes(code, vector, eps, spread, layer_range)[0]
             rows.append(self.G.render(shifted))
+            if on_step is not None:
+                on_step(k + 1, source.shape[1])
         return torch.stack(rows)
 
     def descriptions(self) -> dict[str, Any]:

@@ -344,3 +344,19 @@ def test_classes_come_from_the_reader_thread_and_match_the_classifier(weights, t
         results = editor.invert_and_edit(domains[:2], "random:1", [2.0], method=method, steps=1, names=["a", "b"],
                                          classes=given)
         assert [(res.class_index, res.confidence) for res, _, _ in results] == [(7, 0.25), (1, 0.5)]
+
+
+def test_batch_strips_are_labelled_and_scaled_like_apply_and_raw_with_no_labels(weights, tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    domain_image(src / "a.png", 0)
+    base = ["batch", str(src), str(out), "-d", "pca:0", "--eps", "-3:3:3", "-w", str(weights), "--quiet", *FAST]
+    result = run_cli(*base)  # Defaults: as apply, 4x tiles, columns and row named.
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    strip = cv2.imread(str(out / "a.strip.png"), cv2.IMREAD_GRAYSCALE)
+    raw = (36 * 4, (3 * 34 + 2) * 4)
+    assert strip.shape[0] == raw[0] + 18 and strip.shape[1] > raw[1]  # A header band and a left band of labels.
+    assert len(np.unique(strip[:18])) > 2                              # Text in the header, not an empty band.
+
+    result = run_cli(*base, "--scale", "2", "--no-labels")  # Options that change the PNG: redone.
+    assert result.returncode == 0 and "1 ok" in result.stdout, result.stderr
+    assert cv2.imread(str(out / "a.strip.png"), cv2.IMREAD_GRAYSCALE).shape == (36 * 2, (3 * 34 + 2) * 2)

@@ -96,3 +96,62 @@ def test_flags_show_no_value_placeholder_in_help():
     result = run_cli("train", "directions", "--help")
     assert result.returncode == 0
     assert "--resume " in result.stdout and "<bool>" not in result.stdout
+
+
+def run_on_terminal(*args: str, timeout: float = 300) -> tuple[int, str, str]:
+    """The CLI with stderr on a pseudo-terminal (as in a shell, where bars are drawn) and stdout on a pipe (as in
+    ``semdir-edit ... > out.txt``): (exit code, stdout, stderr)."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # A new pty is 0 columns wide.
+    proc = subprocess.Popen([sys.executable, "-m", "semdir_edit", *args], cwd=ROOT, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=slave, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    os.close(slave)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        # Drain the terminal as the process writes (a full one would block it), until its side is closed.
+        while time.monotonic() < deadline:
+            if not select.select([master], [], [], 0.5)[0]:
+                continue
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the process (the last holder of the terminal) has exited.
+                break
+            if not data:
+                break
+            chunks.append(data)
+        stdout = proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[0].decode()
+    finally:
+        proc.kill()
+        os.close(master)
+    return proc.returncode, stdout, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_on_a_terminal_only_on_stderr_and_quiet_turns_it_off(tiny_weights, tmp_path):
+    import cv2
+    import numpy as np
+
+    img = np.full((60, 40, 3), 250, np.uint8)  # A product photo: a dark article on white.
+    cv2.rectangle(img, (8, 10), (30, 50), (30, 40, 160), -1)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    args = ["invert", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "-w", str(tiny_weights), "--method",
+            "optimize", "--steps", "20", "--device", "cpu"]
+    code, stdout, stderr = run_on_terminal(*args)
+    assert code == 0, stderr
+    assert "invert" in stderr and "20/20" in stderr   # The bar counts the optimisation's steps.
+    lines = stdout.splitlines()                       # stdout: the table alone, no bar in it.
+    assert lines[0].startswith("image") and lines[-1].startswith("wrote 1 inversion") and "\r" not in stdout
+    assert "step" not in stdout and "%|" not in stdout
+
+    code, stdout, stderr = run_on_terminal(*args, "--quiet")
+    assert code == 0 and stderr == "" and stdout.startswith("image")
+
+    result = run_cli(*args)  # stderr not a terminal (a pipe, a log file): no bar either.
+    assert result.returncode == 0 and result.stderr == "", result.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from semdir_edit.cli.options import WeightsOpt
+from semdir_edit.cli.options import QuietOpt, WeightsOpt
 
 
 def batch_cmd(
@@ -34,6 +34,12 @@ def batch_cmd(
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config whose 'invert' section "
                                           "overrides the inversion defaults (lr, lambda_dom, ...)."),
+    scale: int | None = typer.Option(None, "--scale", min=1, max=16, show_default="4 for a strip, 1 for one "
+                                     "edited image", help="Enlarge every 32 x 32 tile of the edited PNGs this "
+                                     "many times."),
+    labels: bool = typer.Option(True, "--labels/--no-labels", help="Name the columns (eps) and the row "
+                                "(direction) of a strip, as apply does; --no-labels writes the tiles alone."),
+    quiet: bool = QuietOpt,
 ) -> None:
     """Invert, classify and edit every image of a folder; resumable (a rerun skips what is done).
 
@@ -46,17 +52,21 @@ def batch_cmd(
     from semdir_edit.core.errors import UserError
     from semdir_edit.editing.batch import run_batch
     from semdir_edit.editor import Editor
-    from semdir_edit.ops.shift_codes import parse_keep
+    from semdir_edit.ops.shift_codes import parse_eps, parse_keep
 
     keep_global, keep_class = parse_keep(keep)
     if keep_global:
         raise UserError("batch takes --keep class or none")
+    if scale is None:
+        # Strips are pictures for people (like apply's); one edited image stays at the generator's resolution,
+        # an image like the inputs, which keeps the outputs (and options hash) of earlier runs.
+        scale = 4 if len(parse_eps(eps)) > 1 else 1
     inversion = load_config(config).invert if config else InversionConfig()
     with distributed.session(device) as dev:
         editor = Editor.from_pretrained(weights, dev, inversion)
         summary = run_batch(editor, in_dir, out_dir, direction, eps=eps, method=method, steps=steps, layers=layers,
-                            recursive=recursive, batch_size=batch_size, workers=workers, progress=True,
-                            keep_class=keep_class, follow_symlinks=follow_symlinks)
+                            recursive=recursive, batch_size=batch_size, workers=workers, progress=not quiet,
+                            keep_class=keep_class, follow_symlinks=follow_symlinks, scale=scale, labels=labels)
         if distributed.is_main():  # One summary for the whole run.
             skipped = f", {summary['skipped']} skipped (done before)" if summary["skipped"] else ""
             typer.echo(f"{summary['ok']} ok, {summary['errors']} errors{skipped}; manifest {summary['manifest']}")

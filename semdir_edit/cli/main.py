@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from semdir_edit.cli.batch import batch_cmd
-from semdir_edit.cli.options import WeightsOpt
+from semdir_edit.cli.options import QuietOpt, WeightsOpt
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.validate import check_seed, one_line
 
@@ -180,6 +180,7 @@ def evaluate_classifier_cmd(
     device: str = DeviceOpt,
     json_out: Path | None = JsonOpt,
     record: bool = RecordOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Classifier accuracy on the test split (overall and per class)."""
     from semdir_edit.config import load_config
@@ -187,7 +188,8 @@ def evaluate_classifier_cmd(
     from semdir_edit.evaluation.evaluate import evaluate_classifier
 
     cfg = load_config(config)
-    figures = evaluate_classifier(weights, cfg.data, resolve_device(device), str(data_dir) if data_dir else None)
+    figures = evaluate_classifier(weights, cfg.data, resolve_device(device), str(data_dir) if data_dir else None,
+                                  progress=not quiet)
     report(figures, "classifier", json_out, record, weights, "classifier")
 
 
@@ -387,11 +389,13 @@ def evaluate_directions_cmd(
     seed: int = typer.Option(0, "--seed", callback=checked_seed),
     json_out: Path | None = JsonOpt,
     record: bool = RecordOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """What a person sees (pixel change, outline, distinctness, class kept at |eps| 3), to:<class> arrival, RCA, edit
     strength, specificity, orthogonality; ours against Voynov, PCA, per-class PCA, SeFa, random."""
     from semdir_edit.checkpoint import update_descriptions
     from semdir_edit.config import load_config
+    from semdir_edit.core import progress
     from semdir_edit.editor import Editor
     from semdir_edit.evaluation.evaluate import evaluate_directions
 
@@ -401,8 +405,8 @@ def evaluate_directions_cmd(
     figures, descriptions = evaluate_directions(weights, editor.device, editor.class_names, per_class=per_class,
                                                 fresh_steps=fresh_steps, eps_range=(dc.eps_min, dc.eps_max),
                                                 seed=seed, visible_per_class=visible_per_class,
-                                                class_fresh_steps=class_fresh_steps,
-                                                log=lambda m: typer.echo(m, err=True))
+                                                class_fresh_steps=class_fresh_steps, log=progress.say,
+                                                progress=not quiet)
     report(figures, "directions (generated samples; eps in units of W's spread)", json_out, record, weights,
            "directions")
     if record:
@@ -440,8 +444,10 @@ def directions_show_cmd(
     labels: bool = LabelsOpt,
     weights: Path = WeightsOpt,
     device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """A grid: rows = directions of one set, columns = eps (the middle column is the unedited image)."""
+    from semdir_edit.core import progress
     from semdir_edit.core.images import eps_labels, save_grid
     from semdir_edit.editor import Editor
     from semdir_edit.ops.shift_codes import DirectionSpec, match_class, parse_eps, parse_keep
@@ -465,8 +471,10 @@ def directions_show_cmd(
         if kind == "cpca":
             editor.direction_set(kind, class_index)  # A class without a set fails before the sample search.
         ws = editor.sample_code(class_index, seed)
-    grid = editor.direction_grid(ws, kind, eps_list, class_index=class_index, layers=layers, keep_class=keep_class,
-                                 image_class=image_class)
+    with progress.bar(desc="directions", unit="direction", progress=not quiet) as bar:
+        grid = editor.direction_grid(ws, kind, eps_list, class_index=class_index, layers=layers,
+                                     keep_class=keep_class, image_class=image_class,
+                                     on_step=progress.step_callback(bar))
     rows = [editor.direction_label(DirectionSpec(kind, k), class_index) for k in range(grid.shape[0])]
     save_grid(out, grid.flatten(0, 1), nrow=len(eps_list), scale=scale,
               cols=eps_labels(eps_list) if labels else None, rows=rows if labels else None)
@@ -514,17 +522,23 @@ def invert_cmd(
                                           "overrides the defaults."),
     weights: Path = WeightsOpt,
     device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Invert photos into the generator's W+ and write, per image: domain image, reconstruction,
     side-by-side PNG, latent file (for `apply`), and a JSON of figures."""
     from semdir_edit.cli.outputs import write_inversion
     from semdir_edit.config import InversionConfig, load_config
+    from semdir_edit.core import progress
     from semdir_edit.core.types import Failed
     from semdir_edit.editor import Editor
+    from semdir_edit.inversion.invert import OPTIMIZING
 
     inversion = load_config(config).invert if config else InversionConfig()
     editor = Editor.from_pretrained(weights, device, inversion)
-    results = editor.invert([str(p) for p in images], method=method, steps=steps, preprocess=not no_preprocess)
+    # A bar for the optimising methods only: the encoders take no steps, so it would only say "0 steps".
+    with progress.bar(desc="invert", unit="step", progress=not quiet and method in OPTIMIZING) as bar:
+        results = editor.invert([str(p) for p in images], method=method, steps=steps, preprocess=not no_preprocess,
+                                on_step=progress.step_callback(bar))
     rows, failures, used = [], 0, set()
     for res in results:
         if isinstance(res, Failed):
@@ -645,11 +659,14 @@ def apply_cmd(
     labels: bool = LabelsOpt,
     weights: Path = WeightsOpt,
     device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Edit an inverted image along a direction; a range of eps writes a traversal strip (middle = eps 0)."""
+    from semdir_edit.core import progress
     from semdir_edit.core.images import eps_labels, save_grid
     from semdir_edit.core.types import Failed
     from semdir_edit.editor import Editor
+    from semdir_edit.inversion.invert import OPTIMIZING
     from semdir_edit.ops.shift_codes import CLASS_KINDS, match_class, parse_direction, parse_eps, parse_keep
 
     spec = parse_direction(direction)
@@ -661,7 +678,8 @@ def apply_cmd(
         ws, meta = editor.load_latent(source)
         class_index = meta.get("class_index")
     else:
-        (res,) = editor.invert([str(source)], method=method)
+        with progress.bar(desc="invert", unit="step", progress=not quiet and method in OPTIMIZING) as bar:
+            (res,) = editor.invert([str(source)], method=method, on_step=progress.step_callback(bar))
         if isinstance(res, Failed):
             raise UserError(res.message)
         ws, class_index = res.ws, res.class_index

@@ -16,3 +16,7 @@ def _weights(value: Path | None) -> Path:
 
 WeightsOpt = typer.Option(None, "--weights", "-w", callback=_weights, show_default="$SEMDIR_WEIGHTS or "
                           "weights/fashion_mnist", help="Weights folder (with manifest.json).")
+
+# Bars are drawn only when stderr is a terminal (semdir_edit.core.progress); --quiet turns them off there too.
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bar (bars go to stderr, only when it is a "
+                        "terminal; errors and warnings are still printed).")

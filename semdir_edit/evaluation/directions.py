@@ -24,6 +24,7 @@ import kornia
 import torch
 
 from semdir_edit.config import ShiftPredictorConfig
+from semdir_edit.core.progress import bar
 from semdir_edit.directions.baselines import spread_along
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.direction_bank import DirectionBank
@@ -81,8 +82,10 @@ def reconstructor_accuracy(G: Generator, predictor: ShiftPredictor, sets: torch.
 
 def train_fresh_predictor(G: Generator, C: Classifier, directions: torch.Tensor, w_cov: torch.Tensor, steps: int,
                           seed: int, width: int = 32, batch_size: int = 32, lr: float = 1e-4,
-                          eps_range: tuple[float, float] = (0.5, 6.0), shift_weight: float = 0.25) -> ShiftPredictor:
-    """A new shift predictor trained on frozen (w_dim, K) directions with the training objective."""
+                          eps_range: tuple[float, float] = (0.5, 6.0), shift_weight: float = 0.25,
+                          progress: bool = False) -> ShiftPredictor:
+    """A new shift predictor trained on frozen (w_dim, K) directions with the training objective (``progress``: a
+    bar over the steps, cleared when done)."""
     device = G.mapping.w_avg.device
     torch.manual_seed(seed)
     source = FrozenDirections(directions, w_cov).to(device)
@@ -91,7 +94,7 @@ def train_fresh_predictor(G: Generator, C: Classifier, directions: torch.Tensor,
     opt = torch.optim.Adam(predictor.parameters(), lr=lr)
     loss_fn = DirectionLoss(G, C, source, predictor, eps_range, shift_weight, train_class=False)
     predictor.train()
-    for _ in range(steps):
+    for _ in bar(range(steps), desc="fresh predictor", unit="step", progress=progress, leave=False):
         loss, _ = loss_fn(batch_size)
         opt.zero_grad(set_to_none=True)
         loss.backward()

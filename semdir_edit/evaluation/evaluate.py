@@ -19,6 +19,7 @@ from semdir_edit.core.device import eval_mode
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import to_float
 from semdir_edit.core.io import atomic_write_bytes
+from semdir_edit.core.progress import Stages, bar
 from semdir_edit.core.types import Inverted
 from semdir_edit.data import ImageSet, load_split
 from semdir_edit.directions.baselines import sample_by_class
@@ -52,11 +53,11 @@ def _image_batches(data: ImageSet, n: int, device: torch.device, batch_size: int
 
 
 def evaluate_classifier(weights_dir: str | Path, data_cfg: DataConfig, device: torch.device,
-                        data_dir: str | None = None) -> dict[str, Any]:
-    """Top-1 accuracy on the whole test split, overall and per class."""
+                        data_dir: str | None = None, progress: bool = False) -> dict[str, Any]:
+    """Top-1 accuracy on the whole test split, overall and per class (``progress``: a bar, see core.progress)."""
     C = load_model(weights_dir, "classifier", device)
     test = load_split(data_cfg, "test", data_dir)
-    preds = predict(C, test, device)
+    preds = predict(C, test, device, progress=progress)
     figures: dict[str, Any] = {"accuracy": accuracy(preds, test.labels), "test_images": len(test)}
     for k in range(len(test.class_names)):
         mask = test.labels == k
@@ -250,9 +251,13 @@ def direction_sources(weights_dir: str | Path, device: torch.device) -> dict[str
 def evaluate_directions(weights_dir: str | Path, device: torch.device, class_names: list[str], per_class: int = 100,
                         fresh_steps: int = 1000, eps_range: tuple[float, float] = (0.5, 6.0), seed: int = 0,
                         describe_samples: int = 32, visible_per_class: int = 20,
-                        class_fresh_steps: int = 200, log=print) -> tuple[dict[str, Any], dict[str, Any]]:
+                        class_fresh_steps: int = 200, log=print, progress: bool = False
+                        ) -> tuple[dict[str, Any], dict[str, Any]]:
     """RCA, class preservation, edit strength, specificity and orthogonality of every direction source,
-    plus a measured description of every direction. Returns (figures, descriptions)."""
+    plus a measured description of every direction. Returns (figures, descriptions).
+
+    log: names each stage as it starts. progress: bars over the stages and their long loops (see core.progress).
+    """
 
     G = load_model(weights_dir, "generator", device)
     C = load_model(weights_dir, "classifier", device)
@@ -268,7 +273,10 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     ours = sources["ours"]
     spreads = ed.spreads_of(ours, w_cov)
     figures["max_cos"] = ed.max_abs_cos(ours[0], ours[1:])
-    log("RCA of the jointly trained predictor")
+    baselines = {"global": ours[:1], **{k: v for k, v in sources.items() if k not in ("ours", "cpca")}}
+    # One stage per log line below: 6 fixed, one per baseline, one for the class sets' fresh predictors.
+    stage = Stages(6 + len(baselines) + ("cpca" in sources), "evaluate directions", log, progress)
+    stage("RCA of the jointly trained predictor")
     predictor = load_model(weights_dir, "shift_predictor", device)
     zeros = torch.zeros_like(labels)
     correct_g = ed.reconstructor_accuracy(G, predictor, ours, spreads, w, zeros, eps_range, seed)
@@ -278,10 +286,10 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     figures.update({f"rca_class_{c}": value for c, value in per_class_rca.items()})
     figures["rca_class_median"] = float(torch.tensor(list(per_class_rca.values())).median())
 
-    log("edits along our global and class directions")
+    stage("edits along our global and class directions")
     g = ed.edit_effects(G, C, F, ours, spreads, w, labels, zeros, seed)
     c = ed.edit_effects(G, C, F, ours, spreads, w, labels, labels + 1, seed)
-    log("edits along our class directions, class-locked (as apply makes them)")
+    stage("edits along our class directions, class-locked (as apply makes them)")
     locked = ed.edit_effects(G, C, F, ours, spreads, w, labels, labels + 1, seed, class_lock=True)
     for key, value in ed.summarize_effects(g, "global_").items():
         figures[key.replace("global_edit_strength", "edit_strength_global")] = value
@@ -298,22 +306,22 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     figures["edit_strength_class_on_other"] = o["change"].mean().item()
     figures["specificity_change_ratio"] = c["change"].mean().item() / max(o["change"].mean().item(), 1e-12)
 
-    log(f"what a person sees at |eps| = {VISIBLE_EPS:g}, every source as apply edits it by default")
+    stage(f"what a person sees at |eps| = {VISIBLE_EPS:g}, every source as apply edits it by default")
     figures.update(visible_figures(G, C, sources, w_cov, w, labels, visible_per_class, seed))
-    log(f"to:<class> at eps +{VISIBLE_EPS:g}")
+    stage(f"to:<class> at eps +{VISIBLE_EPS:g}")
     subset = _per_class_subset(labels, visible_per_class)
     bank = load_model(weights_dir, "direction_bank", device)
     figures.update(ed.target_reached(G, C, w[subset], labels[subset], bank, seed, eps=VISIBLE_EPS))
 
-    baselines = {"global": ours[:1], **{k: v for k, v in sources.items() if k not in ("ours", "cpca")}}
     if "voynov" in sources:
         own = load_model(weights_dir, "shift_predictor_voynov", device)
         figures["voynov_rca_own"] = ed.reconstructor_accuracy(G, own, sources["voynov"], ed.spreads_of(
             sources["voynov"], w_cov), w, zeros, eps_range, seed).float().mean().item()
     for name, sets in baselines.items():
-        log(f"fresh shift predictor on the frozen '{name}' directions ({fresh_steps} steps)")
+        stage(f"fresh shift predictor on the frozen '{name}' directions ({fresh_steps} steps)")
         s = ed.spreads_of(sets, w_cov)
-        fresh = ed.train_fresh_predictor(G, C, sets[0], w_cov, fresh_steps, seed, eps_range=eps_range)
+        fresh = ed.train_fresh_predictor(G, C, sets[0], w_cov, fresh_steps, seed, eps_range=eps_range,
+                                         progress=progress)
         prefix = "global_fresh" if name == "global" else name
         figures[f"{prefix}_rca"] = ed.reconstructor_accuracy(G, fresh, sets, s, w, zeros, eps_range,
                                                              seed).float().mean().item()
@@ -322,14 +330,16 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
             figures.update({k.replace(f"{name}_", f"{name}_linear_", 1): v for k, v in effects.items()
                             if "_eps" not in k})
     if "cpca" in sources:
-        log(f"fresh shift predictors on each class's set and its per-class PCA ({class_fresh_steps} steps each)")
+        stage(f"fresh shift predictors on each class's set and its per-class PCA ({class_fresh_steps} steps each)")
         figures.update(class_set_fresh_rca(G, C, sources["ours"][1:], sources["cpca"], w_cov, w, labels,
-                                           class_fresh_steps, eps_range, seed))
+                                           class_fresh_steps, eps_range, seed, progress))
 
-    log("describing every direction")
+    stage("describing every direction")
     descriptions: dict[str, Any] = {}
     gen = torch.Generator().manual_seed(seed)
     mixed = w[torch.randperm(len(w), generator=gen)[:describe_samples]]
+    described = bar(total=sum(sets.shape[0] * sets.shape[2] for sets in sources.values()), desc="describe",
+                    unit="direction", progress=progress, leave=False)
     for name, sets in sources.items():
         s = ed.spreads_of(sets, w_cov)
         for set_i in range(sets.shape[0]):
@@ -337,6 +347,7 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
                 cls = set_i - 1 if name == "ours" else set_i
                 pool = w[labels == cls][:describe_samples]
                 if len(pool) == 0:
+                    described.update(sets.shape[2])
                     continue
                 kind = "class" if name == "ours" else "cpca"
                 prefix = f"{kind}:{{k}}@{class_names[cls]}"
@@ -346,6 +357,9 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
             for k in range(sets.shape[2]):
                 descriptions[prefix.format(k=k)] = ed.describe_direction(
                     G, C, sets[set_i, :, k], float(s[set_i, k]), pool, class_names)
+                described.update(1)
+    described.close()
+    stage.close()
     for name, prefix in (("global", "global:"), ("voynov", "voynov:"), ("pca", "pca:"), ("sefa", "sefa:"),
                          ("random", "random:")):
         figures[f"{name}_same_label_share"] = ed.same_label_share(descriptions, prefix)
@@ -389,7 +403,7 @@ def visible_figures(G: Generator, C: Classifier, sources: dict[str, torch.Tensor
 
 def class_set_fresh_rca(G: Generator, C: Classifier, ours: torch.Tensor, cpca: torch.Tensor, w_cov: torch.Tensor,
                         w: torch.Tensor, labels: torch.Tensor, steps: int, eps_range: tuple[float, float],
-                        seed: int) -> dict[str, float]:
+                        seed: int, progress: bool = False) -> dict[str, float]:
     """Fresh-predictor RCA of each class's set against that class's per-class PCA at equal K, on the class's own
     samples (Voynov's protocol, one predictor per set): ``class_fresh_rca_median``, ``cpca_fresh_rca_median``."""
 
@@ -399,7 +413,7 @@ def class_set_fresh_rca(G: Generator, C: Classifier, ours: torch.Tensor, cpca: t
         for name, sets in (("class", ours[c]), ("cpca", cpca[c])):
             if sets.abs().sum() == 0:
                 continue
-            fresh = ed.train_fresh_predictor(G, C, sets, w_cov, steps, seed, eps_range=eps_range)
+            fresh = ed.train_fresh_predictor(G, C, sets, w_cov, steps, seed, eps_range=eps_range, progress=progress)
             zeros = torch.zeros(len(members), dtype=torch.long)
             out[name].append(ed.reconstructor_accuracy(G, fresh, sets[None], ed.spreads_of(sets[None], w_cov),
                                                        members, zeros, eps_range, seed).float().mean().item())

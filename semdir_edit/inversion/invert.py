@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from semdir_edit.config import InversionConfig
+from semdir_edit.core.progress import StepCallback as ProgressCallback
 from semdir_edit.models.encoder import Encoder
 from semdir_edit.models.generator import Generator
 from semdir_edit.ops.perceptual import PerceptualLoss
@@ -131,8 +132,12 @@ def _objective(G: Generator, x: torch.Tensor, ws: torch.Tensor, F: PerceptualLos
 
 def _run(method: str, G: Generator, x: torch.Tensor, finite_input: torch.Tensor, start: torch.Tensor,
          F: PerceptualLoss | None, E_dom: Encoder | None, steps: int, lr: float, lambda_perceptual: float,
-         lambda_dom: float, callback: StepCallback | None) -> InversionResult:
-    """Adam on the W+ code from ``start`` for ``steps`` updates (0 = just evaluate the objective at ``start``)."""
+         lambda_dom: float, callback: StepCallback | None, on_step: ProgressCallback | None = None
+         ) -> InversionResult:
+    """Adam on the W+ code from ``start`` for ``steps`` updates (0 = just evaluate the objective at ``start``).
+
+    on_step: called after each update with (updates done, ``steps``).
+    """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     expected = (x.shape[0], G.num_ws, G.w_dim)
@@ -165,6 +170,8 @@ def _run(method: str, G: Generator, x: torch.Tensor, finite_input: torch.Tensor,
         (grad,) = torch.autograd.grad(torch.where(ok, loss, 0).sum(), ws)
         ws.grad = torch.where(ok[:, None, None], torch.nan_to_num(grad), 0)
         opt.step()
+        if on_step is not None:
+            on_step(step + 1, steps)
 
     ws_final = torch.where(ok[:, None, None], ws.detach(), last_good)
     if not bool(ok.all()):
@@ -207,40 +214,46 @@ def invert_encoder(E: Encoder, G: Generator, x: torch.Tensor, F: PerceptualLoss 
 def invert_optimize(G: Generator, x: torch.Tensor, F: PerceptualLoss, steps: int = _DEFAULTS.steps,
                     lr: float = _DEFAULTS.lr, start: torch.Tensor | None = None, *,
                     lambda_perceptual: float = _DEFAULTS.lambda_perceptual,
-                    callback: StepCallback | None = None) -> InversionResult:
+                    callback: StepCallback | None = None, on_step: ProgressCallback | None = None
+                    ) -> InversionResult:
     """Image2StyleGAN-style: min_w ||x - G(w)||^2 + lambda_perceptual * F(x, G(w)) with Adam, from ``start``.
 
     start: (B, num_ws, w_dim) first code; None = the mean code (:func:`mean_start`).
+    on_step: progress, called after each update with (updates done, ``steps``).
     """
     x, finite = check_images(G, x)
     start = mean_start(G, x.shape[0]) if start is None else start
     with _frozen(G, F):
-        return _run(OPTIMIZE, G, x, finite, start, F, None, steps, lr, lambda_perceptual, 0.0, callback)
+        return _run(OPTIMIZE, G, x, finite, start, F, None, steps, lr, lambda_perceptual, 0.0, callback, on_step)
 
 
 def invert_indomain(G: Generator, E: Encoder, x: torch.Tensor, F: PerceptualLoss, steps: int = _DEFAULTS.steps,
                     lr: float = _DEFAULTS.lr, lambda_dom: float = _DEFAULTS.lambda_dom, *,
                     lambda_perceptual: float = _DEFAULTS.lambda_perceptual,
-                    callback: StepCallback | None = None) -> InversionResult:
+                    callback: StepCallback | None = None, on_step: ProgressCallback | None = None
+                    ) -> InversionResult:
     """In-domain inversion (Eq. 4): from w = E(x), min_w ||x - G(w)||^2 + lambda_perceptual * F(x, G(w))
-    + lambda_dom * ||w - E(G(w))||^2 with Adam. E must be the domain-guided encoder."""
+    + lambda_dom * ||w - E(G(w))||^2 with Adam. E must be the domain-guided encoder. on_step: as
+    :func:`invert_optimize`."""
     x, finite = check_images(G, x)
     with _frozen(E, G, F):
         with torch.no_grad():
             start = E(x)
-        return _run(INDOMAIN, G, x, finite, start, F, E, steps, lr, lambda_perceptual, lambda_dom, callback)
+        return _run(INDOMAIN, G, x, finite, start, F, E, steps, lr, lambda_perceptual, lambda_dom, callback,
+                    on_step)
 
 
 def invert(method: str, G: Generator, x: torch.Tensor, *, E: Encoder | None = None, F: PerceptualLoss | None = None,
            steps: int = _DEFAULTS.steps, lr: float = _DEFAULTS.lr,
            lambda_perceptual: float = _DEFAULTS.lambda_perceptual, lambda_dom: float = _DEFAULTS.lambda_dom,
-           callback: StepCallback | None = None) -> InversionResult:
+           callback: StepCallback | None = None, on_step: ProgressCallback | None = None) -> InversionResult:
     """Invert ``x`` with one of :data:`METHODS`.
 
     E: the encoder the method needs — the domain-guided one for "indomain" and "encoder", the conventional one for
         "conventional"; unused by "optimize".
     F: the perceptual network; required by "indomain" and "optimize", optional (reported only) for the encoders.
     steps, lr, lambda_dom: optimisation methods only.
+    on_step: progress of the optimisation methods, called after each update with (updates done, ``steps``).
     """
     if method not in METHODS:
         raise ValueError(f"unknown inversion method '{method}' (use {', '.join(METHODS)})")
@@ -250,7 +263,8 @@ def invert(method: str, G: Generator, x: torch.Tensor, *, E: Encoder | None = No
         raise ValueError(f"method '{method}' needs a perceptual network F")
     if method == INDOMAIN:
         return invert_indomain(G, E, x, F, steps, lr, lambda_dom, lambda_perceptual=lambda_perceptual,
-                               callback=callback)
+                               callback=callback, on_step=on_step)
     if method == OPTIMIZE:
-        return invert_optimize(G, x, F, steps, lr, lambda_perceptual=lambda_perceptual, callback=callback)
+        return invert_optimize(G, x, F, steps, lr, lambda_perceptual=lambda_perceptual, callback=callback,
+                               on_step=on_step)
     return invert_encoder(E, G, x, F, lambda_perceptual=lambda_perceptual, method=method)

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from semdir_edit.checkpoint import git_commit, load_training_state, register_model, save_training_state
 from semdir_edit.config import Config, to_dict
 from semdir_edit.core.device import autocast
+from semdir_edit.core.progress import bar
 from semdir_edit.data import ImageSet, load_split
 from semdir_edit.models import Classifier
 from semdir_edit.training.common import RunFolder, TimeBudget, rng_state, seed_everything, set_rng_state
@@ -36,11 +37,12 @@ def random_shift_flip(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model: Classifier, data: ImageSet, device: torch.device, batch_size: int = 500) -> torch.Tensor:
-    """Predicted labels for a whole image set."""
+def predict(model: Classifier, data: ImageSet, device: torch.device, batch_size: int = 500,
+            progress: bool = False) -> torch.Tensor:
+    """Predicted labels for a whole image set (``progress``: a bar over the batches, see core.progress)."""
     model.eval()
     preds = []
-    for start in range(0, len(data), batch_size):
+    for start in bar(range(0, len(data), batch_size), desc="classify", unit="batch", progress=progress):
         x, _ = data.batch(torch.arange(start, min(start + batch_size, len(data))), device)
         with autocast(device):
             preds.append(model(x).argmax(1).cpu())

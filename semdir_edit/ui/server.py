@@ -254,7 +254,7 @@ class EditorService:
         progress_id: report the steps under it (:class:`ProgressBoard`)."""
         with self.progress.track(progress_id) as progress, self.models(inference=False) as ed:
             (res,) = ed.invert([data], method=method or self.method, steps=self.steps if steps is None else steps,
-                               names=[safe_name(name, "upload")], progress=progress)
+                               names=[safe_name(name, "upload")], on_step=progress)
         return self._add_inverted(res, safe_stem(name, "upload"), "upload")
 
     def invert_test_image(self, seed: int | None, method: str | None, steps: int | None,
@@ -269,7 +269,7 @@ class EditorService:
             stem = f"test-{index}"
             (res,) = ed.invert(images.images[index:index + 1], method=method or self.method,
                                steps=self.steps if steps is None else steps, preprocess=False, names=[stem],
-                               progress=progress)
+                               on_step=progress)
         session = self._add_inverted(res, stem, "test")
         session.notes.append(f"Fashion-MNIST test image #{index}, labelled {label}")
         return session
