@@ -314,11 +314,13 @@ def evaluate_photos_cmd(
     confusion: Path = typer.Option(Path("photo-confusion.png"), "--confusion", help="Confusion-matrix PNG to write."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
     device: str = DeviceOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """Accepted-class accuracy per category, out-of-domain AUROC and warned share of the photo path on labelled
     photos (converted as `invert` converts them)."""
     from semdir_edit.checkpoint import read_manifest
     from semdir_edit.config import FASHION_MNIST_CLASSES
+    from semdir_edit.core import progress
     from semdir_edit.core.device import resolve_device
     from semdir_edit.data.labelled_photos import load_labelled_photos, read_class_map
     from semdir_edit.evaluation.photos import classify_photos, photo_figures, plot_confusion
@@ -328,7 +330,8 @@ def evaluate_photos_cmd(
     entry = read_manifest(weights).get("models", {}).get("classifier", {})
     names = list(entry.get("class_names") or FASHION_MNIST_CLASSES)
     mapping = read_class_map(class_map, names)
-    labelled = load_labelled_photos(photos, mapping)
+    with progress.bar(desc="convert photos", unit="photo", progress=not quiet) as bar:
+        labelled = load_labelled_photos(photos, mapping, on_step=progress.step_callback(bar))
     for reason in labelled.failed:
         typer.echo(f"skipped: {reason}", err=True)
     if len(labelled.category) == 0:
@@ -359,6 +362,7 @@ def evaluate_inversion_cmd(
                                     "images (enlarged, dark on a light background, tinted, off-centre, noise, JPEG) "
                                     "through the photo conversion: <method>_photo_class_accuracy and "
                                     "photo_domain_accuracy."),
+    quiet: bool = QuietOpt,
 ) -> None:
     """PSNR / SSIM / perceptual distance / class preserved / class accuracy / time per image of each inversion
     method, and its in-domain figures (Zhu et al. 2020): domain distance ||w - E(G(w))||, FID of same-class
@@ -370,7 +374,7 @@ def evaluate_inversion_cmd(
     cfg = load_config(config)
     figures = evaluate_inversion(weights, cfg.data, resolve_device(device), str(data_dir) if data_dir else None,
                                  n=n, methods=tuple(m.strip() for m in methods.split(",") if m.strip()), steps=steps,
-                                 photo_like=photo_like, inversion=cfg.invert)
+                                 photo_like=photo_like, inversion=cfg.invert, progress=not quiet)
     report(figures, "inversion (first test images)", json_out, record, weights, "inversion")
 
 

@@ -18,6 +18,7 @@ import torch
 from semdir_edit.config import match_class
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.io import atomic_write_bytes
+from semdir_edit.core.progress import StepCallback
 from semdir_edit.data.photo import load_image, to_domain
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
@@ -103,12 +104,14 @@ def list_photos(root: str | Path, class_map: dict[str, list[int]]) -> list[tuple
 
 
 def load_labelled_photos(root: str | Path, class_map: dict[str, list[int]], resolution: int = 32,
-                         cache: str | Path | None = None, log=None) -> LabelledPhotos:
+                         cache: str | Path | None = None, log=None, on_step: StepCallback | None = None
+                         ) -> LabelledPhotos:
     """Convert every photo of a labelled folder to a domain image (the ``invert`` conversion).
 
     cache: an ``.npz`` file that keeps the converted images keyed by the file list, sizes and modification
     times (converting thousands of photos takes minutes); redone when any of those or the conversion changes.
-    Photos that cannot be converted are skipped and listed in ``failed``.
+    Photos that cannot be converted are skipped and listed in ``failed``. on_step: ``(converted, total)``
+    after each photo.
     """
     items = list_photos(root, class_map)
     key = hashlib.sha256(json.dumps([CACHE_VERSION, resolution] + [
@@ -133,6 +136,8 @@ def load_labelled_photos(root: str | Path, class_map: dict[str, list[int]], reso
             continue
         cats.append(ci)
         files.append(str(path))
+        if on_step is not None:
+            on_step(i + 1, len(items))
         if log is not None and (i + 1) % 250 == 0:
             log(f"converted {i + 1}/{len(items)} photos")
     x = np.stack(images)[:, None] if images else np.zeros((0, 1, resolution, resolution), np.uint8)

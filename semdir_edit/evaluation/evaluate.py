@@ -19,7 +19,7 @@ from semdir_edit.core.device import eval_mode
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import to_float
 from semdir_edit.core.io import atomic_write_bytes
-from semdir_edit.core.progress import Stages, bar
+from semdir_edit.core.progress import Stages, bar, step_callback
 from semdir_edit.core.types import Inverted
 from semdir_edit.data import ImageSet, load_split
 from semdir_edit.directions.baselines import sample_by_class
@@ -124,10 +124,12 @@ def evaluate_inversion(weights_dir: str | Path, data_cfg: DataConfig, device: to
                        data_dir: str | None = None, n: int = 1000, methods: tuple[str, ...] = ("indomain", "encoder",
                                                                                               "optimize"),
                        steps: int = 100, photo_like: bool = False, seed: int = 0,
-                       batch_size: int = 256, inversion: InversionConfig | None = None) -> dict[str, Any]:
+                       batch_size: int = 256, inversion: InversionConfig | None = None, progress: bool = False
+                       ) -> dict[str, Any]:
     """Reconstruction and in-domain figures of each inversion method on the first ``n`` test images.
 
     ``inversion``: the optimisation settings (lr, lambdas, perceptual network); None = the defaults.
+    ``progress``: a bar per method over its optimisation steps (see core.progress).
 
     Keys ``<method>_<figure>``:
 
@@ -190,7 +192,8 @@ def evaluate_inversion(weights_dir: str | Path, data_cfg: DataConfig, device: to
             figures["photo_domain_accuracy"] = accuracy(preds, photo_labels)
 
     for method in methods:
-        results = editor.invert(images, method=method, steps=steps)
+        with bar(desc=f"invert ({method})", unit="step", progress=progress) as method_bar:
+            results = editor.invert(images, method=method, steps=steps, on_step=step_callback(method_bar))
         index = [i for i, r in enumerate(results) if isinstance(r, Inverted)]
         done = [results[i] for i in index]
         if not done:
@@ -222,7 +225,9 @@ def evaluate_inversion(weights_dir: str | Path, data_cfg: DataConfig, device: to
                 edited = [editor.apply(chunk, edit, 2.0)[:, 0] for chunk in ws.split(batch_size)]
             figures[f"{method}_edit_fid"] = fid_from_features(classifier_features(C, edited, device)[0], real_feats)
         if photo_domains is not None:
-            photo = editor.invert(photo_domains, method=method, steps=steps, perceptual=False)
+            with bar(desc=f"invert photo-like ({method})", unit="step", progress=progress) as method_bar:
+                photo = editor.invert(photo_domains, method=method, steps=steps, perceptual=False,
+                                      on_step=step_callback(method_bar))
             keep = [i for i, r in enumerate(photo) if isinstance(r, Inverted)]
             if keep:
                 _, photo_class = classifier_features(

@@ -23,6 +23,7 @@ any device.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -82,10 +83,16 @@ def fid_from_features(feats_a: torch.Tensor, feats_b: torch.Tensor) -> float:
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     sigma_a = np.atleast_2d(np.cov(a, rowvar=False))
     sigma_b = np.atleast_2d(np.cov(b, rowvar=False))
-    covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
+    with warnings.catch_warnings():
+        # Fewer samples than features make the product singular; the root is still what FID needs, and a raw
+        # LinAlgWarning with a source path would only confuse a user.
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma_a @ sigma_b)
     if not np.isfinite(covmean).all():
         offset = np.eye(sigma_a.shape[0]) * 1e-6
-        covmean = scipy.linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+            covmean = scipy.linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
     diff = mu_a - mu_b
     fid = diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2.0 * np.trace(covmean)
     return float(np.real(fid))
