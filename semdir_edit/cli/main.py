@@ -204,15 +204,18 @@ def evaluate_generator_cmd(
     seed: int = typer.Option(0, "--seed", callback=checked_seed),
     json_out: Path | None = JsonOpt,
     record: bool = RecordOpt,
+    quiet: bool = QuietOpt,
 ) -> None:
     """FID / floor, precision / recall, class histogram, PPL and linear separability (classifier features)."""
     from semdir_edit.config import load_config
+    from semdir_edit.core import progress
     from semdir_edit.core.device import resolve_device
     from semdir_edit.evaluation.evaluate import evaluate_generator
 
     cfg = load_config(config)
     figures = evaluate_generator(weights, cfg.data, resolve_device(device), str(data_dir) if data_dir else None,
-                                 n=n, ppl_samples=ppl_samples, seed=seed)
+                                 n=n, ppl_samples=ppl_samples, seed=seed, progress=not quiet,
+                                 log=progress.say if not quiet else lambda _: None)
     report(figures, "generator (figures in the classifier's feature space, not Inception)", json_out, record, weights,
            "generator")
 

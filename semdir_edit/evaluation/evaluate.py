@@ -8,6 +8,7 @@ this project only.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +71,18 @@ NOISE_REFERENCE_SIGMA = 0.02  # Gaussian noise of the FID reference (``fid_noise
 
 def evaluate_generator(weights_dir: str | Path, data_cfg: DataConfig, device: torch.device,
                        data_dir: str | None = None, n: int = 10_000, ppl_samples: int = 5_000,
-                       seed: int = 0, batch_size: int = 250) -> dict[str, Any]:
+                       seed: int = 0, batch_size: int = 250, progress: bool = False,
+                       log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """FID (and its floor), precision/recall, class histogram, PPL in W and linear separability of W.
+
+    progress / log: a bar over the five stages, each named with ``log`` as it starts (see core.progress).
 
     Besides the floor (train vs test), ``fid_noise_reference`` is the FID of the training images with faint Gaussian
     noise (sigma ``fid_noise_sigma`` = 0.02) against the test images: how far an invisible change moves FID in
     the classifier's feature space, to read ``fid`` against.
     """
+    stage = Stages(5, "evaluate generator", log, progress)
+    stage("features of the real images")
     G = load_model(weights_dir, "generator", device)
     C = load_model(weights_dir, "classifier", device)
     train, test = load_split(data_cfg, "train", data_dir), load_split(data_cfg, "test", data_dir)
@@ -90,6 +96,7 @@ def evaluate_generator(weights_dir: str | Path, data_cfg: DataConfig, device: to
              for x in _image_batches(train, n_test, device))
     noisy_feats, _ = classifier_features(C, noisy, device)
 
+    stage(f"{n} generated samples")
     ws, images = [], []
     for w, img in generate_batches(G, n, batch_size, device, seed):
         ws.append(w.cpu())
@@ -99,8 +106,11 @@ def evaluate_generator(weights_dir: str | Path, data_cfg: DataConfig, device: to
 
     num_classes = len(test.class_names)
     hist = class_histogram(fake_labels, num_classes)
+    stage("precision / recall")
     pr = precision_recall(test_feats, fake_feats, k=3)
+    stage("linear separability of W")
     sep = linear_separability(ws_all, fake_labels, num_classes, seed=seed)
+    stage(f"PPL ({ppl_samples} paths)")
     figures: dict[str, Any] = {
         "fid": fid_from_features(fake_feats, test_feats),
         "fid_floor": fid_from_features(train_feats, test_feats),
@@ -114,6 +124,7 @@ def evaluate_generator(weights_dir: str | Path, data_cfg: DataConfig, device: to
         "separability_entropy_bits": sep["conditional_entropy"],
         "samples": n,
     }
+    stage.close()
     figures["fid_over_floor"] = figures["fid"] / max(figures["fid_floor"], 1e-12)
     for k, share in enumerate(hist):
         figures[f"class_share_{k}"] = share
