@@ -9,15 +9,14 @@ from pathlib import Path
 
 import typer
 
-from semdir_edit.cli.options import QuietOpt, WeightsOpt
+from semdir_edit.cli.options import DIRECTION_HELP, EPS_HELP, QuietOpt, WeightsOpt
 
 
 def batch_cmd(
     in_dir: Path = typer.Argument(..., help="Folder of photos or domain images (png, jpg, bmp, gif, webp, tiff)."),
     out_dir: Path = typer.Argument(..., help="Output folder: mirrors IN_DIR's layout, plus manifest.jsonl."),
-    direction: str = typer.Option(..., "--direction", "-d", help="global:K | class:K | class:K@<class> | voynov:K | "
-                                  "pca:K | sefa:K | random:K | cpca:K | cpca:K@<class> | to:<class>."),
-    eps: str = typer.Option("2", "--eps", help="A step (2) or a traversal start:stop:count (-3:3:7)."),
+    direction: str = typer.Option(..., "--direction", "-d", help=DIRECTION_HELP),
+    eps: str = typer.Option("2", "--eps", help=EPS_HELP),
     method: str = typer.Option("indomain", "--method", "-m", help="indomain | encoder | optimize | conventional."),
     steps: int | None = typer.Option(None, "--steps", min=0, help="Optimisation steps (default 100)."),
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from semdir_edit.cli.batch import batch_cmd
-from semdir_edit.cli.options import QuietOpt, WeightsOpt
+from semdir_edit.cli.options import DIRECTION_HELP, EPS_HELP, QuietOpt, WeightsOpt
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.validate import check_seed, one_line
 
@@ -652,9 +652,8 @@ def train_baselines_cmd(
 @app.command("apply")
 def apply_cmd(
     source: Path = typer.Argument(..., help="A latent file from `invert` (*.latent.safetensors) or an image."),
-    direction: str = typer.Option(..., "--direction", "-d", help="global:K | class:K | class:K@<class> | voynov:K | "
-                                  "pca:K | sefa:K | random:K | cpca:K | cpca:K@<class> | to:<class>."),
-    eps: str = typer.Option("2", "--eps", help="A step (2) or a traversal start:stop:count (-3:3:13)."),
+    direction: str = typer.Option(..., "--direction", "-d", help=DIRECTION_HELP),
+    eps: str = typer.Option("2", "--eps", help=EPS_HELP),
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
     keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edit, never lowering the "
                                     "classifier's margin for the image's class (default for class:K and global:K) | "

@@ -151,11 +151,12 @@ def holdout_mask(photos: LabelledPhotos, every: int = 10) -> torch.Tensor:
 def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, domain: ImageSet, test: ImageSet | None,
                            *, epochs: int = 12, batch_size: int = 64, lr: float = 1e-3, copies: int = 4,
                            domain_images: int = 12_000, seed: int = 0, command: str = "", register: bool = True,
-                           log=print) -> tuple[Classifier, dict[str, Any]]:
+                           balance: float = 0.5, log=print) -> tuple[Classifier, dict[str, Any]]:
     """Fine-tune and (``register``) register ``photo_classifier`` in ``weights_dir``; returns it and its figures.
 
     domain: Fashion-MNIST training images mixed into every batch (``domain_images`` of them, fixed at random);
     test: the Fashion-MNIST test split, for the accuracy that must not regress (None = not measured).
+    balance: categories are drawn with weight count ** -balance per photo (0 = as they come, 1 = equally often).
     """
     if len(photos.category) == 0:
         raise UserError("no photos to train on")
@@ -182,9 +183,9 @@ def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, doma
     log(f"photo classifier: {len(train_idx)} training photos, {int(held.sum())} held out; frozen-trunk features")
     photo_feats = _trunk_features(model, photos.images[train_idx], copies)
     photo_accept = accept[train_idx].repeat(copies, 1)
-    # Category-balanced draws (weight 1/sqrt(count)): a category with a third of the photos must not set the rest.
+    # Category-balanced draws: a category with a third of the photos must not set the rest.
     counts = torch.bincount(photos.category[train_idx], minlength=len(photos.categories)).float().clamp(min=1)
-    draw_weight = counts.rsqrt()[photos.category[train_idx]].repeat(copies)
+    draw_weight = counts.pow(-balance)[photos.category[train_idx]].repeat(copies)
     perm = torch.randperm(len(domain))
     pick, unseen = perm[:domain_images], perm[domain_images:domain_images + 5000]
     dom_feats = _trunk_features(model, domain.images[pick], 1)

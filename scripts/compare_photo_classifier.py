@@ -1,0 +1,59 @@
+"""Side by side: photo-classifier training settings, each trained on the same photos and measured on the same
+validation photos as `semdir-edit evaluate photos` measures the shipped one (nothing is registered).
+
+    .venv/bin/python scripts/compare_photo_classifier.py PHOTOS/train PHOTOS/validation PHOTOS/mapping.json \
+        [--weights weights/fashion_mnist] [--balance 0.5 1.0] [--json out.json]
+
+The converted photos are cached in runs/ (converting thousands of photos takes minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from semdir_edit.checkpoint import read_manifest
+from semdir_edit.config import FASHION_MNIST_CLASSES, load_config
+from semdir_edit.core.images import to_float
+from semdir_edit.data import load_split
+from semdir_edit.data.labelled_photos import load_labelled_photos, read_class_map
+from semdir_edit.evaluation.photos import photo_figures
+from semdir_edit.training.photo_classifier import photo_scores, train_photo_classifier
+
+KEYS = ("accuracy_in_domain", "ood_auroc", "warned_in_domain", "domain_test_accuracy")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("train")
+    parser.add_argument("validation")
+    parser.add_argument("class_map")
+    parser.add_argument("--weights", default="weights/fashion_mnist")
+    parser.add_argument("--balance", type=float, nargs="+", default=[0.5, 1.0])
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    cfg = load_config("fashion_mnist")
+    names = read_manifest(args.weights)["models"]["classifier"].get("class_names") or FASHION_MNIST_CLASSES
+    mapping = read_class_map(Path(args.class_map), list(names))
+    train = load_labelled_photos(args.train, mapping, cache="runs/photos-train.npz", log=print)
+    val = load_labelled_photos(args.validation, mapping, cache="runs/photos-validation.npz", log=print)
+    domain, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
+    rows = {}
+    for balance in args.balance:
+        model, trained = train_photo_classifier(args.weights, train, domain, test, register=False,
+                                                balance=balance, log=print)
+        pred, _, ood = photo_scores(model, to_float(val.images))
+        figures = photo_figures(val, pred.numpy(), ood.numpy(), trained["ood_threshold"])
+        rows[balance] = {**figures, "domain_test_accuracy": trained.get("domain_test_accuracy")}
+        print(f"balance {balance}: {json.dumps(rows[balance])}", flush=True)
+    for balance, row in rows.items():
+        per = {k.removeprefix("accuracy_"): round(v, 3) for k, v in row.items()
+               if k.startswith("accuracy_") and k != "accuracy_in_domain"}
+        print(f"| {balance} | " + " | ".join(str(row.get(k)) for k in KEYS) + f" | {per} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
