@@ -27,7 +27,15 @@ from semdir_edit.core.progress import StepCallback
 from semdir_edit.core.types import Failed, Inverted
 from semdir_edit.core.validate import EPS_LIMIT, check_eps
 from semdir_edit.data.photo import load_domain_photo
-from semdir_edit.inversion.invert import METHODS, NONFINITE_INPUT, check_images, invert
+from semdir_edit.inversion.invert import (
+    ENCODER_KIND,
+    ENCODING,
+    METHODS,
+    NONFINITE_INPUT,
+    OPTIMIZING,
+    check_images,
+    invert,
+)
 from semdir_edit.latents import latent_bytes, latent_meta, load_latent, sample_meta
 from semdir_edit.ops.class_lock import DEFAULT_STEP, TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
 from semdir_edit.ops.perceptual import PerceptualLoss
@@ -221,16 +229,12 @@ class Editor:
                       classes: tuple[torch.Tensor, ...] | None = None, on_step: StepCallback | None = None
                       ) -> list[Inverted | Failed]:
         x = to_float(domains).to(self.device)
-        E = None
-        if method in ("indomain", "encoder"):
-            E = self.model("encoder")
-        elif method == "conventional":
-            E = self.model("encoder_conventional")
+        E = self.model(ENCODER_KIND[method]) if method in ENCODER_KIND else None
         t0 = time.perf_counter()
         outputs = []
         bs = max(1, self.inversion.batch_size)
         # Only the optimising methods need F; for the encoders it would only add a term to losses we do not use.
-        F = self.perceptual() if method in ("indomain", "optimize") else None
+        F = self.perceptual() if method in OPTIMIZING else None
         chunks = range(0, len(x), bs)
         for i, start in enumerate(chunks):
             # One count over every chunk: the caller sees one inversion, however it is split.
@@ -270,7 +274,7 @@ class Editor:
                 name=label, domain=domains[i].cpu(), ws=ws[i].cpu(), reconstruction=recon[i].cpu(),
                 class_index=int(idx[i]), class_name=names[int(idx[i])], confidence=float(conf[i]),
                 psnr=float(p[i]), ssim=float(s[i]), perceptual=float(d[i]), method=method,
-                steps=steps if method in ("indomain", "optimize") else 0, seconds=seconds, notes=notes[i],
+                steps=steps if method in OPTIMIZING else 0, seconds=seconds, notes=notes[i],
                 ood_score=None if ood[i].isnan() else round(float(ood[i]), 4),
                 out_of_domain=bool(ood[i] > threshold)))
         return results
@@ -480,7 +484,7 @@ class Editor:
         """
         spec = parse_direction(direction) if isinstance(direction, str) else direction
         layer_range = layers if isinstance(layers, range) else parse_layers(layers, self.G.num_ws)
-        if method in ("encoder", "conventional") and not walks(spec, keep_class):
+        if method in ENCODING and not walks(spec, keep_class):
             return self._encode_and_edit(domains, spec, eps, method, names, layer_range, classes)
         results = self.invert(domains, method=method, steps=steps, names=names, perceptual=False, classes=classes)
         edited: dict[int, torch.Tensor] = {}
@@ -505,7 +509,7 @@ class Editor:
                          ) -> list[tuple[Inverted | Failed, torch.Tensor | None, str | None]]:
         """:meth:`invert_and_edit` for the encoders: E(x), then reconstructions and edits in one G call."""
         x = to_float(domains).to(self.device)
-        E = self.model("encoder" if method == "encoder" else "encoder_conventional")
+        E = self.model(ENCODER_KIND[method])
         t0 = time.perf_counter()
         x_checked, finite = check_images(self.G, x)
         ws = E(x_checked)

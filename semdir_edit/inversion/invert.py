@@ -37,7 +37,9 @@ from semdir_edit.ops.reconstruction import mse_to_psnr
 # The inversion methods, each named once; METHODS is the registry every option and check reads.
 INDOMAIN, ENCODER, OPTIMIZE, CONVENTIONAL = "indomain", "encoder", "optimize", "conventional"
 METHODS = (INDOMAIN, ENCODER, OPTIMIZE, CONVENTIONAL)
-NEEDS_ENCODER = (INDOMAIN, ENCODER, CONVENTIONAL)  # Methods that take an encoder E.
+ENCODER_KIND = {INDOMAIN: "encoder", ENCODER: "encoder", CONVENTIONAL: "encoder_conventional"}  # Its E's model.
+NEEDS_ENCODER = tuple(ENCODER_KIND)                # Methods that take an encoder E.
+ENCODING = (ENCODER, CONVENTIONAL)                 # Methods that only encode: one E pass, no steps.
 OPTIMIZING = (INDOMAIN, OPTIMIZE)                  # Methods that optimise the code (steps, lr, F required).
 _DEFAULTS = InversionConfig()  # Keyword defaults below: the config's (one place for them).
 

@@ -14,7 +14,7 @@ from typing import Any
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.validate import check_eps
 from semdir_edit.editor import Editor
-from semdir_edit.inversion.invert import METHODS
+from semdir_edit.inversion.invert import ENCODER_KIND, METHODS, OPTIMIZING
 from semdir_edit.ops.shift_codes import (
     DirectionSpec,
     keeps_class,
@@ -27,8 +27,7 @@ from semdir_edit.ops.shift_codes import (
 
 def networks_for(method: str) -> list[str]:
     """The networks a run with inversion ``method`` needs (the direction's own are checked with the direction)."""
-    encoder = {"indomain": ["encoder"], "encoder": ["encoder"], "conventional": ["encoder_conventional"]}
-    return ["generator", "classifier", *encoder.get(method, [])]
+    return ["generator", "classifier", *([ENCODER_KIND[method]] if method in ENCODER_KIND else [])]
 
 
 @dataclass
@@ -94,7 +93,7 @@ def resolve_options(editor: Editor, direction: str | DirectionSpec, eps: str | f
     steps = editor.inversion.steps if steps is None else steps
     if steps < 0:
         raise UserError("--steps must be >= 0")
-    if method not in ("indomain", "optimize"):
+    if method not in OPTIMIZING:
         steps = 0  # The encoders take no steps: --steps must not change the options' hash.
     # Load what the run needs now, so a missing network stops it before the first image.
     for kind in networks_for(method):
@@ -110,7 +109,7 @@ def resolve_options(editor: Editor, direction: str | DirectionSpec, eps: str | f
         editor.direction(spec)
     inv = editor.inversion
     inversion = {"lr": inv.lr, "lambda_perceptual": inv.lambda_perceptual, "lambda_dom": inv.lambda_dom,
-                 "perceptual": inv.perceptual} if method in ("indomain", "optimize") else {}
+                 "perceptual": inv.perceptual} if method in OPTIMIZING else {}
     return BatchOptions(spec, eps_list, method, steps, layer_range, editor.weights_id, inversion,
                         keeps_class(spec, keep_class), scale, labels)
 
