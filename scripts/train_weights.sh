@@ -26,22 +26,7 @@ mkdir -p "$OUT" "$RUNS"
 
 log() { echo "[$(date +%T)] $*"; }
 merge() {  # merge DST SRC KIND...: copy SRC's files and manifest entries of KIND into DST.
-  python3 - "$@" <<'EOF'
-import json, shutil, sys
-from pathlib import Path
-dst, src, kinds = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
-s = json.loads((src / "manifest.json").read_text())
-path = dst / "manifest.json"
-d = json.loads(path.read_text()) if path.is_file() else {"models": {}, "figures": {}}
-for kind in kinds:
-    if kind in s.get("models", {}):
-        shutil.copy2(src / s["models"][kind]["file"], dst / s["models"][kind]["file"])
-        d.setdefault("models", {})[kind] = s["models"][kind]
-        print(f"merged {kind} from {src}")
-    else:
-        print(f"NOT registered: {kind} in {src}")
-path.write_text(json.dumps(d, indent=2) + "\n")
-EOF
+  $SE weights merge "$@" || echo "NOT registered in $2: some of ${*:3}"
 }
 
 if [[ " $STAGES " == *" 1 "* ]]; then

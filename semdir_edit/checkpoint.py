@@ -213,6 +213,27 @@ def register_model(weights_dir: str | Path, kind: str, model: nn.Module, *, comm
     return entry
 
 
+def merge_models(dst: str | Path, src: str | Path, kinds: list[str]) -> list[str]:
+    """Copy the networks ``kinds`` (files and manifest entries) of weights folder ``src`` into ``dst`` (created
+    when missing); returns the kinds ``src`` does not have. Each file is written atomically and checked against
+    its recorded sha256, and every entry goes into ``dst``'s manifest under its lock, so jobs that register into
+    ``dst`` meanwhile keep their entries."""
+    dst, src = Path(dst), Path(src)
+    models = read_manifest(src).get("models", {})
+    missing = [kind for kind in kinds if kind not in models]
+    dst.mkdir(parents=True, exist_ok=True)
+    for kind in kinds:
+        if kind in missing:
+            continue
+        entry = models[kind]
+        source = src / entry["file"]
+        if sha256_file(source) != entry.get("sha256"):
+            raise UserError(f"{source}: its sha256 differs from {src / MANIFEST}'s record")
+        atomic_write_bytes(dst / entry["file"], source.read_bytes())
+        _set_in_manifest(dst, ("models", kind), entry, create=True)
+    return missing
+
+
 def update_figures(weights_dir: str | Path, section: str, figures: dict[str, Any]) -> None:
     """Record measured figures (from ``evaluate``) under ``manifest['figures'][section]``."""
     _set_in_manifest(Path(weights_dir), ("figures", section), figures)

@@ -12,6 +12,7 @@ import torch
 from semdir_edit.checkpoint import (
     load_model,
     load_training_state,
+    merge_models,
     read_manifest,
     register_model,
     save_training_state,
@@ -143,3 +144,17 @@ def test_weights_are_found_by_path_then_environment_then_checkout(tmp_path, monk
     monkeypatch.setenv(config.WEIGHTS_ENV, "from-env")
     assert config.find_weights() == Path("from-env")
     assert config.find_weights("given") == Path("given")
+
+
+def test_merge_copies_files_and_entries_and_keeps_the_destination_s_own(weights_dir, tmp_path):
+    src, G = weights_dir
+    dst = tmp_path / "merged"
+    register_model(dst, "discriminator_stand_in", Generator(CFG), command="other job")
+    assert merge_models(dst, src, ["generator", "encoder"]) == ["encoder"]
+    manifest = read_manifest(dst)
+    assert set(manifest["models"]) == {"generator", "discriminator_stand_in"}
+    loaded = load_model(dst, "generator")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), G.state_dict().values(), strict=True))
+    (src / "generator.safetensors").write_bytes(b"not the recorded file")
+    with pytest.raises(UserError, match="sha256"):
+        merge_models(tmp_path / "again", src, ["generator"])

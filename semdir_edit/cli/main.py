@@ -44,6 +44,8 @@ evaluate_app = typer.Typer(no_args_is_help=True, **HELP_STYLE, help="Measure shi
 app.add_typer(evaluate_app, name="evaluate")
 directions_app = typer.Typer(no_args_is_help=True, **HELP_STYLE, help="Look at the learned and baseline directions.")
 app.add_typer(directions_app, name="directions")
+weights_app = typer.Typer(no_args_is_help=True, **HELP_STYLE, help="Manage weights folders.")
+app.add_typer(weights_app, name="weights")
 
 DEFAULT_CONFIG = "fashion_mnist"  # The packaged config (config.DEFAULT_CONFIG); kept literal so --help needs no import.
 
@@ -706,6 +708,23 @@ def apply_cmd(
 
 
 app.command("batch")(batch_cmd)
+
+
+@weights_app.command("merge")
+def weights_merge_cmd(
+    dst: Path = typer.Argument(..., help="Weights folder to copy into (created when missing)."),
+    src: Path = typer.Argument(..., help="Weights folder to copy from."),
+    kinds: list[str] = typer.Argument(..., help="Networks to copy, e.g. encoder deformators shift_predictor."),
+) -> None:
+    """Copy networks (files and manifest entries) from one weights folder into another, atomically and under the
+    manifest's lock (e.g. to gather jobs that each registered into their own copy)."""
+    from semdir_edit.checkpoint import merge_models
+
+    missing = merge_models(dst, src, kinds)
+    for kind in kinds:
+        typer.echo(f"{'not in ' + str(src) if kind in missing else 'merged'}: {kind}")
+    if missing:
+        raise typer.Exit(1)
 
 
 @app.command("ui")
