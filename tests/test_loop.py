@@ -86,12 +86,15 @@ def test_a_resumed_run_ends_where_a_straight_one_does(tmp_path):
 def test_ctrl_c_checkpoints_and_closes_the_bar(tmp_path, monkeypatch):
     closed = []
 
-    class Bar(loop.tqdm):
-        def close(self) -> None:
-            closed.append(True)
-            super().close()
+    real_bar = loop.progress_bar
 
-    monkeypatch.setattr(loop, "tqdm", Bar)
+    def bar(**kwargs):
+        made = real_bar(**kwargs)
+        close = made.close
+        made.close = lambda: (closed.append(True), close())
+        return made
+
+    monkeypatch.setattr(loop, "progress_bar", bar)
     job = ToyJob(interrupt_at=3)
     with pytest.raises(KeyboardInterrupt):
         run_toy(tmp_path, job)

@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm import tqdm
 
+from semdir_edit.core.progress import bar
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.ops.class_lock import class_margin
 
@@ -69,8 +69,7 @@ def change_statistics(G: Generator, C: Classifier, w: torch.Tensor, labels: torc
     offsets = torch.cat([basis.T, -basis.T]) * step                               # (2M, w_dim)
     stats = {k: torch.zeros(num_classes, m, m, dtype=torch.float64) for k in ("pixel", "outline", "margin")}
     counts = torch.zeros(num_classes)
-    for start in tqdm(range(0, len(w), batch_size), disable=not progress, desc="change statistics",
-                      dynamic_ncols=True):
+    for start in bar(range(0, len(w), batch_size), desc="change statistics", progress=progress):
         wb, yb = w[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
         b = len(wb)
         codes = (wb[:, None, :] + offsets[None]).reshape(-1, wb.shape[1])

@@ -1,4 +1,5 @@
-"""Classifier training: AdamW with a one-cycle schedule, label smoothing, random shifts and flips.
+"""Classifier training: AdamW with a one-cycle schedule, label smoothing, random shifts and flips, run by the one
+training loop (:mod:`semdir_edit.training.loop`).
 
 The classifier labels generated images for the direction-discovery objective and supplies the
 feature space of every distribution figure, so it is trained once and then frozen.
@@ -6,21 +7,21 @@ feature space of every distribution figure, so it is trained once and then froze
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from semdir_edit.checkpoint import git_commit, load_training_state, register_model, save_training_state
+from semdir_edit.checkpoint import register_model
 from semdir_edit.config import Config, to_dict
 from semdir_edit.core.device import autocast
+from semdir_edit.core.errors import UserError
 from semdir_edit.core.progress import bar
 from semdir_edit.data import ImageSet, load_split
 from semdir_edit.models import Classifier
-from semdir_edit.training.common import RunFolder, TimeBudget, rng_state, seed_everything, set_rng_state
+from semdir_edit.training.common import RunFolder, seed_everything
+from semdir_edit.training.loop import Losses, Schedule, TrainingJob, descend, train
 
 
 def random_shift_flip(x: torch.Tensor, max_shift: int = 2) -> torch.Tensor:
@@ -49,61 +50,76 @@ def predict(model: Classifier, data: ImageSet, device: torch.device, batch_size:
     return torch.cat(preds)
 
 
+class ClassifierJob(TrainingJob):
+    """The classifier on Fashion-MNIST's training split; one step = one batch, an epoch = one pass in a fresh order
+    (seeded by the epoch, so a resumed run sees the same batches); the test accuracy is logged once per epoch."""
+
+    desc = "train classifier"
+    postfix = {"loss": "loss", "acc": "test_accuracy"}
+
+    def __init__(self, cfg: Config, device: torch.device, data_dir: str | None = None,
+                 weights_dir: str | Path | None = None) -> None:
+        self.tc, self.device, self.weights_dir = cfg.train_classifier, device, weights_dir
+        self.train_set = load_split(cfg.data, "train", data_dir)
+        self.test_set = load_split(cfg.data, "test", data_dir)
+        self.model = Classifier(cfg.classifier).to(device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.tc.lr, weight_decay=self.tc.weight_decay)
+        self.steps_per_epoch = max(1, len(self.train_set) // self.tc.batch_size)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, max_lr=self.tc.lr,
+                                                         total_steps=self.tc.epochs * self.steps_per_epoch)
+        self.epoch, self.order = -1, torch.empty(0, dtype=torch.long)
+        self.test_accuracy: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"kind": "classifier", "model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                "sched": self.sched.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("kind") != "classifier":
+            raise UserError("not a classifier run: use another --out")
+        for name in ("model", "opt", "sched"):
+            getattr(self, name).load_state_dict(state[name])
+
+    def step(self, step: int) -> Losses:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.order = torch.randperm(len(self.train_set),
+                                        generator=torch.Generator().manual_seed(self.tc.seed * 100_003 + epoch))
+        self.model.train()
+        x, y = self.train_set.batch(self.order[i * self.tc.batch_size:(i + 1) * self.tc.batch_size], self.device)
+        if self.tc.augment:
+            x = random_shift_flip(x)
+        with autocast(self.device):
+            loss = F.cross_entropy(self.model(x).float(), y, label_smoothing=0.1)
+        descend(loss, self.opt)
+        self.sched.step()
+        if i == self.steps_per_epoch - 1:  # The epoch's last batch: measure it as the epoch's figure.
+            acc = (predict(self.model, self.test_set, self.device) == self.test_set.labels).float().mean().item()
+            self.test_accuracy = round(acc, 4)
+        return {"loss": loss.detach()}
+
+    def stats(self) -> dict[str, Any]:
+        return {"epoch": self.epoch + 1, "test_accuracy": self.test_accuracy}
+
+    def register(self, info: dict[str, Any], command: str, commit: str | None) -> None:
+        if self.weights_dir is None:
+            return
+        register_model(self.weights_dir, "classifier", self.model.eval(), command=command, commit=commit,
+                       extra={**info, "epochs": self.epoch + 1, "class_names": list(self.train_set.class_names)})
+
+
 def train_classifier(cfg: Config, run_dir: str | Path, device: torch.device, *, resume: bool = False,
                      data_dir: str | None = None, weights_dir: str | Path | None = None, command: str = "",
                      time_limit_min: float = 0.0, progress: bool = True) -> dict[str, Any]:
-    """Train the classifier; checkpoint every epoch; on completion register it in ``weights_dir``."""
+    """Train the classifier on :func:`~semdir_edit.training.loop.train` (a checkpoint and a stats line with the test
+    accuracy every epoch); on completion register it in ``weights_dir``. Returns the last logged stats with
+    ``epoch`` and ``finished``."""
     tc = cfg.train_classifier
-    run = RunFolder(run_dir)
     seed_everything(tc.seed)
-    train, test = load_split(cfg.data, "train", data_dir), load_split(cfg.data, "test", data_dir)
-    model = Classifier(cfg.classifier).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    steps_per_epoch = len(train) // tc.batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tc.lr, total_steps=tc.epochs * steps_per_epoch)
-    epoch, seconds = 0, 0.0
-    if resume and run.state_path.exists():
-        state = load_training_state(run.state_path, device)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        epoch, seconds = int(state["epoch"]), float(state["seconds"])
-        set_rng_state(state["rng"])
-    commit = git_commit()
-    run.write_options({"config": to_dict(cfg), "command": command, "git_commit": commit, "device": str(device),
-                       "resumed_at": epoch})
-    budget = TimeBudget(time_limit_min)
-    stats: dict[str, Any] = {}
-    while epoch < tc.epochs and not budget.exceeded():
-        t0 = time.monotonic()
-        model.train()
-        order = torch.randperm(len(train))
-        bar = tqdm(range(steps_per_epoch), disable=not progress, desc=f"classifier epoch {epoch + 1}/{tc.epochs}",
-                   dynamic_ncols=True)
-        for i in bar:
-            x, y = train.batch(order[i * tc.batch_size:(i + 1) * tc.batch_size], device)
-            if tc.augment:
-                x = random_shift_flip(x)
-            with autocast(device):
-                loss = F.cross_entropy(model(x).float(), y, label_smoothing=0.1)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if i % 20 == 0:
-                bar.set_postfix(loss=round(loss.item(), 4))
-        epoch += 1
-        seconds += time.monotonic() - t0
-        acc = (predict(model, test, device) == test.labels).float().mean().item()
-        stats = {"epoch": epoch, "loss": round(loss.item(), 4), "test_accuracy": round(acc, 4),
-                 "seconds": round(seconds, 1)}
-        run.append_stats(stats)
-        tqdm.write(str(stats)) if progress else None
-        save_training_state(run.state_path, {"model": model.state_dict(), "opt": opt.state_dict(),
-                                             "sched": sched.state_dict(), "epoch": epoch,
-                                             "seconds": seconds, "rng": rng_state()})
-    if epoch >= tc.epochs and weights_dir is not None:
-        register_model(weights_dir, "classifier", model.eval(), command=command,
-                       extra={"epochs": epoch, "train_seconds": round(seconds), "device": str(device),
-                              "class_names": list(train.class_names)}, commit=commit)
-    return {**stats, "epoch": epoch, "finished": epoch >= tc.epochs}
+    job = ClassifierJob(cfg, device, data_dir, weights_dir)
+    spe = job.steps_per_epoch
+    schedule = Schedule(tc.epochs * spe, checkpoint_every=spe, seed=tc.seed, batch_size=tc.batch_size, log_every=spe)
+    result = train(job, RunFolder(run_dir), device, schedule, options={"config": to_dict(cfg)}, resume=resume,
+                   command=command, time_limit_min=time_limit_min, progress=progress)
+    return {**result, "epoch": result["step"] // spe}

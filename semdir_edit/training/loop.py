@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from semdir_edit.checkpoint import git_commit, load_training_state, save_training_state
 from semdir_edit.core import distributed
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import save_grid
+from semdir_edit.core.progress import bar as progress_bar
 from semdir_edit.training.common import RunFolder, TimeBudget, checkpoint_rng, rng_state, start_rng
 
 Losses = dict[str, torch.Tensor | float]  # Scalars of one step, read (synchronising with the GPU) only when logged.
@@ -127,7 +127,7 @@ def train(job: TrainingJob, run: RunFolder, device: torch.device, schedule: Sche
 
     total = schedule.steps if max_steps is None else min(schedule.steps, max_steps)
     budget = TimeBudget(time_limit_min)
-    bar = tqdm(total=total, initial=step, disable=not (progress and main), desc=job.desc, dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=step, desc=job.desc, unit="step", progress=progress and main)
     stats: dict[str, Any] = {}
     t0 = time.monotonic()
     try:
