@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.io import atomic_write_bytes
@@ -129,3 +130,14 @@ def save_grid(path: str | Path, images: torch.Tensor | np.ndarray, nrow: int, sc
     size = images.shape[-2:]
     write_png(path, add_labels(grid, (size[0] * scale, size[1] * scale), pad * scale, cols, rows),
               enlarged=scale > 1)
+
+
+def fit_resolution(images: np.ndarray, resolution: int) -> torch.Tensor:
+    """(N, H, W) uint8 -> (N, 1, R, R): zero-pad when smaller (28 -> 32, background is black), else resize."""
+    x = torch.from_numpy(np.ascontiguousarray(images))[:, None]
+    h, w = x.shape[-2:]
+    if h <= resolution and w <= resolution:
+        top, left = (resolution - h) // 2, (resolution - w) // 2
+        return F.pad(x, (left, resolution - w - left, top, resolution - h - top))
+    x = F.interpolate(x.float(), size=(resolution, resolution), mode="area")
+    return x.round().clamp(0, 255).to(torch.uint8)

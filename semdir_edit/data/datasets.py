@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from semdir_edit.config import DataConfig
 from semdir_edit.core.errors import UserError
-from semdir_edit.core.images import to_float
+from semdir_edit.core.images import fit_resolution, to_float
 from semdir_edit.core.io import IMAGE_SUFFIXES
 from semdir_edit.data.idx import find_idx_pair, read_idx
+from semdir_edit.data.photo import load_image
 
 
 @dataclass
@@ -34,17 +34,6 @@ class ImageSet:
     def batch(self, index: torch.Tensor, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Images scaled to [-1, 1] (float32) and labels, on ``device``."""
         return to_float(self.images[index].to(device)), self.labels[index].to(device)
-
-
-def fit_resolution(images: np.ndarray, resolution: int) -> torch.Tensor:
-    """(N, H, W) uint8 -> (N, 1, R, R): zero-pad when smaller (28 -> 32, background is black), else resize."""
-    x = torch.from_numpy(np.ascontiguousarray(images))[:, None]
-    h, w = x.shape[-2:]
-    if h <= resolution and w <= resolution:
-        top, left = (resolution - h) // 2, (resolution - w) // 2
-        return F.pad(x, (left, resolution - w - left, top, resolution - h - top))
-    x = F.interpolate(x.float(), size=(resolution, resolution), mode="area")
-    return x.round().clamp(0, 255).to(torch.uint8)
 
 
 def load_split(cfg: DataConfig, split: str, data_dir: str | Path | None = None) -> ImageSet:
@@ -88,9 +77,9 @@ def _read_class_folders(folder: Path, cfg: DataConfig) -> tuple[np.ndarray, np.n
         for path in sorted(class_dir.iterdir()):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-            if img is None:
-                raise UserError(f"{path}: cannot decode image")
+            img = load_image(path).pixels  # The one decoder: its checks and one-line errors.
+            if img.ndim == 3:
+                img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
             img = cv2.resize(img, (cfg.resolution, cfg.resolution), interpolation=cv2.INTER_AREA)
             images.append(img)
             labels.append(label)

@@ -5,7 +5,7 @@ Algorithms", arXiv:1708.07747, section 2. Their conversion of a product photo (a
 (1) trim the borders whose colour is close to the corner pixels (within 5% of the maximum intensity),
 (2) resize the longest edge to 28, (3) sharpen (unsharp mask, Gaussian of radius and sigma 1.0),
 (4) extend the short edge to 28 with the article at the centre, (5) negate the intensities,
-(6) convert to 8-bit grayscale. Our training images are then zero-padded 28 -> 32 (``datasets.fit_resolution``).
+(6) convert to 8-bit grayscale. Our training images are then zero-padded 28 -> 32 (``core.images.fit_resolution``).
 
 What changes for photos a user takes rather than catalogue shots (each step is commented in ``to_domain``):
 - (1) the background is a smooth quadratic surface fitted robustly to the border pixels (gradients, vignetting),
@@ -49,7 +49,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from semdir_edit.core.errors import UserError
-from semdir_edit.data.datasets import fit_resolution
+from semdir_edit.core.images import fit_resolution
 
 # A truncated file must fail, never decode into an image with a grey bottom (this is Pillow's default; stated here
 # so that no other import can change it behind our back).
