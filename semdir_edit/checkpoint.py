@@ -234,9 +234,14 @@ def merge_models(dst: str | Path, src: str | Path, kinds: list[str]) -> list[str
     return missing
 
 
-def update_figures(weights_dir: str | Path, section: str, figures: dict[str, Any]) -> None:
-    """Record measured figures (from ``evaluate``) under ``manifest['figures'][section]``."""
-    _set_in_manifest(Path(weights_dir), ("figures", section), figures)
+def update_figures(weights_dir: str | Path, section: str, figures: dict[str, Any], merge: bool = False) -> None:
+    """Record measured figures (from ``evaluate``) under ``manifest['figures'][section]``; ``merge``: replace only
+    these keys of the section (a command that re-measures part of it)."""
+    if not merge:
+        _set_in_manifest(Path(weights_dir), ("figures", section), figures)
+        return
+    for key, value in figures.items():
+        _set_in_manifest(Path(weights_dir), ("figures", section, key), value)
 
 
 def update_descriptions(weights_dir: str | Path, descriptions: dict[str, Any]) -> None:

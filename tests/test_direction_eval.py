@@ -73,7 +73,10 @@ def test_image_attributes_measure_what_they_say():
     assert a["aspect (w/h)"][1] == pytest.approx(1.0)
     assert a["x-position"][0] < 0.4 < a["x-position"][1]
     assert a["left-right symmetry"][1] == pytest.approx(1.0) and a["left-right symmetry"][0] < 0.1
-    assert a["ink"][1] > a["ink"][0]
+    assert a["size"][0] == pytest.approx(8 * 16 / 1024) and a["size"][1] == pytest.approx(24 * 24 / 1024)
+    assert a["brightness"][0] == pytest.approx(1.0) and a["brightness"][1] == pytest.approx(1.0)
+    dim = image_attributes(img * 0.5 - 0.25, torch.zeros(2, 10), CLASSES)   # Same shapes, a greyer article.
+    assert torch.allclose(dim["size"], a["size"]) and (dim["brightness"] < a["brightness"]).all()
     assert _pearson(torch.arange(5.0), 2 * torch.arange(5.0)) == pytest.approx(1.0)
     assert _pearson(torch.arange(5.0), torch.zeros(5)) == 0.0
 
@@ -113,3 +116,18 @@ def test_voynov_baseline_is_registered_and_applicable(trained):
     images = ed.apply(ws, "voynov:2", [0.0, 2.0], class_index=0)
     assert not torch.allclose(images[:, 0], images[:, 1])
     json.dumps(manifest)  # The manifest stays plain JSON.
+
+
+def test_directions_describe_records_labels_of_the_edits_apply_makes(trained, tmp_path):
+    import shutil
+
+    weights = tmp_path / "w"
+    shutil.copytree(trained, weights)
+    result = run_cli("directions", "describe", "--per-class", "4", "--record", "-w", str(weights))
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((weights / "manifest.json").read_text())
+    described = manifest["descriptions"]
+    assert "global:0" in described and any(k.startswith("class:0@") for k in described)
+    assert all(d["label"] for d in described.values())
+    assert 0 < manifest["figures"]["directions"]["global_same_label_share"] <= 1
+    assert "descriptions_command" in manifest["figures"]["directions"]

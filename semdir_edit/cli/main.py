@@ -424,6 +424,35 @@ def evaluate_directions_cmd(
         update_descriptions(weights, descriptions)
 
 
+@directions_app.command("describe")
+def directions_describe_cmd(
+    weights: Path = WeightsOpt,
+    device: str = DeviceOpt,
+    per_class: int = typer.Option(100, "--per-class", min=4, help="Generated samples per class (as `evaluate "
+                                  "directions`: the same samples for the same value and seed)."),
+    seed: int = typer.Option(0, "--seed", callback=checked_seed),
+    record: bool = RecordOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Measure what every direction changes (the labels of `directions list`, the grids and the browser editor),
+    each edited as `apply` edits it by default; --record stores them and their same-label shares in the manifest."""
+    from semdir_edit.checkpoint import update_descriptions, update_figures
+    from semdir_edit.editor import Editor
+    from semdir_edit.evaluation.evaluate import describe_directions
+
+    editor = Editor.from_pretrained(weights, device)
+    descriptions, figures = describe_directions(weights, editor.device, editor.class_names, per_class=per_class,
+                                                seed=seed, progress=not quiet)
+    width = max(len(k) for k in descriptions)
+    for spec, d in descriptions.items():
+        typer.echo(f"{spec:<{width}}  {d['label']:<28} r={d['r']:+.2f}")
+    print_table(figures, "largest share of a set's directions with the same described attribute")
+    if record:
+        update_descriptions(weights, descriptions)
+        update_figures(weights, "directions", {**figures, "descriptions_command": command_line()}, merge=True)
+        typer.echo(f"recorded in {weights / 'manifest.json'}")
+
+
 @directions_app.command("list")
 def directions_list_cmd(weights: Path = WeightsOpt) -> None:
     """Every direction with its measured description (from `evaluate directions`)."""

@@ -284,8 +284,12 @@ def image_attributes(images: torch.Tensor, logits: torch.Tensor, class_names: li
 
     width, height = extent(cols), extent(rows)
     edges = kornia.filters.sobel(ink[:, None]).mean((1, 2, 3))
+    area = on.float().sum((1, 2))
     attrs = {
-        "ink": ink.mean((1, 2)),
+        # The mean pixel mixes two things a person tells apart: how much of the picture the article covers, and
+        # how light the article itself is.
+        "size": area / (R * R),
+        "brightness": (ink * on).sum((1, 2)) / area.clamp_min(1),
         "width": width,
         "height": height,
         "aspect (w/h)": width / height.clamp_min(1 / R),
@@ -308,14 +312,26 @@ def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
 @torch.no_grad()
 def describe_direction(G: Generator, C: Classifier, direction: torch.Tensor, spread: float, w: torch.Tensor,
                        class_names: list[str], eps_values: tuple[float, ...] = (-3, -2, -1, 1, 2, 3),
-                       min_r: float = 0.3) -> dict[str, Any]:
-    """Correlate eps with the change of each attribute over samples ``w``; label = the strongest (|r| >= min_r)."""
+                       min_r: float = 0.3, lock: torch.Tensor | None = None) -> dict[str, Any]:
+    """Correlate eps with the change of each attribute over samples ``w``; label = the strongest (|r| >= min_r).
+
+    lock: (n,) the classes of ``w``: describe the edit walked class-locked, as ``apply`` makes it by default for
+    our sets (None = the linear edit, as ``apply`` makes it for the baselines).
+    """
     device = G.mapping.w_avg.device
     base = render_shifted(G, w, torch.zeros_like(w))
     base_attrs = image_attributes(base, C(base.to(device)).cpu(), class_names)
     eps_all, deltas = [], {name: [] for name in base_attrs}
-    for e in eps_values:
-        edited = render_shifted(G, w, (e * spread * direction)[None].expand_as(w))
+    walked = None
+    if lock is not None:
+        codes = G.broadcast(w.to(device))
+        walked = locked_shift_codes(G, C, codes, direction.to(device), list(eps_values), spread,
+                                    range(G.num_ws), lock).cpu()
+    for j, e in enumerate(eps_values):
+        if walked is not None:
+            edited = torch.cat([G.render(chunk.to(device)).cpu() for chunk in walked[:, j].split(500)])
+        else:
+            edited = render_shifted(G, w, (e * spread * direction)[None].expand_as(w))
         attrs = image_attributes(edited, C(edited.to(device)).cpu(), class_names)
         eps_all.append(torch.full((len(w),), float(e)))
         for name, value in attrs.items():

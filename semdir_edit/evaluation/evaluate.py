@@ -351,9 +351,32 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
                                            class_fresh_steps, eps_range, seed, progress))
 
     stage("describing every direction")
-    descriptions: dict[str, Any] = {}
+    descriptions = describe_sources(G, C, sources, w_cov, w, labels, class_names, seed, describe_samples, progress)
+    stage.close()
+    figures.update(label_shares(descriptions, class_names))
+    return figures, descriptions
+
+
+def label_shares(descriptions: dict[str, Any], class_names: list[str]) -> dict[str, float]:
+    """The largest share of one set's directions described by the same attribute, per source (``<source>_same_
+    label_share``) and the worst class set (``class_same_label_share_max``)."""
+    figures = {f"{name}_same_label_share": ed.same_label_share(descriptions, f"{name}:")
+               for name in ("global", "voynov", "pca", "sefa", "random")}
+    shares = [ed.same_label_share({k: v for k, v in descriptions.items() if k.endswith(f"@{n}")}, "class:")
+              for n in class_names]
+    figures["class_same_label_share_max"] = max(shares)
+    return figures
+
+
+def describe_sources(G: Generator, C: Classifier, sources: dict[str, torch.Tensor], w_cov: torch.Tensor,
+                     w: torch.Tensor, labels: torch.Tensor, class_names: list[str], seed: int = 0,
+                     describe_samples: int = 32, progress: bool = False) -> dict[str, Any]:
+    """A measured description of every direction of every source (:func:`describe_direction`), keyed by its
+    ``--direction`` spec; each edited as ``apply`` edits it by default (ours class-locked, the baselines linear).
+    Class sets are described on samples of their class, the others on a mix of every class."""
     gen = torch.Generator().manual_seed(seed)
-    mixed = w[torch.randperm(len(w), generator=gen)[:describe_samples]]
+    pick = torch.randperm(len(w), generator=gen)[:describe_samples]
+    descriptions: dict[str, Any] = {}
     described = bar(total=sum(sets.shape[0] * sets.shape[2] for sets in sources.values()), desc="describe",
                     unit="direction", progress=progress, leave=False)
     for name, sets in sources.items():
@@ -361,28 +384,37 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
         for set_i in range(sets.shape[0]):
             if (name == "ours" and set_i > 0) or name == "cpca":
                 cls = set_i - 1 if name == "ours" else set_i
-                pool = w[labels == cls][:describe_samples]
+                in_class = labels == cls
+                pool, pool_labels = w[in_class][:describe_samples], labels[in_class][:describe_samples]
                 if len(pool) == 0:
                     described.update(sets.shape[2])
                     continue
-                kind = "class" if name == "ours" else "cpca"
-                prefix = f"{kind}:{{k}}@{class_names[cls]}"
+                prefix = f"{'class' if name == 'ours' else 'cpca'}:{{k}}@{class_names[cls]}"
             else:
-                pool = mixed
+                pool, pool_labels = w[pick], labels[pick]
                 prefix = f"{'global' if name == 'ours' else name}:{{k}}"
             for k in range(sets.shape[2]):
                 descriptions[prefix.format(k=k)] = ed.describe_direction(
-                    G, C, sets[set_i, :, k], float(s[set_i, k]), pool, class_names)
+                    G, C, sets[set_i, :, k], float(s[set_i, k]), pool, class_names,
+                    lock=pool_labels if name == "ours" else None)
                 described.update(1)
     described.close()
-    stage.close()
-    for name, prefix in (("global", "global:"), ("voynov", "voynov:"), ("pca", "pca:"), ("sefa", "sefa:"),
-                         ("random", "random:")):
-        figures[f"{name}_same_label_share"] = ed.same_label_share(descriptions, prefix)
-    shares = [ed.same_label_share({k: v for k, v in descriptions.items() if k.endswith(f"@{n}")}, "class:")
-              for n in class_names]
-    figures["class_same_label_share_max"] = max(shares)
-    return figures, descriptions
+    return descriptions
+
+
+def describe_directions(weights_dir: str | Path, device: torch.device, class_names: list[str],
+                        per_class: int = 100, seed: int = 0, describe_samples: int = 32, progress: bool = False
+                        ) -> tuple[dict[str, Any], dict[str, float]]:
+    """Only the descriptions of :func:`evaluate_directions` (same samples for the same ``per_class`` and ``seed``)
+    and their same-label shares: (descriptions, figures)."""
+    G = load_model(weights_dir, "generator", device)
+    C = load_model(weights_dir, "classifier", device)
+    w_cov = load_model(weights_dir, "direction_bank", device).w_cov.cpu()
+    sources = direction_sources(weights_dir, device)
+    samples = sample_by_class(G, C, per_class, seed)
+    descriptions = describe_sources(G, C, sources, w_cov, samples.w, samples.labels, class_names, seed,
+                                    describe_samples, progress)
+    return descriptions, label_shares(descriptions, class_names)
 
 
 VISIBLE_EPS = 3.0
