@@ -125,6 +125,26 @@ def test_background_writer_keeps_order_and_reports_the_first_failure():
     assert not any(t.name.startswith("semdir-writer") and t.is_alive() for t in threading.enumerate())
 
 
+def test_background_writer_with_several_workers_runs_every_job_and_reports_a_failure():
+    done: list[int] = []
+    with BackgroundWriter(max_pending=4, workers=3) as writer:
+        for i in range(30):
+            writer.submit(done.append, i)
+    assert sorted(done) == list(range(30))  # Every job, in no set order.
+
+    def failing(i: int) -> None:
+        if i == 5:
+            raise UserError("disk full")
+
+    writer = BackgroundWriter(max_pending=2, workers=3)
+    with pytest.raises(UserError, match="disk full"):
+        for i in range(40):
+            writer.submit(failing, i)
+        writer.close()
+    writer.close()
+    assert not any(t.name.startswith("semdir-writer") and t.is_alive() for t in threading.enumerate())
+
+
 def test_apply_files_writes_what_editor_apply_gives(weights, tmp_path):
     editor = Editor.from_pretrained(weights, "cpu")
     gen = torch.Generator().manual_seed(0)

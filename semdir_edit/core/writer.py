@@ -1,9 +1,10 @@
 """Background threads around the device's work: outputs written behind it, inputs prepared ahead of it.
 
-:class:`BackgroundWriter`: jobs run one at a time in the order they were submitted, so whatever order the caller
-relies on (a batch item's outputs before its manifest line, manifest lines in input order) holds as if they ran
-inline. File writes and fsync release the GIL, so on a CPU the writer mostly waits on the disk while the networks
-compute. :func:`read_ahead`: the next items (read, decoded, classified) are made on a helper thread meanwhile.
+:class:`BackgroundWriter`: jobs run one at a time in the order they were submitted (unless ``workers`` > 1), so
+whatever order the caller relies on (a batch item's outputs before its manifest line, manifest lines in input order)
+holds as if they ran inline. File writes and fsync release the GIL, so on a CPU the writer mostly waits on the disk
+while the networks compute. :func:`read_ahead`: the next items (read, decoded, classified) are made on a helper
+thread meanwhile.
 """
 
 from __future__ import annotations
@@ -75,13 +76,18 @@ class BackgroundWriter:
     back from the next :meth:`submit` or from :meth:`close`. At most ``max_pending`` jobs wait at a time: a caller
     that gets ahead blocks until the oldest one is done, so memory stays bounded.
 
+    workers > 1: up to that many jobs run at once, in no set order (for independent outputs, e.g. one PNG per
+    input): each atomic write waits on its own fsync, and one thread doing them one after another was what limited
+    ``apply`` (measured on 2 CPU cores: 8 ms a file inline against 2.7 ms a file of generator time). After a
+    failure, jobs already running finish; the ones behind them are skipped.
+
         with BackgroundWriter() as writer:
             for item in items:
                 writer.submit(save, item)
     """
 
-    def __init__(self, max_pending: int = 256) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semdir-writer")
+    def __init__(self, max_pending: int = 256, workers: int = 1) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="semdir-writer")
         self._pending: deque[Future] = deque()
         self._max_pending = max(1, max_pending)
         self._failed = False

@@ -23,6 +23,9 @@ batch                 ``run_batch(method="encoder")`` on a folder of PNGs     ``
 Each measurement alternates achieved and floor runs (after warm-up runs) and keeps the median of each, so that a
 load change on a shared machine hits both sides alike. Targets (issue 6): apply >= 0.8 of its floor, batch >= 0.7,
 inversion time <= 1.3 x its floor (ratio >= 1 / 1.3).
+
+Beside the tasks: the same in-domain inversion run one image per call (as IDInvert's released code inverts) against
+the batched ``Editor.invert`` (``invert_single_per_s``, ``invert_batch_speedup``: batched / one by one).
 """
 
 from __future__ import annotations
@@ -158,8 +161,10 @@ def run_bench(weights_dir: str | Path, device: str | torch.device = "auto", quic
 
     Keys: ``<task>_per_s`` (images/s) and ``<task>_floor_ratio`` (achieved / floor throughput) for each of
     :data:`TASKS`, ``<task>_floor_per_s``, ``invert_s_per_image``, ``device``, ``peak_mem_mb`` (CPU: the process's
-    peak resident set; CUDA: peak allocated), ``torch_version``, ``threads``, the sizes used, and ``ui_edit_ms``
-    and ``ui_edit_locked_ms`` (a browser-editor slider step, :func:`slider_edit_ms`; class-locked) unless they failed.
+    peak resident set; CUDA: peak allocated), ``torch_version``, ``threads``, the sizes used,
+    ``invert_single_per_s``, ``invert_single_s_per_image`` and ``invert_batch_speedup`` (the same inversion one image
+    per call), and ``ui_edit_ms`` and ``ui_edit_locked_ms`` (a browser-editor slider step, :func:`slider_edit_ms`;
+    class-locked) unless they failed.
 
     quick: tiny sizes (a smoke test, not a measurement). direction: the edit of apply and batch (default
     :func:`default_direction`). amp: bfloat16 autocast on both sides (CUDA only; ignored on CPU). threads: torch's
@@ -265,6 +270,25 @@ def run_bench(weights_dir: str | Path, device: str | torch.device = "auto", quic
     record("invert", achieved_s, floor_s, sizes.invert_images)
     figures["invert_s_per_image"] = achieved_s / sizes.invert_images
 
+    # --- the same inversion one image per call, as IDInvert's released code runs it, against our batched call:
+    # same generator, encoder, steps and images, so the ratio is what batching the images buys.
+    def invert_one_by_one(steps: int = sizes.steps) -> None:
+        with amp_ctx():
+            for i in range(sizes.invert_images):
+                if not all(r.ok for r in editor.invert(inv_domains[i:i + 1], method="indomain", steps=steps)):
+                    raise RuntimeError("inversion failed during the benchmark")
+
+    def single_warmup() -> None:
+        invert_one_by_one(2)
+        invert_achieved(2)
+
+    single_s, batched_s = _paired(invert_one_by_one, invert_achieved, dev, sizes, warmup=single_warmup)
+    figures["invert_single_per_s"] = sizes.invert_images / single_s
+    figures["invert_single_s_per_image"] = single_s / sizes.invert_images
+    figures["invert_batch_speedup"] = single_s / batched_s
+    say(f"invert one image per call: {sizes.invert_images / single_s:.2f} images/s; "
+        f"batched {single_s / batched_s:.2f}x faster")
+
     with tempfile.TemporaryDirectory(prefix="semdir-bench-") as tmp_name:
         tmp = Path(tmp_name)
         # --- apply: latent files (as `invert` writes them) -> edited PNGs.
@@ -356,6 +380,11 @@ def format_table(figures: dict[str, Any]) -> str:
         floor = figures[f"{task}_floor_per_s"]
         rows.append((task, achieved, f"{floor:.2f} img/s" if task == "invert" else f"{floor:.1f} img/s",
                      f"{figures[task + '_floor_ratio']:.2f}", target))
+    if "invert_single_per_s" in figures:   # Not a task with a floor: the batched inversion's speed-up over it.
+        rows.append(("invert 1 by 1", f"{figures['invert_single_per_s']:.2f} img/s "
+                     f"({figures['invert_single_s_per_image']:.2f} s/img)",
+                     f"batched {figures['invert_per_s']:.2f} img/s",
+                     f"{figures['invert_batch_speedup']:.2f}x", "(batched / one image per call, as IDInvert)"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     ui = f"{figures['ui_edit_ms']:.1f} ms" if "ui_edit_ms" in figures else figures.get("ui", "not installed")
