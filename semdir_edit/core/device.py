@@ -11,6 +11,17 @@ from torch import nn
 from semdir_edit.core.errors import UserError
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch CPU threads, restoring the previous number afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def resolve_device(spec: str = "auto") -> torch.device:
     """Turn ``auto|cpu|cuda|cuda:N`` into a device; ``auto`` takes the GPU when there is one."""
     spec = (spec or "auto").lower()

@@ -43,7 +43,7 @@ from typing import Any
 import cv2
 import torch
 
-from semdir_edit.core.device import autocast, resolve_device
+from semdir_edit.core.device import autocast, resolve_device, torch_threads
 from semdir_edit.core.images import png_bytes, to_float, to_uint8
 from semdir_edit.editing.apply import apply_files
 from semdir_edit.editing.batch import run_batch
@@ -129,9 +129,7 @@ def slider_edit_ms(editor: Editor, repeats: int = 50, warmup: int = 5, keep_clas
     move) plus the PNG it answers with, on a generated sample, the default direction moved back and forth so that
     every step computes a new image. keep_class: the page's default, a class-locked walk."""
     spec = default_direction(editor)
-    before = torch.get_num_threads()
-    torch.set_num_threads(SLIDER_THREADS)
-    try:
+    with torch_threads(SLIDER_THREADS):
         ws = editor.sample_code(None, 0).to(editor.device)
         class_index = editor.apply_shifts(ws, {}).class_index
         times = []
@@ -141,8 +139,6 @@ def slider_edit_ms(editor: Editor, repeats: int = 50, warmup: int = 5, keep_clas
             png_bytes(editor.apply_shifts(ws, {spec: eps}, class_index, keep_class=keep_class).image)
             if i >= warmup:
                 times.append((time.perf_counter() - t0) * 1000)
-    finally:
-        torch.set_num_threads(before)
     return statistics.median(times)
 
 

@@ -53,6 +53,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from semdir_edit.config import DataConfig
+from semdir_edit.core.device import torch_threads
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import png_bytes, to_float
 from semdir_edit.core.io import LATENT_SUFFIX
@@ -120,17 +121,6 @@ def safe_name(name: str | None, default: str = "image") -> str:
 def safe_stem(name: str | None, default: str = "image") -> str:
     """A client-given file name -> a harmless stem for downloads (as :func:`safe_name`, without the suffix)."""
     return re.sub(r"\.[A-Za-z0-9]{1,5}$", "", safe_name(name, default)).strip("._") or default
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with ``n`` torch threads (see TORCH_THREADS), restoring the previous number afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class ProgressBoard:
