@@ -113,12 +113,19 @@ def load_image(
         if len(source) == 0:
             raise UserError(f"{label}: the file is empty")
         return _decode(io.BytesIO(bytes(source)), label, max_pixels)
+    return _decode(io.BytesIO(read_input_file(source, label)), label, max_pixels)
+
+
+def read_input_file(path: str | os.PathLike, label: str, max_bytes: int | None = None) -> bytes:
+    """The bytes of one input file; every failure is a one-line UserError naming it (a FIFO is never opened)."""
     try:
-        check_regular_file(source, label)
-        with open(source, "rb") as f:
-            return _decode(f, label, max_pixels)
+        info = check_regular_file(path, label)
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise UserError(f"{label}: the file is {info.st_size:,} bytes, more than the limit of {max_bytes:,}")
+        with open(path, "rb") as f:
+            return f.read()
     except FileNotFoundError:
-        raise UserError(f"{label}: file not found") from None
+        raise UserError(f"{label}: file not found (or a broken link)") from None
     except IsADirectoryError:
         raise UserError(f"{label}: is a folder, not an image file") from None
     except PermissionError:

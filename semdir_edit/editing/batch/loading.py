@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import to_float
-from semdir_edit.data.photo import check_regular_file, load_domain_photo
+from semdir_edit.data.photo import load_domain_photo, read_input_file
 from semdir_edit.editing.batch.journal import LOCK_FDS
 from semdir_edit.editor import Editor
 
@@ -42,19 +42,8 @@ class LoadResult:
 
 
 def _read_input(path: Path, label: str) -> bytes:
-    """The bytes of one input file; every failure is a one-line UserError naming it (a FIFO is never opened)."""
-    try:
-        info = check_regular_file(path, label)
-        if info.st_size > MAX_FILE_BYTES:
-            raise UserError(f"{label}: the file is {info.st_size:,} bytes, more than the limit of {MAX_FILE_BYTES:,}")
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        raise UserError(f"{label}: file not found (or a broken link)") from None
-    except PermissionError:
-        raise UserError(f"{label}: permission denied") from None
-    except OSError as exc:
-        raise UserError(f"{label}: cannot read the file ({exc.strerror or exc})") from None
+    """The bytes of one input file, at most MAX_FILE_BYTES (see :func:`read_input_file`)."""
+    return read_input_file(path, label, MAX_FILE_BYTES)
 
 
 class ImageFolder(Dataset):
