@@ -23,12 +23,16 @@ T = TypeVar("T")
 _END = object()
 
 
+JOIN_TIMEOUT = 60.0  # Seconds read_ahead waits for its helper to finish the item it is making.
+
+
 def read_ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
     """Iterate ``items`` on a helper thread that stays up to ``depth`` items ahead of the consumer.
 
     An exception raised while making an item is re-raised here, in order. When the consumer stops early (an
-    error, Ctrl-C, ``close()``), the helper stops after the item it is making. Grad mode is per thread: the helper
-    runs with autograd off (it prepares inputs; nothing it makes needs gradients).
+    error, Ctrl-C, ``close()``), the helper stops after the item it is making, and the consumer waits for that.
+    Grad mode is per thread: the helper runs with autograd off (it prepares inputs; nothing it makes needs
+    gradients).
 
         for chunk in read_ahead(load_and_classify(chunks)):
             edit(chunk)   # the next chunk is loaded and classified meanwhile
@@ -67,6 +71,9 @@ def read_ahead(items: Iterable[T], depth: int = 1) -> Iterator[T]:
             yield item
     finally:
         stop.set()
+        # Wait for the helper to put down the item it is making: a daemon thread still inside torch or OpenCV when
+        # the interpreter shuts down (Ctrl-C ends the run right after this) aborts the process (SIGABRT).
+        helper.join(timeout=JOIN_TIMEOUT)
 
 
 class BackgroundWriter:
