@@ -10,8 +10,10 @@ The CLI commands are thin layers over these methods.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,7 +39,14 @@ from semdir_edit.inversion.invert import (
     invert,
 )
 from semdir_edit.latents import latent_bytes, latent_meta, load_latent, sample_meta
-from semdir_edit.ops.class_lock import DEFAULT_STEP, TO_SCALE, TO_STEP, locked_shift_codes, toward_class_codes
+from semdir_edit.ops.class_lock import (
+    DEFAULT_STEP,
+    TO_SCALE,
+    TO_STEP,
+    WalkTrail,
+    locked_shift_codes,
+    toward_class_codes,
+)
 from semdir_edit.ops.perceptual import PerceptualLoss
 from semdir_edit.ops.reconstruction import psnr, ssim, to_unit_range
 from semdir_edit.ops.shift_codes import (
@@ -59,6 +68,10 @@ from semdir_edit.ops.shift_codes import (
 # second (~10 ms a step on a CPU).
 MAX_SHIFTS = 64
 MAX_LOCKED_STEPS = 24
+# Class-locked walks of single codes kept (least recently used dropped): a slider move resumes the walk of the last
+# one along the same direction (:class:`~semdir_edit.ops.class_lock.WalkTrail`) instead of walking from the image.
+# Each is a few kilobytes; a few dozen cover every slider of a handful of open images.
+MAX_TRAILS = 64
 
 Shifts = Mapping[str, float] | Iterable[tuple[str | DirectionSpec, float]]
 
@@ -91,6 +104,7 @@ class Editor:
         self._perceptual: PerceptualLoss | None = None
         # Resolved directions of apply_shifts, on the device: (kind, k or target, class) -> (vector, spread).
         self._shift_directions: dict[tuple[str, int | None, int], tuple[torch.Tensor, float]] = {}
+        self._trails: OrderedDict[tuple[Any, ...], WalkTrail] = OrderedDict()
 
     @classmethod
     def from_pretrained(cls, weights_dir: str | Path, device: str | torch.device = "auto",
@@ -587,10 +601,28 @@ class Editor:
 
     def _locked_walk(self, ws: torch.Tensor, unit: torch.Tensor, eps: list[float], spread: float,
                      layer_range: range, class_index: int) -> torch.Tensor:
-        """:func:`locked_shift_codes` of codes of one class, in at most MAX_LOCKED_STEPS steps per sign."""
+        """:func:`locked_shift_codes` of codes of one class, in at most MAX_LOCKED_STEPS steps per sign; a single
+        code's walk resumes its earlier walks along the same direction (the same codes, fewer passes)."""
         step = max(DEFAULT_STEP, max(abs(e) for e in eps) / MAX_LOCKED_STEPS)
         target = torch.full((len(ws),), class_index, dtype=torch.long)
-        return locked_shift_codes(self.G, self.C, ws, unit, eps, spread, layer_range, target, step)
+        trail = self._trail(ws, unit, spread, layer_range, class_index, step) if len(ws) == 1 else None
+        return locked_shift_codes(self.G, self.C, ws, unit, eps, spread, layer_range, target, step, trail)
+
+    def forget_walks(self) -> None:
+        """Drop the remembered class-locked walks (the next slider move walks from the image)."""
+        self._trails.clear()
+
+    def _trail(self, ws: torch.Tensor, unit: torch.Tensor, spread: float, layer_range: range, class_index: int,
+               step: float) -> WalkTrail:
+        """The :class:`WalkTrail` of one code's walks with these arguments (a new one the first time)."""
+        digest = hashlib.blake2b(ws.detach().cpu().numpy().tobytes(), digest_size=16)
+        digest.update(unit.detach().cpu().numpy().tobytes())
+        key = (digest.digest(), ws.shape, spread, tuple(layer_range), class_index, step)
+        trail = self._trails.pop(key, None) or WalkTrail()
+        self._trails[key] = trail   # Most recently used last.
+        while len(self._trails) > MAX_TRAILS:
+            self._trails.popitem(last=False)
+        return trail
 
     @staticmethod
     def _shift_list(shifts: Shifts) -> list[tuple[DirectionSpec, float]]:
@@ -631,6 +663,7 @@ class Editor:
         linear = torch.zeros_like(ws[0])
         towards: list[tuple[int, float]] = []
         walk = 0.0  # Sum of |eps| of the locked shifts: the walk's length in spreads.
+        alone: tuple[torch.Tensor, float, float] | None = None   # The locked shift when there is exactly one.
         for spec, eps in items:
             if eps == 0:
                 continue
@@ -638,12 +671,18 @@ class Editor:
             if spec.kind == "to":
                 towards.append((match_class(spec.class_name, self.class_names), eps))
             elif keep_class:
+                alone = (vector, spread, eps) if walk == 0 else None
                 locked = locked + eps * spread * vector
                 walk += abs(eps)
             else:
                 linear = linear + eps * spread * vector
         code = ws[None]
-        if walk > 0 and locked.norm() > 0:
+        if alone is not None:
+            # One slider: walked along its own direction, exactly as apply walks it (and as its last move did, so
+            # the walk resumes there).
+            vector, spread, eps = alone
+            code = self._locked_walk(code, vector, [eps], spread, layer_range, chosen)[:, 0]
+        elif walk > 0 and locked.norm() > 0:
             code = self._locked_walk(code, locked / locked.norm(), [walk], float(locked.norm()) / walk, layer_range,
                                      chosen)[:, 0]
         code = shift_codes(code, linear, [1.0], 1.0, layer_range)[:, 0]

@@ -148,3 +148,36 @@ def test_apply_without_class_edits_each_code_as_its_own_class(editor, monkeypatc
         assert torch.allclose(together[members], alone, atol=1e-5)
     # A plain edit does not depend on the class: one group, the same images whatever the labels.
     assert torch.allclose(editor.apply(ws, "pca:0", [2.0]), editor.apply(ws, "pca:0", [2.0], class_index=0))
+
+
+def test_a_walk_resumed_from_its_trail_is_the_fresh_walk_with_fewer_passes(editor, monkeypatch):
+    """The slider's cache: every walk resumed from a WalkTrail returns what a fresh walk returns, whatever came
+    before (further, back, the other sign, several eps at once), and a move next to the last one costs few passes."""
+    import semdir_edit.ops.class_lock as class_lock
+
+    ws = _codes(editor, 4, seed=2).detach()
+    target = editor.C(editor.G.render(ws)).argmax(1)
+    g = _margin_grad(editor, ws, target)
+    down = -g.mean(0) / g.mean(0).norm()   # Lowers the margin: the lock redirects, refuses long steps, corrects.
+    # The tiny classifier's margins are small: without headroom the steps would never grow. -down raises the
+    # margin, so its steps grow (up to 4 base steps) and some longer ones are refused.
+    monkeypatch.setattr(class_lock, "HEADROOM", -100.0)
+    passes = []
+    real_probe = class_lock._probe
+    monkeypatch.setattr(class_lock, "_probe", lambda *a: passes.append(1) or real_probe(*a))
+    for i, d in [(i, d) for i in range(len(ws)) for d in (down, -down)]:
+        one, t = ws[i:i + 1], target[i:i + 1]
+        trail = class_lock.WalkTrail()
+        for eps in ([1.0], [2.5], [2.0], [3.0], [-1.5], [0.75], [3.0], [2.75], [0.5, 2.0, -1.0], [4.0]):
+            fresh = locked_shift_codes(editor.G, editor.C, one, d, eps, 0.5, range(ws.shape[1]), t)
+            del passes[:]
+            resumed = locked_shift_codes(editor.G, editor.C, one, d, eps, 0.5, range(ws.shape[1]), t, trail=trail)
+            assert torch.allclose(resumed, fresh, atol=1e-6), (i, eps)
+        # Back to an eps walked before, and one step further: at most a pass or two each, not the whole walk.
+        for eps, most in (([3.0], 3), ([3.25], 4)):
+            del passes[:]
+            locked_shift_codes(editor.G, editor.C, one, d, eps, 0.5, range(ws.shape[1]), t, trail=trail)
+            assert len(passes) <= most, (eps, len(passes))
+    with pytest.raises(ValueError, match="one code"):
+        locked_shift_codes(editor.G, editor.C, ws, down, [1.0], 0.5, range(ws.shape[1]), target,
+                           trail=class_lock.WalkTrail())

@@ -126,8 +126,9 @@ SLIDER_THREADS = 1
 
 def slider_edit_ms(editor: Editor, repeats: int = 50, warmup: int = 5, keep_class: bool = False) -> float:
     """Median milliseconds of one browser-editor slider step: :meth:`Editor.apply_shifts` (what the server runs per
-    move) plus the PNG it answers with, on a generated sample, the default direction moved back and forth so that
-    every step computes a new image. keep_class: the page's default, a class-locked walk."""
+    move) plus the PNG it answers with, on a generated sample, the default direction dragged from -3 to 3 over and
+    over so that every step computes a new image. keep_class: the page's default, a class-locked walk; the editor's
+    remembered walks are forgotten before every drag, so each is a first drag (every step walks on from the last)."""
     spec = default_direction(editor)
     with torch_threads(SLIDER_THREADS):
         ws = editor.sample_code(None, 0).to(editor.device)
@@ -135,6 +136,8 @@ def slider_edit_ms(editor: Editor, repeats: int = 50, warmup: int = 5, keep_clas
         times = []
         for i in range(warmup + repeats):
             eps = ((i % 13) - 6) / 2  # -3 .. 3 in steps of 0.5, as a dragged slider.
+            if i % 13 == 0:
+                editor.forget_walks()
             t0 = time.perf_counter()
             png_bytes(editor.apply_shifts(ws, {spec: eps}, class_index, keep_class=keep_class).image)
             if i >= warmup:

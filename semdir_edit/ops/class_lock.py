@@ -31,9 +31,16 @@ eps only the moves back up to the floor where the margin is below it: 13 to 17 p
 slider, but changed 5 to 7 % more of the picture on the global set: it was left out.) Every multiple of
 MAX_STEPS_PER_STEP * ``step`` is a point of the walk whichever eps are asked for, so walking to 2 via 1 gives what
 walking straight to 2 gives.
+
+A slider walks the same code along the same direction again and again, a little further or back each move: a
+:class:`WalkTrail` keeps one code's walk (its state before every step, while no step was cut short by an eps) and
+the points it returned, so the next walk starts from the furthest point a fresh walk to its eps would pass, with
+the same state, and takes only the steps beyond it (one pass per move on a dragged slider instead of 6 to 17).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
@@ -47,6 +54,7 @@ MAX_STEPS_PER_STEP = 4  # A step grows to at most this many base steps (1 spread
 SMOOTH_COS = 0.95       # A long step is kept when its locked direction at the end agrees this well with its start.
 GROW_AFTER = 2          # Steady steps in a row before a step doubles (after a refused one).
 HEADROOM = 0.5          # Margin above the floor a longer step needs: near the floor, steps stay ``step`` long.
+MAX_ENDS = 512          # Returned points a WalkTrail remembers (one w vector each).
 
 
 def class_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -127,19 +135,56 @@ def _aligned(t: torch.Tensor, step: float, longest: torch.Tensor) -> torch.Tenso
     return length
 
 
+@dataclass
+class _Stop:
+    """A point of one code's walk: its state before the next step, and the furthest end of any step planned before
+    it (spreads): a walk to eps >= ``before`` passes through this point with this state."""
+
+    before: float
+    state: tuple[torch.Tensor, ...]  # shift, margin, grad, wins, safe, t, longest, calm: each (1, ...)
+
+
+@dataclass
+class WalkTrail:
+    """One code's class-locked walks along one direction so far, so that the next walk resumes from the furthest
+    point that a fresh walk to its eps would pass (with the same state there) instead of starting over: the browser
+    editor's slider, where each move walks a little further or back than the last. A resumed walk takes exactly
+    the steps a fresh one takes, so it returns the same codes; only the passes already paid for are skipped."""
+
+    start: tuple[torch.Tensor, ...] | None = None          # The pass at the image itself.
+    stops: dict[float, list[_Stop]] = field(default_factory=lambda: {1.0: [], -1.0: []})
+    # The shift returned for each eps walked to alone (a slider dragged back over the values it passed).
+    ends: dict[float, torch.Tensor] = field(default_factory=dict)
+
+    def resume(self, sign: float, goal: float) -> int | None:
+        """The index of the furthest recorded point on the way to ``goal``, or None when there is none. The step
+        from it is the first one cut short by ``goal`` unless it is the last point (the next point's ``before``
+        is past ``goal``), so a walk records points only beyond the last."""
+        usable = [j for j, stop in enumerate(self.stops[sign]) if stop.before <= goal + 1e-9]
+        return usable[-1] if usable else None
+
+
+def _snapshot(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(t.clone() for t in tensors)
+
+
 @torch.no_grad()
 def locked_shift_codes(G: Generator, C: Classifier, ws: torch.Tensor, direction: torch.Tensor,
                        eps: list[float], spread: float | torch.Tensor, layers: range, target: torch.Tensor,
-                       step: float = DEFAULT_STEP) -> torch.Tensor:
+                       step: float = DEFAULT_STEP, trail: WalkTrail | None = None) -> torch.Tensor:
     """Like :func:`~semdir_edit.ops.shift_codes.shift_codes`, but class-locked.
 
     ws: (B, num_ws, w_dim); direction: (w_dim,) unit vector, or (B, w_dim) one per code; spread: W's spread along
     it (a number, or (B,)); target: (B,) the class each image must keep; step: the shortest step, in spreads.
     Returns (B, E, num_ws, w_dim): for each eps, the codes reached by walking from eps 0 (each sign separately,
     so a traversal strip costs its longest side per sign, not the sum of its points).
+    trail: one code's (B = 1) earlier walks with the same arguments but eps (:class:`WalkTrail`); the walk resumes
+    from it and extends it.
     """
     if step <= 0:
         raise ValueError(f"step must be > 0, got {step}")
+    if trail is not None and ws.shape[0] != 1:
+        raise ValueError(f"a walk trail follows one code, got {ws.shape[0]}")
     if C.cfg.num_classes < 2:
         raise ValueError("a class lock needs a classifier with at least two classes")
     B, device, dtype = ws.shape[0], ws.device, ws.dtype
@@ -150,13 +195,20 @@ def locked_shift_codes(G: Generator, C: Classifier, ws: torch.Tensor, direction:
     target = target.to(device).long()
     shifts = torch.zeros(B, len(eps), ws.shape[2], device=device, dtype=dtype)
     zero = torch.zeros(B, ws.shape[2], device=device, dtype=dtype)
-    start = None  # The pass at the image itself, shared by both signs.
+    start = None if trail is None else trail.start  # The pass at the image itself, shared by both signs.
     for sign in (1.0, -1.0):
         goals = sorted({abs(e) for e in eps if e * sign > 0})
         if not goals:
             continue
+        if trail is not None and len(goals) == 1 and sign * goals[0] in trail.ends:
+            for j, e in enumerate(eps):
+                if e == sign * goals[0]:
+                    shifts[:, j] = trail.ends[e]
+            continue
         if start is None:
             start = _probe(G, C, ws, mask, zero, target)
+            if trail is not None:
+                trail.start = _snapshot(*start)
         margin, grad, wins = (x.clone() for x in start)
         floor, had = margin.clamp(max=FLOOR_MARGIN), wins.clone()   # The image's own margin, at most FLOOR_MARGIN.
         goal_t = torch.tensor(goals, device=device, dtype=dtype)
@@ -165,13 +217,39 @@ def locked_shift_codes(G: Generator, C: Classifier, ws: torch.Tensor, direction:
         nxt = torch.zeros(B, dtype=torch.long, device=device)    # Index of each code's next goal.
         longest = torch.full_like(t, step)                       # Each code's next step length.
         calm = torch.full_like(nxt, GROW_AFTER)   # Steps kept in a row since the last refused one.
+        stops = None if trail is None else trail.stops[sign]     # Recorded while no step is cut short by a goal.
+        if stops is not None:
+            at = trail.resume(sign, goals[0])
+            if at is None:
+                stops.append(_Stop(0.0, _snapshot(shift, margin, grad, wins, safe, t, longest, calm)))
+            else:
+                shift, margin, grad, wins, safe, t, longest, calm = _snapshot(*stops[at].state)
+                if at < len(stops) - 1:
+                    stops = None   # Its next step is cut short by this goal: nothing new to record.
         while True:
             walking = nxt < len(goals)
+            arrived = (walking & ((t - goal_t[nxt.clamp(max=len(goals) - 1)]).abs() < 1e-9)).nonzero()[:, 0]
+            if len(arrived):
+                end = _finish(G, C, ws[arrived], mask, shift[arrived], margin[arrived], grad[arrived],
+                              wins[arrived], floor[arrived], had[arrived], safe[arrived], target[arrived])
+                reached = goal_t[nxt[arrived]]
+                for j, e in enumerate(eps):
+                    here = reached == abs(e) if e * sign > 0 else None
+                    if here is not None and bool(here.any()):
+                        shifts[arrived[here], j] = end[here]
+                if trail is not None and len(goals) == 1 and len(trail.ends) < MAX_ENDS:
+                    trail.ends[sign * goals[0]] = end.clone()
+                nxt[arrived] += 1
+                continue
             if not bool(walking.any()):
                 break
             idx = walking.nonzero()[:, 0]
             goal = goal_t[nxt[idx]]
             length = torch.minimum(longest[idx], goal - t[idx])
+            if stops is not None:
+                planned_end = float(t[0] + longest[0])
+                if float(length[0]) < float(longest[0]) - 1e-9:
+                    stops = None   # Cut short by this walk's goal: a walk further would not take this step.
             planned = (sign * length)[:, None] * unit[idx]
             h = _redirect(planned, grad[idx], margin[idx], floor[idx])
             cand = shift[idx] + h
@@ -191,16 +269,9 @@ def locked_shift_codes(G: Generator, C: Classifier, ws: torch.Tensor, direction:
             rej = idx[~keep]
             longest[rej] = (length[~keep] / 2).clamp(min=step)
             calm[rej] = 0
-            arrived = acc[(t[acc] - goal_t[nxt[acc]]).abs() < 1e-9]
-            if len(arrived):
-                end = _finish(G, C, ws[arrived], mask, shift[arrived], margin[arrived], grad[arrived],
-                              wins[arrived], floor[arrived], had[arrived], safe[arrived], target[arrived])
-                reached = goal_t[nxt[arrived]]
-                for j, e in enumerate(eps):
-                    here = reached == abs(e) if e * sign > 0 else None
-                    if here is not None and bool(here.any()):
-                        shifts[arrived[here], j] = end[here]
-                nxt[arrived] += 1
+            if stops is not None:
+                before = max(stops[-1].before, planned_end)
+                stops.append(_Stop(before, _snapshot(shift, margin, grad, wins, safe, t, longest, calm)))
     return ws[:, None] + mask * shifts[:, :, None, :]
 
 
