@@ -35,12 +35,10 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     before it exists, so a Ctrl-C at any point (even right after the open) leaves no temp file behind.
     """
     path = Path(path)
-    _check_replaceable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # A long name (up to the file system's 255) would give a temp name over it: keep its start and its end (the
     # suffix that _STALE_TEMP patterns match); the pid and serial keep it unique.
     name = path.name if len(os.fsencode(path.name)) <= 200 else f"{path.name[:100]}~{path.name[-60:]}"
-    tmp = ""
+    tmp, made = "", False
     try:
         while True:
             tmp = str(path.parent / f".{name}.{os.getpid()}x{next(_TEMP_SERIAL)}.tmp")
@@ -49,11 +47,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
                 break
             except FileExistsError:  # Left by a killed process that had the same pid: take the next number.
                 tmp = ""
+            except FileNotFoundError:  # Its folder is new (made here, not before every file: syscalls add up).
+                tmp = ""
+                if made:
+                    raise
+                path.parent.mkdir(parents=True, exist_ok=True)
+                made = True
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        _check_replaceable(path)  # Again: something may have appeared there meanwhile.
+        _check_replaceable(path)  # Checked last, right before the rename: whatever is there by then.
         os.replace(tmp, path)
     except BaseException:
         if tmp:
