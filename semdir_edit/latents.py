@@ -66,12 +66,13 @@ def latent_bytes(ws: torch.Tensor, meta: dict[str, Any]) -> bytes:
     return save_tensors({"ws": ws}, metadata=strings)
 
 
-def save_latent(path: str | Path, ws: torch.Tensor, meta: dict[str, Any]) -> None:
-    """Write ``ws`` (num_ws, w_dim) and ``meta`` (must hold ``weights_id``) atomically."""
+def save_latent(path: str | Path, ws: torch.Tensor, meta: dict[str, Any], sync: bool = True) -> None:
+    """Write ``ws`` (num_ws, w_dim) and ``meta`` (must hold ``weights_id``) atomically (``sync``: see
+    :func:`~semdir_edit.core.io.atomic_write_bytes`)."""
     path = Path(path)
     data = latent_bytes(ws, meta)
     try:
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, sync)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 

@@ -29,6 +29,9 @@ def batch_cmd(
     batch_size: int = typer.Option(16, "--batch-size", min=1, max=4096, help="Images inverted together."),
     workers: int | None = typer.Option(None, "--workers", min=0, max=64, help="Loader processes that decode "
                                        "and convert images (default 0 on CPU, up to 4 on a GPU)."),
+    processes: int | None = typer.Option(None, "--processes", min=1, max=256, show_default="one per torch thread "
+                                         "on a CPU, 1 on a GPU", help="One-thread processes that share the inputs "
+                                         "(1: this process alone, with all its threads)."),
     weights: Path = WeightsOpt,
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config whose 'invert' section "
@@ -65,7 +68,8 @@ def batch_cmd(
         editor = Editor.from_pretrained(weights, dev, inversion)
         summary = run_batch(editor, in_dir, out_dir, direction, eps=eps, method=method, steps=steps, layers=layers,
                             recursive=recursive, batch_size=batch_size, workers=workers, progress=not quiet,
-                            keep_class=keep_class, follow_symlinks=follow_symlinks, scale=scale, labels=labels)
+                            keep_class=keep_class, follow_symlinks=follow_symlinks, scale=scale, labels=labels,
+                            processes=processes)
         if distributed.is_main():  # One summary for the whole run.
             skipped = f", {summary['skipped']} skipped (done before)" if summary["skipped"] else ""
             typer.echo(f"{summary['ok']} ok, {summary['errors']} errors{skipped}; manifest {summary['manifest']}")

@@ -67,13 +67,15 @@ def png_bytes(images: torch.Tensor, nrow: int = 1, scale: int = 1, pad: int = 0)
     return png
 
 
-def write_png(path: str | Path, image: np.ndarray, scale: int = 1, enlarged: bool = False) -> None:
-    """Encode a uint8 image as PNG (optionally enlarged by nearest-neighbour ``scale``) and write it atomically."""
+def write_png(path: str | Path, image: np.ndarray, scale: int = 1, enlarged: bool = False, sync: bool = True
+              ) -> None:
+    """Encode a uint8 image as PNG (optionally enlarged by nearest-neighbour ``scale``) and write it atomically
+    (``sync``: see :func:`~semdir_edit.core.io.atomic_write_bytes`)."""
     png = encode_png(image, scale, enlarged)
     if png is None:
         raise UserError(f"cannot encode PNG for {path}")
     try:
-        atomic_write_bytes(path, png)
+        atomic_write_bytes(path, png, sync)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -117,19 +119,19 @@ def eps_labels(eps: list[float]) -> list[str]:
 
 
 def save_grid(path: str | Path, images: torch.Tensor | np.ndarray, nrow: int, scale: int = 1, pad: int = 2,
-              cols: list[str] | None = None, rows: list[str] | None = None) -> None:
+              cols: list[str] | None = None, rows: list[str] | None = None, sync: bool = True) -> None:
     """Write a PNG grid of images in [-1, 1] (or already uint8 numpy, (N, C, H, W)); ``pad=0`` for a single image at
     its own size. ``cols`` / ``rows``: labels of the columns and rows (see :func:`add_labels`), drawn after the
     grid is enlarged by ``scale``."""
     grid = arrange_grid(images, nrow, pad) if isinstance(images, np.ndarray) else make_grid(images, nrow, pad=pad)
     if not cols and not rows:
-        write_png(path, grid, scale)
+        write_png(path, grid, scale, sync=sync)
         return
     if scale > 1:
         grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
     size = images.shape[-2:]
     write_png(path, add_labels(grid, (size[0] * scale, size[1] * scale), pad * scale, cols, rows),
-              enlarged=scale > 1)
+              enlarged=scale > 1, sync=sync)
 
 
 def fit_resolution(images: np.ndarray, resolution: int) -> torch.Tensor:

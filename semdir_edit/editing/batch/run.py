@@ -1,6 +1,9 @@
 """The batch run: find the inputs, check the options, take ``OUT_DIR``, then edit chunk by chunk.
 
-The pipeline of one process (:class:`ShardRun`), in three stages that overlap:
+On a CPU the inputs are split over one-thread processes, one per torch thread (:mod:`semdir_edit.core.parallel`):
+each edits every N-th input into its own part of the manifest (as torchrun's ranks do), and the parts are merged
+when they stop, or by the next run after a kill. The pipeline of one process (:class:`ShardRun`), in three stages
+that overlap:
 
 1. reader thread: DataLoader (decode + convert, optionally in worker processes) and the classifier, one chunk ahead;
 2. main thread: inversion and edit of a chunk on the device (:meth:`Editor.invert_and_edit`);
@@ -11,7 +14,10 @@ The pipeline of one process (:class:`ShardRun`), in three stages that overlap:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import math
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -27,7 +33,8 @@ from tqdm import tqdm
 from semdir_edit.core import distributed
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import eps_labels, save_grid, to_uint8
-from semdir_edit.core.io import IMAGE_SUFFIXES, LATENT_SUFFIX
+from semdir_edit.core.io import IMAGE_SUFFIXES, LATENT_SUFFIX, sync_folder
+from semdir_edit.core.parallel import cpu_processes, fork_map
 from semdir_edit.core.progress import bar as progress_bar
 from semdir_edit.core.progress import say as progress_say
 from semdir_edit.core.types import Failed, Inverted
@@ -35,6 +42,7 @@ from semdir_edit.core.validate import PATH_ERRNOS
 from semdir_edit.core.writer import BackgroundWriter, read_ahead
 from semdir_edit.editing.batch.discovery import find_images, output_stems
 from semdir_edit.editing.batch.journal import (
+    LOCK_FDS,
     MANIFEST,
     Manifest,
     done_inputs,
@@ -60,7 +68,8 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
               layers: str | range | None = None, recursive: bool = False, batch_size: int = 16,
               workers: int | None = None, progress: bool = True,
               log: Callable[[str], None] | None = None, keep_class: bool | None = None,
-              follow_symlinks: bool = False, scale: int = 1, labels: bool = False) -> dict[str, Any]:
+              follow_symlinks: bool = False, scale: int = 1, labels: bool = False,
+              processes: int | None = None) -> dict[str, Any]:
     """Edit every image under ``in_dir`` into ``out_dir`` (layout mirrored) and log each in ``manifest.jsonl``.
 
     Inputs already done with the same bytes and options (ok in the manifest, outputs present) are skipped. A bad
@@ -72,6 +81,8 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
     scale: enlarge every tile of the edited PNGs this many times. labels: name a strip's columns (eps) and row
     (direction), as ``apply`` does; a single edited image is never labelled.
     progress: a bar on stderr, when it is a terminal (:mod:`semdir_edit.core.progress`).
+    processes: one-thread processes that share the inputs (None: one per torch thread on a CPU, see
+    :func:`~semdir_edit.core.parallel.cpu_processes`; 1: this process, with its threads; always 1 under torchrun).
     Under torchrun (see :mod:`semdir_edit.core.distributed`), call it on every rank: each edits its share of the inputs.
     Returns a summary: inputs, ok, errors, skipped (over all ranks), options (hash), manifest (path), seconds.
     """
@@ -82,6 +93,8 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
         raise UserError("--batch-size must be >= 1")
     if workers is not None and workers < 0:
         raise UserError("--workers must be >= 0")
+    if processes is not None and processes < 1:
+        raise UserError("--processes must be >= 1")
     if out_dir.exists() and out_dir.resolve() == in_dir.resolve():
         raise UserError("the output folder must differ from the input folder")
     rels = find_images(in_dir, recursive, exclude=out_dir, follow_symlinks=follow_symlinks)
@@ -98,11 +111,15 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
         done, failed = distributed.main_first(functools.partial(_open_out_dir, out_dir, plan.key, held))
         # Under torchrun each rank edits every world-th input into its own part of the manifest.
         mine = distributed.shard(rels)
-        manifest = Manifest(out_dir / (MANIFEST if world == 1 else manifest_part(distributed.rank())))
-        try:
-            counts = ShardRun(editor, plan, manifest, done, failed, say).run(mine)
-        finally:
-            manifest.close()
+        count = 1 if world > 1 else processes or cpu_processes(editor.device, math.ceil(len(mine) / batch_size))
+        if count > 1:
+            counts = _run_in_processes(editor, plan, done, failed, say, mine, count)
+        else:
+            manifest = Manifest(out_dir / (MANIFEST if world == 1 else manifest_part(distributed.rank())))
+            try:
+                counts = ShardRun(editor, plan, manifest, done, failed, say).run(mine)
+            finally:
+                manifest.close()
         if world > 1:
             distributed.barrier()  # Every part is complete.
             if distributed.is_main():
@@ -113,6 +130,44 @@ def run_batch(editor: Editor, in_dir: str | Path, out_dir: str | Path, direction
             release_lock(fd)
     return {"inputs": len(rels), **counts, "options": plan.key, "manifest": str(out_dir / MANIFEST),
             "seconds": time.perf_counter() - t0}
+
+
+def _run_in_processes(editor: Editor, plan: RunPlan, done: dict[str, str], failed: Failures,
+                      say: Callable[[str], None], rels: list[str], count: int) -> dict[str, int]:
+    """``rels`` split over ``count`` forked one-thread processes, each a :class:`ShardRun` of every count-th input
+    into its own manifest part; the parts are merged when they stop (finished, failed or interrupted)."""
+    tally = multiprocessing.get_context("fork").Array("q", 3 * count)  # Each process's ok / errors / skipped.
+    bar = progress_bar(total=len(rels), unit="img", desc="batch", progress=plan.progress)
+    quiet = dataclasses.replace(plan, progress=False)
+
+    def run_share(index: int) -> dict[str, int]:
+        manifest = Manifest(plan.out_dir / manifest_part(index))
+        try:
+            return ShardRun(editor, quiet, manifest, done, failed, say, tally, index).run(rels[index::count])
+        finally:
+            manifest.close()
+
+    def show() -> None:
+        totals = [sum(tally[k::3]) for k in range(3)]
+        bar.n = sum(totals)
+        bar.set_postfix(errors=totals[1], skipped=totals[2], refresh=False)
+        bar.refresh()
+
+    try:
+        shares = fork_map(run_share, list(range(count)), here=False, poll=show, init=_drop_lock)
+    finally:
+        show()
+        bar.close()
+        merge_manifest_parts(plan.out_dir)
+    return {k: sum(share[k] for share in shares) for k in shares[0]}
+
+
+def _drop_lock() -> None:
+    """In a forked worker: the run's lock belongs to the run's process (see journal.LOCK_FDS)."""
+    for fd in list(LOCK_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    LOCK_FDS.clear()
 
 
 def _open_out_dir(out_dir: Path, key: str, held: list[int]) -> tuple[dict[str, str], Failures]:
@@ -173,8 +228,10 @@ class ShardRun:
     """
 
     def __init__(self, editor: Editor, plan: RunPlan, manifest: Manifest, done: dict[str, str], failed: Failures,
-                 say: Callable[[str], None]) -> None:
+                 say: Callable[[str], None], tally: Any | None = None, slot: int = 0) -> None:
         self.editor, self.plan, self.manifest, self.done, self.say = editor, plan, manifest, done, say
+        # tally: counts shared with the parent of forked workers (ok, errors, skipped at 3 * slot), for its bar.
+        self.tally, self.slot = tally, slot
         self.failed = failed or {}
         self.counts = {"ok": 0, "errors": 0, "skipped": 0}
         # Lines wait here until `commit` appends a chunk's with one fsync: a line is still written only after its
@@ -255,9 +312,10 @@ class ShardRun:
         stem = self.plan.stems[item.rel]
         edited_rel, latent_rel = f"{stem}.{self.plan.suffix}", stem + LATENT_SUFFIX
         try:
+            # Not synced one by one: commit() makes the chunk's outputs durable at once, before their lines.
             save_grid(out_dir / edited_rel, images, nrow=len(opts.eps), scale=opts.scale, pad=2 if opts.strip else 0,
-                      cols=eps_labels(opts.eps) if row else None, rows=[row] if row else None)
-            save_latent(out_dir / latent_rel, res.ws, latent_meta(res, opts.weights_id))
+                      cols=eps_labels(opts.eps) if row else None, rows=[row] if row else None, sync=False)
+            save_latent(out_dir / latent_rel, res.ws, latent_meta(res, opts.weights_id), sync=False)
         except UserError as exc:
             # A problem of this input's output paths (a name too long for the file system, a folder or a device
             # where a file goes) fails this input only; anything else (a full disk) stops the run.
@@ -288,6 +346,8 @@ class ShardRun:
         # An input that failed before in the same way (same bytes, options, reason) keeps its one line.
         new = [r for r in self.finished
                if r["status"] == "ok" or self.failed.get(r["path"]) != (r["sha256"], r["error"])]
+        if any(r["outputs"] for r in new):
+            sync_folder(self.plan.out_dir)  # The outputs on disk before the lines that say they are there.
         if new:
             self.manifest.append(*new)
         for record in self.finished:
@@ -302,3 +362,5 @@ class ShardRun:
         assert self.bar is not None
         self.bar.set_postfix(errors=self.counts["errors"], skipped=self.counts["skipped"], refresh=False)
         self.bar.update(1)
+        if self.tally is not None:
+            self.tally[3 * self.slot:3 * self.slot + 3] = [self.counts[k] for k in ("ok", "errors", "skipped")]
