@@ -175,6 +175,41 @@ def test_run_batch_api_strip_changed_input_and_options(editor, tmp_path):
     assert len(by_path["x.png"]) == 3 and by_path["x.png"][-1]["outputs"][0] == "x.edited.png"
 
 
+def test_batch_in_two_processes_writes_what_one_process_writes(editor, tmp_path):
+    """Split over two forked processes: the same records and outputs, one manifest (parts merged), and a rerun
+    skips what either did."""
+    src = tmp_path / "in"
+    rels = [f"{'ab'[i % 2]}/img{i:02d}.png" for i in range(7)]
+    for i, rel in enumerate(rels):
+        domain_image(src / rel, i)
+    (src / "a" / "bad.png").write_bytes(b"not a png")
+    kwargs = dict(method="optimize", steps=2, progress=False, log=lambda _: None, recursive=True, batch_size=2,
+                  eps="-2:2:3")
+    one = run_batch(editor, src, tmp_path / "one", "pca:1", processes=1, **kwargs)
+    two = run_batch(editor, src, tmp_path / "two", "pca:1", processes=2, **kwargs)
+    assert (two["ok"], two["errors"], two["skipped"]) == (one["ok"], one["errors"], one["skipped"]) == (7, 1, 0)
+    assert [p.name for p in (tmp_path / "two").glob("manifest*")] == ["manifest.jsonl"]
+    by_one, by_two = records_by_path(tmp_path / "one"), records_by_path(tmp_path / "two")
+    assert sorted(by_two) == sorted(by_one) == sorted([*rels, "a/bad.png"])
+    for rel, (rec,) in by_two.items():
+        (ref,) = by_one[rel]
+        keys = ("status", "outputs", "class_index")
+        assert [rec[k] for k in keys] == [ref[k] for k in keys]
+        for name in rec["outputs"]:
+            if name.endswith(".png"):
+                a = cv2.imread(str(tmp_path / "two" / name), cv2.IMREAD_GRAYSCALE).astype(int)
+                b = cv2.imread(str(tmp_path / "one" / name), cv2.IMREAD_GRAYSCALE).astype(int)
+                assert np.abs(a - b).max() <= 1
+            else:
+                assert torch.allclose(load_latent(tmp_path / "two" / name)[0], load_latent(tmp_path / "one" / name)[0],
+                                      atol=1e-5)
+    again = run_batch(editor, src, tmp_path / "two", "pca:1", processes=2, **kwargs)
+    assert (again["ok"], again["errors"], again["skipped"]) == (0, 1, 7)
+    assert len(records_by_path(tmp_path / "two")["a/bad.png"]) == 1  # The same failure keeps its one line.
+    with pytest.raises(UserError, match="--processes"):
+        run_batch(editor, src, tmp_path / "three", "pca:1", processes=0, **kwargs)
+
+
 def test_an_image_that_cannot_be_edited_is_an_error_record(weights, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     for i in range(3):
@@ -225,27 +260,47 @@ def test_second_run_on_the_same_output_is_refused(weights, tmp_path):
     assert not (out / "manifest.jsonl").exists()
 
 
-def test_kill_mid_run_then_resume_does_each_input_once(weights, tmp_path):
+def _manifest_lines(out: Path) -> list[dict]:
+    """The manifest's lines and those of its parts (one per process of a run split over processes)."""
+    return [rec for path in sorted(out.glob("manifest*.jsonl")) for rec in read_manifest_lines(path)]
+
+
+def _children(pid: int) -> list[int]:
+    result = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in result.stdout.split()]
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_kill_mid_run_then_resume_does_each_input_once(weights, tmp_path, processes):
     src, out = tmp_path / "in", tmp_path / "out"
     rels = [f"{'ab'[i % 2]}/img{i:02d}.png" for i in range(16)]
     for i, rel in enumerate(rels):
         domain_image(src / rel, i)
     args = ["batch", str(src), str(out), "-d", "pca:1", "--recursive", "--batch-size", "1", "-w", str(weights),
-            "--method", "optimize", "--steps", "10", "--device", "cpu"]
+            "--method", "optimize", "--steps", "10", "--device", "cpu", "--processes", str(processes)]
     proc = subprocess.Popen([sys.executable, "-m", "semdir_edit", *args], cwd=ROOT, env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:
-            if read_manifest_lines(out / "manifest.jsonl"):
+            if _manifest_lines(out):
                 break
             time.sleep(0.01)
         assert proc.poll() is None, "the run ended before it could be killed: use more images"
+        workers = _children(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait(timeout=60)
-    done_before = len(read_manifest_lines(out / "manifest.jsonl"))
+    # The run's worker processes die with it: none goes on writing beside the rerun.
+    assert len(workers) == (processes if processes > 1 else 0)
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
+                   for pid in workers)
+    done_before = len(_manifest_lines(out))
     assert 1 <= done_before < len(rels)
     # What a kill at a worse moment leaves: a torn manifest line and an output's temp file.
     with open(out / "manifest.jsonl", "ab") as f:

@@ -304,18 +304,21 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-def test_full_disk_stops_batch_cleanly_and_the_rerun_resumes(weights, small_disk, tmp_path):
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_full_disk_stops_batch_cleanly_and_the_rerun_resumes(weights, small_disk, tmp_path, processes):
     src, out = tmp_path / "in", small_disk / "out"
     _domain_articles(src, 12)
     args = ("batch", str(src), str(out), "-d", "pca:0", "--eps", "-2:2:5", "--method", "optimize", "--steps", "1",
-            "--batch-size", "2", "-w", str(weights))
+            "--batch-size", "2", "-w", str(weights), "--processes", processes)
     full = _run(*args)
     stderr = _text(full.stderr)
     assert full.returncode == 2, stderr[-2000:]
     assert "Traceback" not in stderr
     assert "No space left on device" in stderr.strip().splitlines()[-1]
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    done = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    # Split over processes, the lines may still be in the processes' parts (no room to merge them): the rerun
+    # merges them first.
+    done = [json.loads(line) for part in out.glob("manifest*.jsonl") for line in part.read_text().splitlines()]
     assert 0 < len(done) < 12  # Some fitted, not all.
     for rec in done:  # Each line written means its outputs are complete.
         strip, latent = rec["outputs"]
@@ -330,7 +333,7 @@ def test_full_disk_stops_batch_cleanly_and_the_rerun_resumes(weights, small_disk
     assert sorted(r["path"] for r in lines) == [f"img{i:02d}.png" for i in range(12)]  # Nothing done twice.
 
 
-@pytest.mark.parametrize("command", ["invert", "batch"])
+@pytest.mark.parametrize("command", ["invert", "batch", "batch-2-processes"])
 def test_ctrl_c_mid_run_is_one_line_and_leaves_only_complete_outputs(weights, command, tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     # invert writes after each batch of 64: with 400 inputs the first outputs appear while five batches remain (with
@@ -339,7 +342,8 @@ def test_ctrl_c_mid_run_is_one_line_and_leaves_only_complete_outputs(weights, co
     _domain_articles(src, 400 if command == "invert" else 40)
     inputs = sorted(str(p) for p in src.iterdir())
     args = (["invert", *inputs, "-o", str(out)] if command == "invert" else
-            ["batch", str(src), str(out), "-d", "pca:0", "--batch-size", "2"])
+            ["batch", str(src), str(out), "-d", "pca:0", "--batch-size", "2",
+             "--processes", "2" if command.endswith("processes") else "1"])
     proc = subprocess.Popen([sys.executable, "-m", "semdir_edit", *args, "-w", str(weights), "--method", "optimize",
                              "--steps", "30", "--device", "cpu"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -360,7 +364,8 @@ def test_ctrl_c_mid_run_is_one_line_and_leaves_only_complete_outputs(weights, co
         load_latent(path)
     for path in out.rglob("*.png"):
         assert cv2.imread(str(path)) is not None, path
-    if command == "batch":
+    if command.startswith("batch"):
+        assert [p.name for p in out.glob("manifest*")] == ["manifest.jsonl"]   # The processes' parts merged.
         lines = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
         assert all((out / o).is_file() for rec in lines for o in rec["outputs"])
 

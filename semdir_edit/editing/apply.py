@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from semdir_edit.core.images import save_grid, to_uint8
-from semdir_edit.core.io import LATENT_SUFFIX
+from semdir_edit.core.io import LATENT_SUFFIX, sync_folder
 from semdir_edit.core.parallel import cpu_processes, fork_map
 from semdir_edit.core.writer import BackgroundWriter
 from semdir_edit.editor import Editor
@@ -78,4 +78,6 @@ def _edit_chunks(editor: Editor, chunks: list[list[Path]], out_dir: Path, spec: 
                     images[i] = edited[j]
             for path, strip in zip(chunk, images, strict=True):
                 writer.submit(save_grid, out_dir / output_name(path), strip, nrow=len(eps_list), scale=scale,
-                              pad=2 if len(eps_list) > 1 else 0)
+                              pad=2 if len(eps_list) > 1 else 0, sync=False)
+    # Each file is complete once renamed (a killed run leaves no half file); one sync makes them all durable.
+    sync_folder(out_dir)

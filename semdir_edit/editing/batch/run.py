@@ -136,6 +136,7 @@ def _run_in_processes(editor: Editor, plan: RunPlan, done: dict[str, str], faile
                       say: Callable[[str], None], rels: list[str], count: int) -> dict[str, int]:
     """``rels`` split over ``count`` forked one-thread processes, each a :class:`ShardRun` of every count-th input
     into its own manifest part; the parts are merged when they stop (finished, failed or interrupted)."""
+    Manifest(plan.out_dir / MANIFEST).close()   # There from the start, as a single process's run makes it.
     tally = multiprocessing.get_context("fork").Array("q", 3 * count)  # Each process's ok / errors / skipped.
     bar = progress_bar(total=len(rels), unit="img", desc="batch", progress=plan.progress)
     quiet = dataclasses.replace(plan, progress=False)
@@ -155,10 +156,14 @@ def _run_in_processes(editor: Editor, plan: RunPlan, done: dict[str, str], faile
 
     try:
         shares = fork_map(run_share, list(range(count)), here=False, poll=show, init=_drop_lock)
+    except BaseException:
+        with contextlib.suppress(UserError):  # A full disk: the parts stay, and the next run merges them first.
+            merge_manifest_parts(plan.out_dir)
+        raise
     finally:
         show()
         bar.close()
-        merge_manifest_parts(plan.out_dir)
+    merge_manifest_parts(plan.out_dir)
     return {k: sum(share[k] for share in shares) for k in shares[0]}
 
 
