@@ -157,3 +157,24 @@ def test_partial_label_loss_accepts_any_accepted_class():
     both = partial_label_loss(logits, torch.tensor([[True, True, False]]))
     one = partial_label_loss(logits, torch.tensor([[True, False, False]]))
     assert both < 0.01 < one  # Splitting the mass between two accepted classes is not penalised.
+
+
+def test_photo_scores_average_the_image_and_its_mirror():
+    from semdir_edit.config import ClassifierConfig
+    from semdir_edit.models import Classifier
+    from semdir_edit.training.photo_classifier import photo_scores
+
+    torch.manual_seed(0)
+    model = Classifier(ClassifierConfig(num_classes=11, channels=[8, 8, 8, 8])).eval()
+    x = torch.rand(6, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        idx, conf, ood = photo_scores(model, x)
+        mirrored = photo_scores(model, x.flip(-1))
+        plain = photo_scores(model, x, flip=False)
+        p = model(x).softmax(1)
+        q = model(x.flip(-1)).softmax(1)
+    # A photo and its mirror image get the same class and scores; each is the mean of both views.
+    assert torch.equal(idx, mirrored[0]) and torch.allclose(conf, mirrored[1]) and torch.allclose(ood, mirrored[2])
+    assert torch.allclose(ood, (p[:, -1] + q[:, -1]) / 2, atol=1e-6)
+    assert torch.allclose(plain[2], p[:, -1], atol=1e-6) and not torch.allclose(plain[2], ood)
+    assert ((conf > 0) & (conf <= 1)).all() and (idx < 10).all()

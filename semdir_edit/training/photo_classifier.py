@@ -65,20 +65,27 @@ def from_shared(base: Classifier) -> Classifier:
 
 
 @torch.no_grad()
-def photo_scores(model: Classifier, x: torch.Tensor, batch_size: int = 500
+def photo_scores(model: Classifier, x: torch.Tensor, batch_size: int = 500, flip: bool = True
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images (B, 1, R, R) in [-1, 1] -> (class index over the domain classes, its confidence, ood_score), all (B,).
 
     The class is the best of the K domain classes (never "none of these"); its confidence is renormalised over
-    them; ``ood_score`` is the probability of "none of these" in [0, 1].
+    them; ``ood_score`` is the probability of "none of these" in [0, 1]. flip: average the probabilities of the
+    image and its mirror image (garments are left-right symmetric, a photo's framing is not): on the validation
+    photos accepted class 81.4 -> 84.1 %, dresses 59 -> 69 %, OOD AUROC 0.953 -> 0.956; Fashion-MNIST test
+    94.45 -> 94.42 %. (Shifts by a pixel, alone or with the flip, were measured beside it and helped less.)
     """
     model.eval()
     device = next(model.parameters()).device
-    out = [model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
-    logits = torch.cat(out) if out else torch.zeros(0, model.cfg.num_classes)
-    probs = logits.softmax(1)
-    conf, idx = logits[:, :-1].softmax(1).max(1)
-    return idx, conf, probs[:, -1]
+    probs = []
+    for i in range(0, len(x), batch_size):
+        batch = x[i:i + batch_size].to(device)
+        views = (batch, batch.flip(-1)) if flip else (batch,)
+        probs.append(torch.stack([model(v).float().softmax(1) for v in views]).mean(0).cpu())
+    p = torch.cat(probs) if probs else torch.zeros(0, model.cfg.num_classes)
+    domain = p[:, :-1]
+    conf, idx = (domain / domain.sum(1, keepdim=True).clamp_min(1e-12)).max(1)
+    return idx, conf, p[:, -1]
 
 
 def _trunk(model: Classifier, x: torch.Tensor) -> torch.Tensor:
