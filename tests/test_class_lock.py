@@ -3,6 +3,8 @@ Also: the classifier judges generated images as shown (clamped)."""
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -181,3 +183,30 @@ def test_a_walk_resumed_from_its_trail_is_the_fresh_walk_with_fewer_passes(edito
     with pytest.raises(ValueError, match="one code"):
         locked_shift_codes(editor.G, editor.C, ws, down, [1.0], 0.5, range(ws.shape[1]), target,
                            trail=class_lock.WalkTrail())
+
+
+def test_apply_cli_edits_several_latent_files_as_one_each(editor, tmp_path):
+    """`apply A B C -o DIR`: one PNG per latent file, the same picture `apply A -o a.png` writes; bad uses refused."""
+    weights = str(editor.weights_dir)
+    latents = []
+    for i in range(3):
+        latents.append(tmp_path / "lat" / f"im{i}.latent.safetensors")
+        latents[-1].parent.mkdir(exist_ok=True)
+        save_latent(latents[-1], _codes(editor, 1, seed=10 + i)[0].detach(),
+                    {"weights_id": editor.weights_id, "class_index": i})
+    common = ["-d", "pca:1", "--keep", "class", "--eps", "-2:2:3", "-w", weights, "--device", "cpu"]
+    result = run_cli("apply", *map(str, latents), *common, "-o", str(tmp_path / "many"))
+    assert result.returncode == 0, result.stderr
+    assert "wrote 3 PNGs" in result.stdout
+    for i, latent in enumerate(latents[:2]):
+        one = tmp_path / f"one{i}.png"
+        assert run_cli("apply", str(latent), *common, "-o", str(one)).returncode == 0
+        many = cv2.imread(str(tmp_path / "many" / f"im{i}.png"), cv2.IMREAD_GRAYSCALE)
+        assert many is not None and np.abs(many.astype(int) - cv2.imread(str(one), 0).astype(int)).max() <= 1
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), np.zeros((28, 28), np.uint8))
+    for args, message in (([str(latents[0]), str(image)], "use `semdir-edit batch`"),
+                          ([*map(str, latents[:2]), "-o", str(tmp_path / "x.png")], "names a folder"),
+                          ([str(latents[0]), str(tmp_path / "other" / latents[0].name)], "would both write")):
+        result = run_cli("apply", *args, *common)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr

@@ -684,7 +684,8 @@ def train_baselines_cmd(
 
 @app.command("apply")
 def apply_cmd(
-    source: Path = typer.Argument(..., help="A latent file from `invert` (*.latent.safetensors) or an image."),
+    sources: list[Path] = typer.Argument(..., metavar="SOURCE...", help="A latent file from `invert` "
+                                         "(*.latent.safetensors) or an image; or several latent files."),
     direction: str = typer.Option(..., "--direction", "-d", help=DIRECTION_HELP),
     eps: str = typer.Option("2", "--eps", help=EPS_HELP),
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
@@ -692,7 +693,9 @@ def apply_cmd(
                                     "classifier's margin for the image's class (default for class:K and global:K) | "
                                     "'none': the plain linear edit | 'global': with to:<class>, keep the global "
                                     "directions fixed so only the class changes."),
-    out: Path = typer.Option(Path("edited.png"), "--out", "-o", help="PNG to write."),
+    out: Path | None = typer.Option(None, "--out", "-o", show_default="edited.png; edited/ for several inputs",
+                                    help="PNG to write; with several inputs, the folder for their PNGs "
+                                    "(<name>.png each)."),
     method: str = typer.Option("indomain", "--method", "-m", help="Inversion method when SOURCE is an image."),
     scale: int = ScaleOpt,
     labels: bool = LabelsOpt,
@@ -700,7 +703,8 @@ def apply_cmd(
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Edit an inverted image along a direction; a range of eps writes a traversal strip (middle = eps 0)."""
+    """Edit an inverted image along a direction; a range of eps writes a traversal strip (middle = eps 0).
+    Several latent files are edited together, in batches (on a CPU over one process per core)."""
     from semdir_edit.core import progress
     from semdir_edit.core.images import eps_labels, save_grid
     from semdir_edit.core.types import Failed
@@ -711,6 +715,11 @@ def apply_cmd(
     spec = parse_direction(direction)
     eps_list = parse_eps(eps)
     keep_global, keep_class = parse_keep(keep)
+    if len(sources) > 1:
+        _apply_many(sources, out or Path("edited"), spec, eps_list, layers, keep_global, keep_class, scale, labels,
+                    weights, device)
+        return
+    source, out = sources[0], out or Path("edited.png")
     editor = Editor.from_pretrained(weights, device)
     class_index = None
     if source.name.endswith(".safetensors"):
@@ -734,6 +743,32 @@ def apply_cmd(
               cols=eps_labels(eps_list) if strip else None,
               rows=[editor.direction_label(spec, class_index)] if strip else None)
     typer.echo(f"wrote {out} ({spec}, eps {eps})")
+
+
+def _apply_many(sources: list[Path], out_dir: Path, spec: Any, eps_list: list[float], layers: str | None,
+                keep_global: bool, keep_class: bool | None, scale: int, labels: bool, weights: Path,
+                device: str) -> None:
+    """`apply` of several latent files: :func:`~semdir_edit.editing.apply.apply_files` into ``out_dir``."""
+    from semdir_edit.core.io import LATENT_SUFFIX
+    from semdir_edit.editing.apply import apply_files, output_name
+    from semdir_edit.editor import Editor
+
+    images = [s for s in sources if not s.name.endswith(LATENT_SUFFIX)]
+    if images:
+        raise UserError(f"{images[0]}: with several inputs, each must be a latent file from `invert` "
+                        f"(*{LATENT_SUFFIX}); for a folder of images use `semdir-edit batch`")
+    if out_dir.suffix.lower() == ".png":
+        raise UserError(f"-o {out_dir}: with several inputs, -o names a folder (one <name>.png per input)")
+    names: dict[str, Path] = {}
+    for source in sources:
+        name = output_name(source)
+        if name in names and names[name] != source:
+            raise UserError(f"{names[name]} and {source} would both write {out_dir / name}")
+        names[name] = source
+    editor = Editor.from_pretrained(weights, device)
+    written = apply_files(editor, list(dict.fromkeys(sources)), out_dir, spec, eps_list, scale=scale, layers=layers,
+                          keep_class=keep_class, keep_global=keep_global, labels=labels)
+    typer.echo(f"wrote {len(written)} PNGs to {out_dir} ({spec}, eps {','.join(f'{e:g}' for e in eps_list)})")
 
 
 app.command("batch")(batch_cmd)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from semdir_edit.core.images import save_grid, to_uint8
+from semdir_edit.core.images import eps_labels, save_grid, to_uint8
 from semdir_edit.core.io import LATENT_SUFFIX, sync_folder
 from semdir_edit.core.parallel import cpu_processes, fork_map
 from semdir_edit.core.writer import BackgroundWriter
@@ -38,12 +38,14 @@ def output_name(path: Path) -> str:
 def apply_files(editor: Editor, paths: list[Path], out_dir: Path, direction: str | DirectionSpec,
                 eps: float | list[float] = 2.0, batch_size: int = 64, scale: int = 4,
                 layers: str | range | None = None, keep_class: bool | None = None,
-                processes: int | None = None) -> list[Path]:
+                processes: int | None = None, keep_global: bool = False, labels: bool = False) -> list[Path]:
     """Edit the code of every latent file along ``direction`` and write ``out_dir/<name>.png`` for each.
 
     What `semdir-edit apply FILE` does per file (the class stored in the file picks class directions; a list of
     eps writes a traversal strip, a class direction is class-locked unless ``keep_class`` is False), but batched
-    on the device. A bad file raises UserError before anything of its chunk is edited. processes: how many
+    on the device. A bad file raises UserError before anything of its chunk is edited. keep_global: as
+    :meth:`Editor.apply`. labels: name a strip's columns (eps) and row (direction), as `apply` does (a single
+    edited image is never labelled). processes: how many
     one-thread processes share the chunks (None: one per torch thread on a CPU, see
     :func:`~semdir_edit.core.parallel.cpu_processes`; 1: this process, with its threads). Returns the written
     paths, in input order.
@@ -54,30 +56,36 @@ def apply_files(editor: Editor, paths: list[Path], out_dir: Path, direction: str
     count = cpu_processes(editor.device, len(chunks)) if processes is None else max(1, processes)
 
     def edit_share(share: list[list[Path]]) -> None:
-        _edit_chunks(editor, share, out_dir, spec, eps_list, scale, layers, keep_class)
+        _edit_chunks(editor, share, out_dir, spec, eps_list, scale, layers, keep_class, keep_global,
+                     labels and len(eps_list) > 1)
 
     fork_map(edit_share, [chunks[i::count] for i in range(count)])
     return [out_dir / output_name(path) for path in paths]
 
 
 def _edit_chunks(editor: Editor, chunks: list[list[Path]], out_dir: Path, spec: DirectionSpec, eps_list: list[float],
-                 scale: int, layers: str | range | None, keep_class: bool | None) -> None:
+                 scale: int, layers: str | range | None, keep_class: bool | None, keep_global: bool,
+                 labels: bool) -> None:
     """:func:`apply_files` of some chunks in this process."""
+    cols = eps_labels(eps_list) if labels else None
     # Several writer threads: the PNGs are independent, and each atomic write waits on its own fsync.
     with BackgroundWriter(max_pending=2 * max(map(len, chunks), default=1), workers=WRITE_THREADS) as writer:
         for chunk in chunks:
             loaded = [editor.load_latent(p) for p in chunk]
             classes = [meta.get("class_index") for _, meta in loaded]
             images: list[np.ndarray | None] = [None] * len(chunk)
+            rows: list[list[str] | None] = [None] * len(chunk)
             for class_index, members in edit_groups(classes, spec, keep_class):
                 ws = torch.stack([loaded[i][0] for i in members])
                 edited = editor.apply(ws, spec, eps_list, class_index=class_index, layers=layers,
-                                      keep_class=keep_class)
+                                      keep_global=keep_global, keep_class=keep_class)
                 edited = to_uint8(edited).cpu().numpy()  # Here, in one op: the writer thread then needs no torch.
                 for j, i in enumerate(members):
                     images[i] = edited[j]
-            for path, strip in zip(chunk, images, strict=True):
+                    if labels:
+                        rows[i] = [editor.direction_label(spec, classes[i])]
+            for path, strip, row in zip(chunk, images, rows, strict=True):
                 writer.submit(save_grid, out_dir / output_name(path), strip, nrow=len(eps_list), scale=scale,
-                              pad=2 if len(eps_list) > 1 else 0, sync=False)
+                              pad=2 if len(eps_list) > 1 else 0, cols=cols, rows=row, sync=False)
     # Each file is complete once renamed (a killed run leaves no half file); one sync makes them all durable.
     sync_folder(out_dir)
