@@ -45,10 +45,9 @@ def apply_files(editor: Editor, paths: list[Path], out_dir: Path, direction: str
     eps writes a traversal strip, a class direction is class-locked unless ``keep_class`` is False), but batched
     on the device. A bad file raises UserError before anything of its chunk is edited. keep_global: as
     :meth:`Editor.apply`. labels: name a strip's columns (eps) and row (direction), as `apply` does (a single
-    edited image is never labelled). processes: how many
-    one-thread processes share the chunks (None: one per torch thread on a CPU, see
-    :func:`~semdir_edit.core.parallel.cpu_processes`; 1: this process, with its threads). Returns the written
-    paths, in input order.
+    edited image is never labelled). processes: how many one-thread processes share the chunks (None: one per
+    torch thread on a CPU, see :func:`~semdir_edit.core.parallel.cpu_processes`; 1: this process, with its
+    threads). Returns the written paths, in input order.
     """
     spec = parse_direction(direction) if isinstance(direction, str) else direction
     eps_list = [float(eps)] if isinstance(eps, (int, float)) else [float(e) for e in eps]
@@ -80,10 +79,10 @@ def _edit_chunks(editor: Editor, chunks: list[list[Path]], out_dir: Path, spec: 
                 edited = editor.apply(ws, spec, eps_list, class_index=class_index, layers=layers,
                                       keep_global=keep_global, keep_class=keep_class)
                 edited = to_uint8(edited).cpu().numpy()  # Here, in one op: the writer thread then needs no torch.
+                # A group shares its direction, hence its label (class sets are grouped by class).
+                row = [editor.direction_label(spec, classes[members[0]])] if labels else None
                 for j, i in enumerate(members):
-                    images[i] = edited[j]
-                    if labels:
-                        rows[i] = [editor.direction_label(spec, classes[i])]
+                    images[i], rows[i] = edited[j], row
             for path, strip, row in zip(chunk, images, rows, strict=True):
                 writer.submit(save_grid, out_dir / output_name(path), strip, nrow=len(eps_list), scale=scale,
                               pad=2 if len(eps_list) > 1 else 0, cols=cols, rows=row, sync=False)

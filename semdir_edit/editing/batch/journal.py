@@ -9,6 +9,7 @@ own part (``manifest.rank<R>.jsonl``), folded into ``manifest.jsonl`` by rank 0.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -175,8 +176,8 @@ def failed_inputs(out_dir: Path, key: str) -> dict[str, tuple[str | None, str | 
     return failed
 
 
-# Lock files this process holds: loader processes forked by the DataLoader close their copies
-# (loading.worker_init), else after a kill -9 of the run they would hold the lock until they notice their parent is
+# Lock files this process holds: processes forked from it (DataLoader loaders, batch workers) close their copies
+# (drop_lock_copies), else after a kill -9 of the run they would hold the lock until they notice their parent is
 # gone, seconds later.
 LOCK_FDS: set[int] = set()
 
@@ -197,6 +198,15 @@ def take_lock(out_dir: Path) -> int:
         raise UserError(f"cannot lock {path}: {exc.strerror or exc}") from None
     LOCK_FDS.add(fd)
     return fd
+
+
+def drop_lock_copies() -> None:
+    """In a forked process (a loader, a worker): close its copies of the run's lock, which belongs to the run's
+    own process (see LOCK_FDS)."""
+    for fd in list(LOCK_FDS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    LOCK_FDS.clear()
 
 
 def remove_stale_temps(out_dir: Path) -> int:

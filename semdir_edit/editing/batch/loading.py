@@ -5,9 +5,7 @@ Nothing here raises for a bad file: it becomes a :class:`LoadResult` with ``erro
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,7 @@ from torch.utils.data import Dataset
 from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import to_float
 from semdir_edit.data.photo import load_domain_photo, read_input_file
-from semdir_edit.editing.batch.journal import LOCK_FDS
+from semdir_edit.editing.batch.journal import drop_lock_copies
 from semdir_edit.editor import Editor
 
 MAX_FILE_BYTES = 1 << 30  # Inputs are read whole (hash and decode the same bytes); refuse absurd ones up front.
@@ -108,9 +106,7 @@ def collate_records(items: list[LoadResult]) -> list[LoadResult]:
 
 def worker_init(_: int) -> None:
     """DataLoader ``worker_init_fn``: drop the run's lock and keep each loader process to one thread."""
-    for fd in list(LOCK_FDS):  # The run's lock belongs to the run, not to its loaders (see journal.LOCK_FDS).
-        with contextlib.suppress(OSError):
-            os.close(fd)
+    drop_lock_copies()  # The run's lock belongs to the run, not to its loaders.
     # Each worker converts one image at a time: thread pools per worker would only fight over the cores.
     torch.set_num_threads(1)
     try:

@@ -42,10 +42,10 @@ from semdir_edit.core.validate import PATH_ERRNOS
 from semdir_edit.core.writer import BackgroundWriter, read_ahead
 from semdir_edit.editing.batch.discovery import find_images, output_stems
 from semdir_edit.editing.batch.journal import (
-    LOCK_FDS,
     MANIFEST,
     Manifest,
     done_inputs,
+    drop_lock_copies,
     failed_inputs,
     manifest_part,
     manifest_record,
@@ -155,7 +155,7 @@ def _run_in_processes(editor: Editor, plan: RunPlan, done: dict[str, str], faile
         bar.refresh()
 
     try:
-        shares = fork_map(run_share, list(range(count)), here=False, poll=show, init=_drop_lock)
+        shares = fork_map(run_share, list(range(count)), here=False, poll=show, init=drop_lock_copies)
     except BaseException:
         with contextlib.suppress(UserError):  # A full disk: the parts stay, and the next run merges them first.
             merge_manifest_parts(plan.out_dir)
@@ -165,14 +165,6 @@ def _run_in_processes(editor: Editor, plan: RunPlan, done: dict[str, str], faile
         bar.close()
     merge_manifest_parts(plan.out_dir)
     return {k: sum(share[k] for share in shares) for k in shares[0]}
-
-
-def _drop_lock() -> None:
-    """In a forked worker: the run's lock belongs to the run's process (see journal.LOCK_FDS)."""
-    for fd in list(LOCK_FDS):
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    LOCK_FDS.clear()
 
 
 def _open_out_dir(out_dir: Path, key: str, held: list[int]) -> tuple[dict[str, str], Failures]:
