@@ -199,6 +199,9 @@ class DirectionsTrainConfig:
     # Voynov & Babenko train ~100k steps at 1e-4. In our ~10k-step budget the deformators barely leave their
     # random init at that rate (cos(init, learned) = 0.95-0.99 after 9,000 steps), so they get their own rate.
     lr_deformator: float = 0.01       # 0 = same as lr.
+    # "constant", or "cosine": both rates fall along half a cosine to 0 at the planned steps (what fine-tuning a
+    # predictor on fixed directions wants: at a constant 1e-3 its accuracy plateaus; decayed it rises again).
+    lr_schedule: str = "constant"
     eps_min: float = 0.5              # |eps| ~ U[eps_min, eps_max] with a random sign, in units of W's spread.
     eps_max: float = 6.0
     shift_weight: float = 0.25        # Weight of the L1 shift regression next to the cross-entropy.

@@ -187,3 +187,24 @@ def test_freezing_both_sets_trains_the_predictor_only(tiny_config, tiny_weights,
     assert torch.equal(before, after)
     p_before, p_after = (load_model(w, "shift_predictor").state_dict() for w in (tiny_weights, folder))
     assert any(not torch.equal(p_before[k], p_after[k]) for k in p_before)
+
+
+def test_cosine_schedule_decays_to_zero_and_resumes_bit_exact(tiny_config, tiny_weights, tmp_path):
+    from semdir_edit.checkpoint import load_training_state
+    from semdir_edit.core.errors import UserError
+
+    cfg = tiny_config
+    cfg.train_directions.steps, cfg.train_directions.checkpoint_every = 6, 3
+    cfg.train_directions.lr_schedule = "cosine"
+    train_directions(cfg, tiny_weights, tmp_path / "a", torch.device("cpu"), progress=False)
+    train_directions(cfg, tiny_weights, tmp_path / "b", torch.device("cpu"), max_steps=3, progress=False)
+    train_directions(cfg, tiny_weights, tmp_path / "b", torch.device("cpu"), resume=True, progress=False)
+    a, b = (load_training_state(tmp_path / r / "training-state.pt") for r in "ab")
+    for key in a["predictor"]:
+        assert torch.equal(a["predictor"][key], b["predictor"][key]), f"predictor.{key} differs after resume"
+    rates = [json.loads(line)["lr"] for line in (tmp_path / "a" / "stats.jsonl").read_text().splitlines()]
+    assert rates[0] < cfg.train_directions.lr and rates[-1] == pytest.approx(0, abs=1e-12)
+    assert all(x >= y for x, y in zip(rates, rates[1:], strict=False))
+    cfg.train_directions.lr_schedule = "constant"   # A checkpoint of the other schedule is refused in one line.
+    with pytest.raises(UserError, match="lr_schedule"):
+        train_directions(cfg, tiny_weights, tmp_path / "b", torch.device("cpu"), resume=True, progress=False)

@@ -16,6 +16,7 @@ Under torchrun, the deformators and the predictor are wrapped in DistributedData
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from semdir_edit.training.common import RunFolder, seed_everything
 from semdir_edit.training.loop import Losses, Schedule, TrainingJob, descend, train
 
 DIRECTION_INITS = ("random", "visible")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 class FrozenDirections(nn.Module):
@@ -128,6 +130,11 @@ class DirectionLoss:
         return loss, stats
 
 
+def cosine_decay(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The optimiser's rate times 0.5 (1 + cos(pi step / steps)): from its rate to 0 at ``steps``."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
+
+
 def init_visible(deformators: Deformators, G: Generator, C: Classifier, dc: DirectionsTrainConfig,
                  progress: bool = False) -> None:
     """Start the deformators at :mod:`~semdir_edit.ops.visible`'s closed-form directions (same seed on every
@@ -189,6 +196,8 @@ class DirectionsJob(TrainingJob):
         trainable = [p for p in deformators.parameters() if p.requires_grad]
         self.opt_d = torch.optim.Adam(trainable, lr=dc.lr_deformator or dc.lr) if trainable else None
         self.opt_p = torch.optim.Adam(predictor.parameters(), lr=dc.lr)
+        self.schedulers = [cosine_decay(opt, dc.steps) for opt in (self.opt_d, self.opt_p)
+                           if opt is not None and dc.lr_schedule == "cosine"]
         # Under torchrun: gradients averaged over the ranks; the predictor's batch-norm statistics copied from rank 0.
         self.loss = DirectionLoss(G, C, deformators, distributed.ddp(predictor, device, broadcast_buffers=True),
                                   (dc.eps_min, dc.eps_max), dc.shift_weight, train_class=not global_only,
@@ -202,18 +211,29 @@ class DirectionsJob(TrainingJob):
     def state_dict(self) -> dict[str, Any]:
         return {"deformators": self.deformators.state_dict(), "predictor": self.predictor.state_dict(),
                 "opt_d": self.opt_d.state_dict() if self.opt_d is not None else None,
-                "opt_p": self.opt_p.state_dict()}
+                "opt_p": self.opt_p.state_dict(), "schedulers": [s.state_dict() for s in self.schedulers]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name in ("deformators", "predictor", "opt_d", "opt_p"):
             if getattr(self, name) is not None:
                 getattr(self, name).load_state_dict(state[name])
+        saved = state.get("schedulers", [])
+        if len(saved) != len(self.schedulers):
+            raise UserError("the checkpoint was trained with another train_directions.lr_schedule; resume with "
+                            "the config it was started with")
+        for scheduler, scheduler_state in zip(self.schedulers, saved, strict=True):
+            scheduler.load_state_dict(scheduler_state)
 
     def step(self, step: int) -> Losses:
         self.predictor.train()
         loss, stats = self.loss(self.batch)
         descend(loss, self.opt_d, self.opt_p)
+        for scheduler in self.schedulers:
+            scheduler.step()
         return {"loss": loss.detach(), **stats}
+
+    def stats(self) -> dict[str, Any]:
+        return {"lr": self.opt_p.param_groups[0]["lr"]}
 
     def register(self, info: dict[str, Any], command: str, commit: str | None) -> None:
         for kind, module in (("deformators" + self.suffix, self.deformators),
@@ -237,6 +257,9 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     dc = cfg.train_directions
     if dc.init not in DIRECTION_INITS:
         raise UserError(f"train_directions.init must be one of {', '.join(DIRECTION_INITS)}, not '{dc.init}'")
+    if dc.lr_schedule not in LR_SCHEDULES:
+        raise UserError(f"train_directions.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                        f"not '{dc.lr_schedule}'")
     run = RunFolder(run_dir)
     seed_everything(dc.seed)
     job = DirectionsJob(cfg, weights_dir, device, global_only=global_only, init_from=init_from,
