@@ -43,6 +43,7 @@ from semdir_edit.evaluation.metrics import (
 from semdir_edit.evaluation.photolike import photo_like_jpegs
 from semdir_edit.inversion.invert import invert
 from semdir_edit.models import Classifier, Generator
+from semdir_edit.models.shift_predictor import ShiftPredictor
 from semdir_edit.ops.perceptual import PerceptualLoss
 from semdir_edit.ops.shift_codes import DirectionSpec, keeps_class
 from semdir_edit.training.classifier import predict
@@ -264,6 +265,18 @@ def direction_sources(weights_dir: str | Path, device: torch.device) -> dict[str
     return sources
 
 
+def rca_figures(G: Generator, predictor: ShiftPredictor, ours: torch.Tensor, spreads: torch.Tensor, w: torch.Tensor,
+                labels: torch.Tensor, eps_range: tuple[float, float], seed: int) -> dict[str, float]:
+    """The trained shift predictor's RCA on our sets (N+1, w_dim, K): ``rca_global``, ``rca_class_<c>`` (each
+    sample moved along its class's set) and their median ``rca_class_median``."""
+    correct_g = ed.reconstructor_accuracy(G, predictor, ours, spreads, w, torch.zeros_like(labels), eps_range, seed)
+    correct_c = ed.reconstructor_accuracy(G, predictor, ours, spreads, w, labels + 1, eps_range, seed + 1)
+    per_class = {c: correct_c[labels == c].float().mean().item() for c in labels.unique().tolist()}
+    return {"rca_global": correct_g.float().mean().item(),
+            **{f"rca_class_{c}": value for c, value in per_class.items()},
+            "rca_class_median": float(torch.tensor(list(per_class.values())).median())}
+
+
 def evaluate_directions(weights_dir: str | Path, device: torch.device, class_names: list[str], per_class: int = 100,
                         fresh_steps: int = 1000, eps_range: tuple[float, float] = (0.5, 6.0), seed: int = 0,
                         describe_samples: int = 32, visible_per_class: int = 20,
@@ -294,13 +307,8 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     stage = Stages(6 + len(baselines) + ("cpca" in sources), "evaluate directions", log, progress)
     stage("RCA of the jointly trained predictor")
     predictor = load_model(weights_dir, "shift_predictor", device)
+    figures.update(rca_figures(G, predictor, ours, spreads, w, labels, eps_range, seed))
     zeros = torch.zeros_like(labels)
-    correct_g = ed.reconstructor_accuracy(G, predictor, ours, spreads, w, zeros, eps_range, seed)
-    correct_c = ed.reconstructor_accuracy(G, predictor, ours, spreads, w, labels + 1, eps_range, seed + 1)
-    figures["rca_global"] = correct_g.float().mean().item()
-    per_class_rca = {c: correct_c[labels == c].float().mean().item() for c in range(num_classes) if (labels == c).any()}
-    figures.update({f"rca_class_{c}": value for c, value in per_class_rca.items()})
-    figures["rca_class_median"] = float(torch.tensor(list(per_class_rca.values())).median())
 
     stage("edits along our global and class directions")
     g = ed.edit_effects(G, C, F, ours, spreads, w, labels, zeros, seed)
