@@ -10,7 +10,8 @@
 #   scripts/train_weights.sh OUT_DIR [DATA_DIR]
 # Environment: CFG (config), DEVICE (auto), GAN_MIN / STAGE2_MIN (time limits, minutes), RUNS (run folders),
 # SEMDIR (the command, default "python3 -m semdir_edit"), STAGES ("1 2"; "2" = stage 2 only, on an OUT_DIR that
-# already holds classifier, generator and discriminator, e.g. a new generator trained with --init-from).
+# already holds classifier, generator and discriminator, e.g. a new generator trained with --init-from),
+# PREDICTOR_CFG (the config of the predictor's fine-tuning after stage 2; empty = none).
 set -uo pipefail
 OUT=${1:?usage: scripts/train_weights.sh OUT_DIR [DATA_DIR]}
 DATA=${2:-/usr/share/datasets/fashion-mnist}
@@ -18,6 +19,7 @@ CFG=${CFG:-configs/fashion_mnist.yaml}
 DEVICE=${DEVICE:-auto}
 GAN_MIN=${GAN_MIN:-5}
 STAGE2_MIN=${STAGE2_MIN:-3.5}
+PREDICTOR_CFG=${PREDICTOR_CFG-configs/fashion_mnist-predictor.yaml}
 RUNS=${RUNS:-runs/train-weights}
 SE=${SEMDIR:-python3 -m semdir_edit}
 STAGES=${STAGES:-1 2}
@@ -68,6 +70,12 @@ merge "$OUT" "$OUT.base" direction_bank
 rm -rf "$OUT-orthonormal" && cp -r "$OUT" "$OUT-orthonormal"
 merge "$OUT" "$OUT.dir" deformators shift_predictor
 merge "$OUT-orthonormal" "$OUT.ortho" deformators shift_predictor
+if [[ -n "$PREDICTOR_CFG" ]]; then
+  log "stage 2b: the shift predictor trained on with a decaying rate (directions frozen)"
+  $SE train directions --config "$PREDICTOR_CFG" --device "$DEVICE" --init-from "$OUT" --weights "$OUT" \
+    --out "$RUNS/predictor-ft" > "$RUNS/predictor-ft.log" 2>&1
+  tail -n 2 "$RUNS/predictor-ft.log"
+fi
 fi
 rm -rf "$OUT".s1c "$OUT".s1g "$OUT".enc "$OUT".conv "$OUT".dir "$OUT".ortho "$OUT".voynov "$OUT".base
 log "done: $OUT (and $OUT-orthonormal)"
