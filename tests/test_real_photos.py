@@ -178,3 +178,23 @@ def test_photo_scores_average_the_image_and_its_mirror():
     assert torch.allclose(ood, (p[:, -1] + q[:, -1]) / 2, atol=1e-6)
     assert torch.allclose(plain[2], p[:, -1], atol=1e-6) and not torch.allclose(plain[2], ood)
     assert ((conf > 0) & (conf <= 1)).all() and (idx < 10).all()
+
+
+def test_misses_sheet_shows_the_wrongly_named_in_domain_photos(tmp_path):
+    from semdir_edit.config import FASHION_MNIST_CLASSES
+    from semdir_edit.data.labelled_photos import LabelledPhotos
+    from semdir_edit.evaluation.photos import plot_misses
+
+    files = [str(LABELLED / "pants" / "pants-on-hanger.jpg"), str(LABELLED / "hat" / "beanie-on-carpet.jpg"),
+             str(tmp_path / "gone.jpg")]  # A file deleted since it was converted still gets its domain image.
+    photos = LabelledPhotos(images=torch.full((3, 1, 32, 32), 200, dtype=torch.uint8),
+                            category=torch.tensor([0, 1, 0]), categories=["pants", "hat"], accepted=[[1], []],
+                            files=files, failed=[])
+    sheet = tmp_path / "misses.png"
+    # Pants named Trouser: right; the hat: out of the domain, never a miss; the second pants named Bag: a miss.
+    assert plot_misses(photos, np.array([1, 8, 8]), list(FASHION_MNIST_CLASSES), sheet, tile=64, columns=2) == 1
+    image = cv2.imread(str(sheet), cv2.IMREAD_GRAYSCALE)
+    assert image.shape == (64 + 4, 2 * (2 * 64 + 4))   # One cell (photo + domain image), padded to a full row.
+    assert image[2:50, 66 + 2:66 + 60].mean() > 190       # The domain image beside it (the missing photo: black).
+    assert plot_misses(photos, np.array([1, 8, 1]), list(FASHION_MNIST_CLASSES), tmp_path / "none.png") == 0
+    assert not (tmp_path / "none.png").exists()

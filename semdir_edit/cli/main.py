@@ -319,6 +319,8 @@ def evaluate_photos_cmd(
                                 "weights have one) | photo | shared (the shared classifier, 1 - confidence as "
                                 "ood_score)."),
     confusion: Path = typer.Option(Path("photo-confusion.png"), "--confusion", help="Confusion-matrix PNG to write."),
+    misses: Path | None = typer.Option(None, "--misses", help="Also write a sheet of the in-domain photos given a "
+                                       "wrong class: each photo beside the domain image made of it (PNG)."),
     json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as one flat JSON object."),
     device: str = DeviceOpt,
     quiet: bool = QuietOpt,
@@ -330,7 +332,7 @@ def evaluate_photos_cmd(
     from semdir_edit.core import progress
     from semdir_edit.core.device import resolve_device
     from semdir_edit.data.labelled_photos import load_labelled_photos, read_class_map
-    from semdir_edit.evaluation.photos import classify_photos, photo_figures, plot_confusion
+    from semdir_edit.evaluation.photos import classify_photos, photo_figures, plot_confusion, plot_misses
 
     if network not in ("auto", "photo", "shared"):
         raise UserError("--network must be auto, photo or shared")
@@ -351,6 +353,9 @@ def evaluate_photos_cmd(
         plot_confusion(labelled, pred, ood, threshold, names, confusion, f"{photos} - {used}")
     except OSError as exc:
         raise UserError(f"cannot write {confusion}: {exc.strerror or exc}") from None
+    if misses is not None:
+        missed = plot_misses(labelled, pred, names, misses)
+        typer.echo(f"{missed} in-domain photos given a wrong class" + (f": {misses}" if missed else ""))
     typer.echo(f"wrote {confusion}")
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from semdir_edit.checkpoint import load_model, read_manifest
+from semdir_edit.core.errors import UserError
 from semdir_edit.core.images import to_float
 from semdir_edit.core.io import atomic_write_bytes
 from semdir_edit.data.labelled_photos import LabelledPhotos
@@ -84,6 +85,46 @@ def photo_figures(photos: LabelledPhotos, pred: np.ndarray, ood: np.ndarray, thr
     figures["warned_in_domain"] = round(float((ood[inside] > threshold).mean()), 4) if inside.any() else float("nan")
     figures["ood_threshold"] = round(float(threshold), 4)
     return figures
+
+
+def plot_misses(photos: LabelledPhotos, pred: np.ndarray, class_names: list[str], path: str | Path,
+                limit: int = 60, tile: int = 96, columns: int = 6) -> int:
+    """A sheet of the in-domain photos given a class their category does not accept (up to ``limit``, in folder
+    order): each as the photo beside the domain image the tool made of it, captioned "category > predicted class".
+    Most misses show where the conversion went wrong (a stripe of a shirt, a print, a pale article lost on a pale
+    floor). Written atomically (UserError when it cannot be); returns how many photos missed (0: nothing written)."""
+    import cv2
+
+    from semdir_edit.core.images import write_png
+    from semdir_edit.data.photo import load_image
+
+    cat = photos.category.numpy()
+    misses = [i for i in range(len(cat)) if photos.accepted[cat[i]] and int(pred[i]) not in photos.accepted[cat[i]]]
+    tiles = []
+    for i in misses[:limit]:
+        try:
+            image = load_image(photos.files[i]).pixels
+        except UserError:  # Changed since it was converted: the domain image alone.
+            image = np.zeros((tile, tile), np.uint8)
+        image = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        h, w = image.shape
+        f = tile / max(h, w)
+        thumb = np.zeros((tile, tile), np.uint8)
+        small = cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+        y, x = (tile - small.shape[0]) // 2, (tile - small.shape[1]) // 2
+        thumb[y:y + small.shape[0], x:x + small.shape[1]] = small
+        domain = cv2.resize(photos.images[i, 0].numpy(), (tile, tile), interpolation=cv2.INTER_NEAREST)
+        cell = np.concatenate([thumb, domain], 1)
+        caption = f"{photos.categories[cat[i]]} > {class_names[int(pred[i])]}"
+        cv2.rectangle(cell, (0, tile - 13), (2 * tile, tile), 0, -1)
+        cv2.putText(cell, caption[:30], (2, tile - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.35, 255, 1, cv2.LINE_AA)
+        tiles.append(np.pad(cell, 2))
+    if not tiles:
+        return 0
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
+    sheet = np.concatenate([np.concatenate(tiles[r:r + columns], 1) for r in range(0, len(tiles), columns)], 0)
+    write_png(path, sheet)
+    return len(misses)
 
 
 def plot_confusion(photos: LabelledPhotos, pred: np.ndarray, ood: np.ndarray, threshold: float,
