@@ -198,3 +198,29 @@ def test_misses_sheet_shows_the_wrongly_named_in_domain_photos(tmp_path):
     assert image[2:50, 66 + 2:66 + 60].mean() > 190       # The domain image beside it (the missing photo: black).
     assert plot_misses(photos, np.array([1, 8, 1]), list(FASHION_MNIST_CLASSES), tmp_path / "none.png") == 0
     assert not (tmp_path / "none.png").exists()
+
+
+def test_the_blend_is_chosen_by_held_out_photos_within_the_domain_tolerance():
+    from semdir_edit.config import ClassifierConfig
+    from semdir_edit.models import Classifier
+    from semdir_edit.training.photo_classifier import choose_blend, from_shared
+
+    torch.manual_seed(0)
+    base = Classifier(ClassifierConfig(channels=[8, 8, 16, 16])).eval()
+    with torch.no_grad():  # Only the biases decide: the shared network says Dress (3), the fine-tuned one Coat (4),
+        base.fc.weight.zero_()  # and a blend says Coat above a weight of 0.5.
+        base.fc.bias.copy_(torch.nn.functional.one_hot(torch.tensor(3), 10) * 10.0)
+        tuned = from_shared(base)
+        tuned.fc.bias.copy_(torch.nn.functional.one_hot(torch.tensor(4), 11) * 10.0 - 5 * (torch.arange(11) == 10))
+    images = torch.randint(0, 255, (8, 1, 32, 32), dtype=torch.uint8)
+    labels = torch.tensor([3, 4] * 4)  # Every blend is right on half of these: all within the tolerance.
+    assert choose_blend(tuned, base, images, labels)[0] == 1.0  # No photos: the largest weight.
+    coats = torch.zeros(8, 11, dtype=torch.bool)
+    coats[:, 4] = True
+    assert choose_blend(tuned, base, images, labels, images, coats)[0] == 1.0
+    dresses = torch.zeros(8, 11, dtype=torch.bool)
+    dresses[:, 3] = True  # Photos that are dresses: the largest weight that still says Dress.
+    alpha, _, _, photo_acc = choose_blend(tuned, base, images, labels, images, dresses)
+    assert alpha == 0.5 and photo_acc == 1.0
+    labels[:] = 3  # Only the shared network's answer keeps the domain accuracy: the photos cannot overrule it.
+    assert choose_blend(tuned, base, images, labels, images, coats)[0] == 0.5
