@@ -11,7 +11,7 @@
 # Environment: CFG (config), DEVICE (auto), GAN_MIN / STAGE2_MIN (time limits, minutes), RUNS (run folders),
 # SEMDIR (the command, default "python3 -m semdir_edit"), STAGES ("1 2"; "2" = stage 2 only, on an OUT_DIR that
 # already holds classifier, generator and discriminator, e.g. a new generator trained with --init-from),
-# PREDICTOR_CFG (the config of the predictor's fine-tuning after stage 2; empty = none).
+# PREDICTOR_CFG (the configs of the predictor's fine-tuning cycles after stage 2, in order; empty = none).
 set -uo pipefail
 OUT=${1:?usage: scripts/train_weights.sh OUT_DIR [DATA_DIR]}
 DATA=${2:-/usr/share/datasets/fashion-mnist}
@@ -19,7 +19,7 @@ CFG=${CFG:-configs/fashion_mnist.yaml}
 DEVICE=${DEVICE:-auto}
 GAN_MIN=${GAN_MIN:-5}
 STAGE2_MIN=${STAGE2_MIN:-3.5}
-PREDICTOR_CFG=${PREDICTOR_CFG-configs/fashion_mnist-predictor.yaml}
+PREDICTOR_CFG=${PREDICTOR_CFG-configs/fashion_mnist-predictor.yaml configs/fashion_mnist-predictor-2.yaml}
 RUNS=${RUNS:-runs/train-weights}
 SE=${SEMDIR:-python3 -m semdir_edit}
 STAGES=${STAGES:-1 2}
@@ -70,12 +70,13 @@ merge "$OUT" "$OUT.base" direction_bank
 rm -rf "$OUT-orthonormal" && cp -r "$OUT" "$OUT-orthonormal"
 merge "$OUT" "$OUT.dir" deformators shift_predictor
 merge "$OUT-orthonormal" "$OUT.ortho" deformators shift_predictor
-if [[ -n "$PREDICTOR_CFG" ]]; then
-  log "stage 2b: the shift predictor trained on with a decaying rate (directions frozen)"
-  $SE train directions --config "$PREDICTOR_CFG" --device "$DEVICE" --init-from "$OUT" --weights "$OUT" \
-    --out "$RUNS/predictor-ft" > "$RUNS/predictor-ft.log" 2>&1
-  tail -n 2 "$RUNS/predictor-ft.log"
-fi
+for pcfg in $PREDICTOR_CFG; do
+  log "stage 2b: the shift predictor trained on with a decaying rate ($pcfg; directions frozen)"
+  name=$(basename "$pcfg" .yaml)
+  $SE train directions --config "$pcfg" --device "$DEVICE" --init-from "$OUT" --weights "$OUT" \
+    --out "$RUNS/$name" > "$RUNS/$name.log" 2>&1
+  tail -n 2 "$RUNS/$name.log"
+done
 fi
 rm -rf "$OUT".s1c "$OUT".s1g "$OUT".enc "$OUT".conv "$OUT".dir "$OUT".ortho "$OUT".voynov "$OUT".base
 log "done: $OUT (and $OUT-orthonormal)"
