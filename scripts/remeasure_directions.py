@@ -19,6 +19,7 @@ import json
 import torch
 
 from semdir_edit.checkpoint import load_model, read_manifest, update_figures
+from semdir_edit.config import load_config
 from semdir_edit.directions.baselines import sample_by_class
 from semdir_edit.evaluation import directions as ed
 from semdir_edit.evaluation.evaluate import direction_sources, rca_figures, visible_figures
@@ -67,8 +68,9 @@ def main() -> None:
     if "rca" in args.parts:
         predictor = load_model(args.weights, "shift_predictor", device)
         ours = sources["ours"]
+        dc = load_config("fashion_mnist").train_directions  # The eps range `evaluate directions` measures with.
         figures.update(rca_figures(G, predictor, ours, ed.spreads_of(ours, w_cov), samples.w, samples.labels,
-                                   (0.5, 6.0), args.seed))
+                                   (dc.eps_min, dc.eps_max), args.seed))
         notes["rca_note"] = NOTES["rca"].format(training=predictor_training(args.weights))
     print(json.dumps(figures, indent=1))
     if args.record:
