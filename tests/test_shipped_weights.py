@@ -148,5 +148,5 @@ def test_shift_predictor_tells_the_shipped_directions_apart():
     w_cov = load_model(WEIGHTS, "direction_bank").w_cov
     samples = sample_by_class(G, C, 20, seed=1)
     figures = rca_figures(G, load_model(WEIGHTS, "shift_predictor"), ours, ed.spreads_of(ours, w_cov), samples.w,
-                          samples.labels, (0.5, 6.0), seed=1)
+                          samples.labels, (CONFIG.train_directions.eps_min, CONFIG.train_directions.eps_max), seed=1)
     assert figures["rca_global"] >= 0.6 and figures["rca_class_median"] >= 0.6, figures
