@@ -2,7 +2,8 @@
 validation photos as `semdir-edit evaluate photos` measures the shipped one (nothing is registered).
 
     .venv/bin/python scripts/compare_photo_classifier.py PHOTOS/train PHOTOS/validation PHOTOS/mapping.json \
-        [--weights weights/fashion_mnist] [--balance 0.5 1.0] [--json out.json]
+        [--weights weights/fashion_mnist] [--balance 0.5 1.0] [--soup 1 4] [--seed 0 1]
+        [--json out.json]
 
 The converted photos are cached in runs/ (converting thousands of photos takes minutes).
 """
@@ -10,6 +11,7 @@ The converted photos are cached in runs/ (converting thousands of photos takes m
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from semdir_edit.data.labelled_photos import load_labelled_photos, read_class_ma
 from semdir_edit.evaluation.photos import photo_figures
 from semdir_edit.training.photo_classifier import photo_scores, train_photo_classifier
 
-KEYS = ("accuracy_in_domain", "ood_auroc", "warned_in_domain", "domain_test_accuracy")
+KEYS = ("accuracy_in_domain", "ood_auroc", "warned_in_domain", "domain_test_accuracy", "blend_alpha")
 
 
 def main() -> None:
@@ -31,6 +33,8 @@ def main() -> None:
     parser.add_argument("class_map")
     parser.add_argument("--weights", default="weights/fashion_mnist")
     parser.add_argument("--balance", type=float, nargs="+", default=[0.5, 1.0])
+    parser.add_argument("--soup", type=int, nargs="+", default=[1], help="heads averaged (seeds 0, 1, ...)")
+    parser.add_argument("--seed", type=int, nargs="+", default=[0])
     parser.add_argument("--json")
     args = parser.parse_args()
     cfg = load_config("fashion_mnist")
@@ -40,17 +44,19 @@ def main() -> None:
     val = load_labelled_photos(args.validation, mapping, cache="runs/photos-validation.npz", log=print)
     domain, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
     rows = {}
-    for balance in args.balance:
-        model, trained = train_photo_classifier(args.weights, train, domain, test, register=False,
-                                                balance=balance, log=print)
+    for balance, soup, seed in itertools.product(args.balance, args.soup, args.seed):
+        name = f"balance {balance}, soup {soup}, seed {seed}"
+        model, trained = train_photo_classifier(args.weights, train, domain, test, register=False, seed=seed,
+                                                balance=balance, soup=soup, log=print)
         pred, _, ood = photo_scores(model, to_float(val.images))
         figures = photo_figures(val, pred.numpy(), ood.numpy(), trained["ood_threshold"])
-        rows[balance] = {**figures, "domain_test_accuracy": trained.get("domain_test_accuracy")}
-        print(f"balance {balance}: {json.dumps(rows[balance])}", flush=True)
-    for balance, row in rows.items():
+        rows[name] = {**figures, **{k: trained.get(k) for k in ("domain_test_accuracy", "blend_alpha",
+                                                                "blend_photo_accuracy")}}
+        print(f"{name}: {json.dumps(rows[name])}", flush=True)
+    for name, row in rows.items():
         per = {k.removeprefix("accuracy_"): round(v, 3) for k, v in row.items()
                if k.startswith("accuracy_") and k != "accuracy_in_domain"}
-        print(f"| {balance} | " + " | ".join(str(row.get(k)) for k in KEYS) + f" | {per} |")
+        print(f"| {name} | " + " | ".join(str(row.get(k)) for k in KEYS) + f" | {per} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -181,6 +181,10 @@ class ShiftPredictorConfig:
     k: int = 0                        # Directions per set; 0 = the deformator's K.
     num_sets: int = 0                 # 1 global + one per class; 0 = from the deformator.
     width: int = 32                   # Channels of the first conv (LeNet-size trunk).
+    # What the trunk sees: "pair" (the two images stacked, Voynov & Babenko's) or "pair_change" (ours: and their
+    # difference scaled to a fixed norm, so a small edit shows the same pattern as a large one; its size is in the
+    # pair).
+    inputs: str = "pair"
 
 
 @dataclass
@@ -218,6 +222,9 @@ class DirectionsTrainConfig:
     # shift predictor trains (more reconstructor training on fixed directions).
     freeze_global: bool = True
     freeze_class: bool = True
+    # With --init-from: take only the directions and start the shift predictor afresh (e.g. another shift_predictor
+    # architecture than the one stored).
+    fresh_predictor: bool = False
     # Where the deformators start (ignored with --init-from or --resume): "random" (Kim & Lee), or "visible" (ours,
     # semdir_edit/ops/visible.py: the directions that change the picture most at the least cost to its class).
     init: str = "visible"

@@ -189,6 +189,44 @@ def test_freezing_both_sets_trains_the_predictor_only(tiny_config, tiny_weights,
     assert any(not torch.equal(p_before[k], p_after[k]) for k in p_before)
 
 
+def test_a_fresh_predictor_of_another_kind_trains_on_the_registered_directions(tiny_config, tiny_weights, tmp_path):
+    import shutil
+
+    from semdir_edit.core.errors import UserError
+
+    cfg = tiny_config
+    cfg.train_directions.steps = 5
+    train_directions(cfg, tiny_weights, tmp_path / "run-a", torch.device("cpu"), progress=False)  # A "pair" one.
+    shutil.copytree(tiny_weights, tmp_path / "w2")
+    cfg.shift_predictor.inputs = "pair_change"
+    cfg.train_directions.freeze_global = cfg.train_directions.freeze_class = True
+    with pytest.raises(UserError, match="does not fit"):  # The stored predictor sees other inputs.
+        train_directions(cfg, tmp_path / "w2", tmp_path / "run-b", torch.device("cpu"), progress=False,
+                         init_from=tiny_weights)
+    cfg.train_directions.fresh_predictor = True
+    train_directions(cfg, tmp_path / "w2", tmp_path / "run-c", torch.device("cpu"), progress=False,
+                     init_from=tiny_weights)
+    predictor = load_model(tmp_path / "w2", "shift_predictor")
+    assert predictor.cfg.inputs == "pair_change" and predictor.trunk[0].in_channels == 3
+    before, after = (load_model(w, "deformators").all_directions() for w in (tiny_weights, tmp_path / "w2"))
+    assert torch.equal(before, after)
+    models = json.loads((tmp_path / "w2" / "manifest.json").read_text())["models"]
+    assert "init_from" in models["deformators"] and "init_from" not in models["shift_predictor"]
+
+
+def test_the_change_input_shows_a_small_edit_as_a_large_one():
+    from semdir_edit.config import ShiftPredictorConfig
+    from semdir_edit.models.shift_predictor import ShiftPredictor, unit_change
+
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    d = torch.randn(2, 1, 32, 32)
+    assert torch.allclose(unit_change(x, x + 0.01 * d), unit_change(x, x + 5 * d), atol=1e-4)
+    assert torch.equal(unit_change(x, x), torch.zeros_like(x))  # No edit: no change, no division by zero.
+    predictor = ShiftPredictor(ShiftPredictorConfig(k=3, num_sets=11, width=8, inputs="pair_change")).eval()
+    logits, shifts = predictor(x, x)
+    assert logits.shape == shifts.shape == (2, 33) and torch.isfinite(logits).all()
+
+
 def test_cosine_schedule_decays_to_zero_and_resumes_bit_exact(tiny_config, tiny_weights, tmp_path):
     from semdir_edit.checkpoint import load_training_state
     from semdir_edit.core.errors import UserError

@@ -1,9 +1,9 @@
 """Shift predictor (reconstructor) of Voynov & Babenko (ICML 2020), with one head per direction set.
 
-Takes an original image and its shifted version stacked as two channels; a LeNet-size shared trunk
-feeds N+1 heads (head 0 = global set, head 1 + c = class c's set). Each head gives K logits (which
-direction moved the image) and K shift magnitudes; the logits of all heads together classify over
-the (N+1)*K directions.
+Takes an original image and its shifted version stacked as channels (with ``inputs: pair_change`` also their
+difference at a fixed norm); a LeNet-size shared trunk feeds N+1 heads (head 0 = global set, head 1 + c = class c's
+set). Each head gives K logits (which direction moved the image) and K shift magnitudes; the logits of all heads
+together classify over the (N+1)*K directions.
 """
 
 from __future__ import annotations
@@ -14,6 +14,16 @@ from torch import nn
 
 from semdir_edit.config import ShiftPredictorConfig
 
+INPUTS = {"pair": 2, "pair_change": 3}  # Images the trunk sees, stacked as channels.
+# The change's norm in the "pair_change" input: about that of an average edit here (images in [-1, 1], 32 x 32).
+CHANGE_NORM = 8.0
+
+
+def unit_change(x: torch.Tensor, x_shifted: torch.Tensor) -> torch.Tensor:
+    """(x_shifted - x) scaled to norm CHANGE_NORM per image (zero stays zero)."""
+    d = x_shifted - x
+    return d * (CHANGE_NORM / d.flatten(1).norm(dim=1).clamp_min(1e-6))[:, None, None, None]
+
 
 class ShiftPredictor(nn.Module):
     """(x, x_shifted) (B, C, R, R) each -> logits (B, S*K) and shifts (B, S*K), S = number of sets."""
@@ -21,10 +31,12 @@ class ShiftPredictor(nn.Module):
     def __init__(self, cfg: ShiftPredictorConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        img_channels, width = cfg.img_channels, cfg.width
+        if cfg.inputs not in INPUTS:
+            raise ValueError(f"shift_predictor.inputs must be one of {', '.join(INPUTS)}, not '{cfg.inputs}'")
+        in_channels, width = INPUTS[cfg.inputs] * cfg.img_channels, cfg.width
         self.k, self.num_sets = cfg.k, cfg.num_sets
         self.trunk = nn.Sequential(
-            nn.Conv2d(2 * img_channels, width, 5, padding=2), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, width, 5, padding=2), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 5, padding=2), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(),
             nn.AdaptiveAvgPool2d(2), nn.Flatten(),
@@ -33,7 +45,8 @@ class ShiftPredictor(nn.Module):
         self.heads = nn.Linear(8 * width, cfg.num_sets * cfg.k * 2)  # N+1 heads side by side: logits and shifts.
 
     def forward(self, x: torch.Tensor, x_shifted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.heads(self.trunk(torch.cat([x, x_shifted], dim=1)))   # (B, S*K*2)
+        views = [x, x_shifted] + ([unit_change(x, x_shifted)] if self.cfg.inputs == "pair_change" else [])
+        out = self.heads(self.trunk(torch.cat(views, dim=1)))              # (B, S*K*2)
         out = out.view(-1, self.num_sets, 2, self.k)
         logits = out[:, :, 0].reshape(-1, self.num_sets * self.k)
         shifts = out[:, :, 1].reshape(-1, self.num_sets * self.k)

@@ -32,7 +32,7 @@ from semdir_edit.core.errors import UserError
 from semdir_edit.directions.baselines import sample_by_class, sample_w, w_covariance
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.deformator import Deformators
-from semdir_edit.models.shift_predictor import ShiftPredictor, shift_predictor_loss
+from semdir_edit.models.shift_predictor import INPUTS, ShiftPredictor, shift_predictor_loss
 from semdir_edit.ops.perceptual import perceptual_distance
 from semdir_edit.ops.visible import change_statistics, solve_directions
 from semdir_edit.training.common import RunFolder, seed_everything
@@ -181,9 +181,11 @@ class DirectionsJob(TrainingJob):
         deformators.w_cov.copy_(w_covariance(sample_w(G, dc.spread_samples, dc.seed)).float())
         self.predictor = predictor = ShiftPredictor(pcfg).to(device)
         self.suffix = "_voynov" if global_only else ""
+        self.predictor_from = None if dc.fresh_predictor else init_from   # Where the predictor started, if not afresh.
         if init_from is not None and not resuming:
             load_into(deformators, init_from, "deformators" + self.suffix)
-            load_into(predictor, init_from, "shift_predictor" + self.suffix)
+            if self.predictor_from is not None:
+                load_into(predictor, init_from, "shift_predictor" + self.suffix)
         elif dc.init == "visible" and not global_only and not resuming:
             init_visible(deformators, G, C, dc, progress=progress)
         # The Voynov baseline is Voynov & Babenko's own method whatever the config says of ours (a random start,
@@ -236,9 +238,9 @@ class DirectionsJob(TrainingJob):
         return {"lr": self.opt_p.param_groups[0]["lr"]}
 
     def register(self, info: dict[str, Any], command: str, commit: str | None) -> None:
-        for kind, module in (("deformators" + self.suffix, self.deformators),
-                             ("shift_predictor" + self.suffix, self.predictor)):
-            start = {"init_from": init_record(self.init_from, kind)} if self.init_from is not None else {}
+        for kind, module, origin in (("deformators" + self.suffix, self.deformators, self.init_from),
+                                     ("shift_predictor" + self.suffix, self.predictor, self.predictor_from)):
+            start = {"init_from": init_record(origin, kind)} if origin is not None else {}
             register_model(self.weights_dir, kind, module, command=command, extra={**info, **start}, commit=commit)
 
 
@@ -260,6 +262,9 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     if dc.lr_schedule not in LR_SCHEDULES:
         raise UserError(f"train_directions.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                         f"not '{dc.lr_schedule}'")
+    if cfg.shift_predictor.inputs not in INPUTS:
+        raise UserError(f"shift_predictor.inputs must be one of {', '.join(INPUTS)}, "
+                        f"not '{cfg.shift_predictor.inputs}'")
     run = RunFolder(run_dir)
     seed_everything(dc.seed)
     job = DirectionsJob(cfg, weights_dir, device, global_only=global_only, init_from=init_from,

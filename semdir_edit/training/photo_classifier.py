@@ -169,15 +169,40 @@ def holdout_mask(photos: LabelledPhotos, every: int = 10) -> torch.Tensor:
     return held
 
 
+def _fine_tune(model: Classifier, photo_feats: torch.Tensor, photo_accept: torch.Tensor, draw_weight: torch.Tensor,
+               dom_feats: torch.Tensor, dom_labels: torch.Tensor, epochs: int, batch_size: int, lr: float,
+               log=print) -> None:
+    """Train ``model``'s head in place on frozen-trunk features: photos (partial labels) 1:1 with domain images."""
+    head = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(head, lr=lr, weight_decay=0.05)
+    steps_per_epoch = max(1, len(photo_feats) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    loss = torch.zeros(())
+    for epoch in range(epochs):
+        order = torch.multinomial(draw_weight, len(photo_feats), replacement=True)
+        for i in range(steps_per_epoch):
+            b = order[i * batch_size:(i + 1) * batch_size]
+            d = torch.randint(0, len(dom_feats), (len(b),))
+            logits = _head(model, torch.cat([photo_feats[b], dom_feats[d]]).float())
+            loss = (partial_label_loss(logits[:len(b)], photo_accept[b])
+                    + F.cross_entropy(logits[len(b):], dom_labels[d], label_smoothing=0.1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+        log(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}")
+
+
 def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, domain: ImageSet, test: ImageSet | None,
                            *, epochs: int = 12, batch_size: int = 64, lr: float = 1e-3, copies: int = 4,
                            domain_images: int = 12_000, seed: int = 0, command: str = "", register: bool = True,
-                           balance: float = 0.5, log=print) -> tuple[Classifier, dict[str, Any]]:
+                           balance: float = 0.5, soup: int = 1, log=print) -> tuple[Classifier, dict[str, Any]]:
     """Fine-tune and (``register``) register ``photo_classifier`` in ``weights_dir``; returns it and its figures.
 
     domain: Fashion-MNIST training images mixed into every batch (``domain_images`` of them, fixed at random);
     test: the Fashion-MNIST test split, for the accuracy that must not regress (None = not measured).
     balance: categories are drawn with weight count ** -balance per photo (0 = as they come, 1 = equally often).
+    soup: how many heads to fine-tune (seeds ``seed``, ``seed + 1``, ...) and average before the blend.
     """
     if len(photos.category) == 0:
         raise UserError("no photos to train on")
@@ -212,24 +237,19 @@ def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, doma
     dom_feats = _trunk_features(model, domain.images[pick], 1)
     dom_labels = domain.labels[pick]
 
-    head = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(head, lr=lr, weight_decay=0.05)
-    steps_per_epoch = max(1, len(photo_feats) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-    loss = torch.zeros(())
-    for epoch in range(epochs):
-        order = torch.multinomial(draw_weight, len(photo_feats), replacement=True)
-        for i in range(steps_per_epoch):
-            b = order[i * batch_size:(i + 1) * batch_size]
-            d = torch.randint(0, len(dom_feats), (len(b),))
-            logits = _head(model, torch.cat([photo_feats[b], dom_feats[d]]).float())
-            loss = (partial_label_loss(logits[:len(b)], photo_accept[b])
-                    + F.cross_entropy(logits[len(b):], dom_labels[d], label_smoothing=0.1))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-        log(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.4f}")
+    # A uniform soup (Wortsman et al. 2022, "Model soups"): heads fine-tuned from the same start in another order
+    # each, their weights averaged; one training's accuracy on photos varies by several points with its seed.
+    start = {name: v.clone() for name, v in model.state_dict().items()}
+    ingredients = []
+    for i in range(soup):
+        model.load_state_dict(start)
+        if i:  # The first ingredient draws on from the state above: soup = 1 is the single training as it was.
+            torch.manual_seed(seed + i)
+        _fine_tune(model, photo_feats, photo_accept, draw_weight, dom_feats, dom_labels, epochs, batch_size, lr,
+                   log=lambda text, i=i: log(text if soup == 1 else f"ingredient {i + 1}/{soup}: {text}"))
+        ingredients.append({name: v.clone() for name, v in model.state_dict().items()})
+    model.load_state_dict({name: torch.stack([d[name].float() for d in ingredients]).mean(0).to(v.dtype)
+                           if v.is_floating_point() else v for name, v in ingredients[0].items()})
     model.eval().requires_grad_(False)
     blend: dict[str, Any] = {}
     if len(unseen):
@@ -248,7 +268,7 @@ def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, doma
     inside = photos.in_domain()[calib]
     threshold = float(torch.quantile(ood[inside], WARN_QUANTILE)) if inside.any() else 0.5
     figures: dict[str, Any] = {"ood_threshold": round(threshold, 4), "photos": len(train_idx),
-                               "held_out": int(held.sum()), "epochs": epochs, "copies": copies,
+                               "held_out": int(held.sum()), "epochs": epochs, "copies": copies, "soup": soup,
                                "domain_images": len(pick), **blend,
                                "train_seconds": round(time.monotonic() - t0)}
     if test is not None:
