@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,10 +143,13 @@ def load_model(weights_dir: str | Path, kind: str, device: torch.device | str = 
     return build_model(kind, stored, state).to(device).eval().requires_grad_(False)
 
 
-def load_into(module: nn.Module, weights_dir: str | Path, kind: str) -> None:
-    """Copy a weights folder's ``kind`` into ``module`` (``--init-from``); UserError when the shapes differ."""
+def load_into(module: nn.Module, weights_dir: str | Path, kind: str,
+              adapt: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> None:
+    """Copy a weights folder's ``kind`` into ``module`` (``--init-from``), through ``adapt`` when given (e.g. a stored
+    state made to fit a wider model); UserError when the shapes differ."""
+    state = load_model(weights_dir, kind).state_dict()
     try:
-        module.load_state_dict(load_model(weights_dir, kind).state_dict())
+        module.load_state_dict(adapt(state) if adapt is not None else state)
     except RuntimeError as err:  # Shapes differ: another width, K or class count.
         first = (str(err).splitlines() or ["?"])[-1].strip()
         raise UserError(f"--init-from {weights_dir}: its {kind} does not fit this config ({first})") from None

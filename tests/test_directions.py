@@ -189,7 +189,7 @@ def test_freezing_both_sets_trains_the_predictor_only(tiny_config, tiny_weights,
     assert any(not torch.equal(p_before[k], p_after[k]) for k in p_before)
 
 
-def test_a_fresh_predictor_of_another_kind_trains_on_the_registered_directions(tiny_config, tiny_weights, tmp_path):
+def test_a_pair_predictor_goes_on_seeing_the_change_or_starts_afresh(tiny_config, tiny_weights, tmp_path):
     import shutil
 
     from semdir_edit.core.errors import UserError
@@ -197,21 +197,32 @@ def test_a_fresh_predictor_of_another_kind_trains_on_the_registered_directions(t
     cfg = tiny_config
     cfg.train_directions.steps = 5
     train_directions(cfg, tiny_weights, tmp_path / "run-a", torch.device("cpu"), progress=False)  # A "pair" one.
-    shutil.copytree(tiny_weights, tmp_path / "w2")
     cfg.shift_predictor.inputs = "pair_change"
     cfg.train_directions.freeze_global = cfg.train_directions.freeze_class = True
-    with pytest.raises(UserError, match="does not fit"):  # The stored predictor sees other inputs.
-        train_directions(cfg, tmp_path / "w2", tmp_path / "run-b", torch.device("cpu"), progress=False,
+    folders = {}
+    for fresh in (False, True):
+        folders[fresh] = tmp_path / f"w-{fresh}"
+        shutil.copytree(tiny_weights, folders[fresh])
+        cfg.train_directions.fresh_predictor = fresh
+        cfg.train_directions.steps = 0 if not fresh else 5   # 0 steps: register the starting point.
+        train_directions(cfg, folders[fresh], tmp_path / f"run-{fresh}", torch.device("cpu"), progress=False,
                          init_from=tiny_weights)
-    cfg.train_directions.fresh_predictor = True
-    train_directions(cfg, tmp_path / "w2", tmp_path / "run-c", torch.device("cpu"), progress=False,
-                     init_from=tiny_weights)
-    predictor = load_model(tmp_path / "w2", "shift_predictor")
-    assert predictor.cfg.inputs == "pair_change" and predictor.trunk[0].in_channels == 3
-    before, after = (load_model(w, "deformators").all_directions() for w in (tiny_weights, tmp_path / "w2"))
-    assert torch.equal(before, after)
-    models = json.loads((tmp_path / "w2" / "manifest.json").read_text())["models"]
+        before, after = (load_model(w, "deformators").all_directions() for w in (tiny_weights, folders[fresh]))
+        assert torch.equal(before, after)
+    stored, widened, fresh = (load_model(w, "shift_predictor").eval()
+                              for w in (tiny_weights, folders[False], folders[True]))
+    assert widened.cfg.inputs == fresh.cfg.inputs == "pair_change" and widened.trunk[0].in_channels == 3
+    x, x_shifted = torch.rand(2, 4, 1, 32, 32) * 2 - 1
+    with torch.no_grad():  # Widened: the stored predictor's answers, the new input's weights at zero.
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(stored(x, x_shifted), widened(x, x_shifted),
+                                                                   strict=True))
+    models = json.loads((folders[True] / "manifest.json").read_text())["models"]
     assert "init_from" in models["deformators"] and "init_from" not in models["shift_predictor"]
+    cfg.shift_predictor.width *= 2
+    cfg.train_directions.fresh_predictor = False
+    with pytest.raises(UserError, match="does not fit"):  # Another width cannot go on from the stored one.
+        train_directions(cfg, folders[True], tmp_path / "run-w", torch.device("cpu"), progress=False,
+                         init_from=tiny_weights)
 
 
 def test_the_change_input_shows_a_small_edit_as_a_large_one():

@@ -25,6 +25,17 @@ def unit_change(x: torch.Tensor, x_shifted: torch.Tensor) -> torch.Tensor:
     return d * (CHANGE_NORM / d.flatten(1).norm(dim=1).clamp_min(1e-6))[:, None, None, None]
 
 
+def widen_inputs(state: dict[str, torch.Tensor], cfg: ShiftPredictorConfig) -> dict[str, torch.Tensor]:
+    """A stored predictor's state for one of ``cfg`` that sees more inputs ("pair" -> "pair_change"): the first
+    conv's weights for the added input start at zero, so the widened predictor starts out as the stored one."""
+    weight = state["trunk.0.weight"]
+    extra = INPUTS.get(cfg.inputs, 0) * cfg.img_channels - weight.shape[1]
+    if extra <= 0:
+        return state
+    return {**state, "trunk.0.weight": torch.cat([weight, weight.new_zeros(weight.shape[0], extra,
+                                                                           *weight.shape[2:])], 1)}
+
+
 class ShiftPredictor(nn.Module):
     """(x, x_shifted) (B, C, R, R) each -> logits (B, S*K) and shifts (B, S*K), S = number of sets."""
 
