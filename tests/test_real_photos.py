@@ -71,7 +71,7 @@ def photo_weights(tmp_path_factory):
     path = make_edit_weights(tmp_path_factory.mktemp("w"), bank_samples=200)
     run = tmp_path_factory.mktemp("run")
     result = run_cli("train", "classifier", "-c", "configs/tiny.yaml", "--photos", str(LABELLED), "--class-map",
-                     str(CLASS_MAP), "--weights", str(path), "--out", str(run), "--epochs", "1")
+                     str(CLASS_MAP), "--weights", str(path), "--out", str(run), "--epochs", "1", "--soup", "2")
     if "dataset folder" in result.stderr:
         pytest.skip("Fashion-MNIST not installed")
     assert result.returncode == 0, result.stderr
@@ -85,6 +85,7 @@ def test_train_registers_photo_classifier_and_keeps_shared_one(photo_weights):
     entry = manifest["models"]["photo_classifier"]
     assert entry["config"]["num_classes"] == 11 and entry["class_names"][-1] == "none of these"
     assert 0 <= entry["ood_threshold"] <= 1 and entry["categories"]["hat"] == []
+    assert entry["soup"] == 2
     assert manifest["models"]["classifier"]["command"] == "test"  # The shared classifier is not touched.
 
 
@@ -224,3 +225,31 @@ def test_the_blend_is_chosen_by_held_out_photos_within_the_domain_tolerance():
     assert alpha == 0.5 and photo_acc == 1.0
     labels[:] = 3  # Only the shared network's answer keeps the domain accuracy: the photos cannot overrule it.
     assert choose_blend(tuned, base, images, labels, images, coats)[0] == 0.5
+
+
+def test_a_soup_averages_heads_fine_tuned_in_different_orders(monkeypatch, tmp_path):
+    from semdir_edit.checkpoint import register_model
+    from semdir_edit.config import ClassifierConfig
+    from semdir_edit.models import Classifier
+    from semdir_edit.training import photo_classifier as pc
+
+    drawn = []
+
+    def fake_fine_tune(model, *args, **kwargs):  # Each ingredient's head: a draw of its own random order.
+        with torch.no_grad():
+            model.fc.bias.copy_(torch.rand(model.fc.bias.shape))
+        drawn.append(model.fc.bias.clone())
+
+    averaged = {}
+    real_soup_of = pc.soup_of
+    monkeypatch.setattr(pc, "_fine_tune", fake_fine_tune)
+    monkeypatch.setattr(pc, "soup_of", lambda states: averaged.setdefault("state", real_soup_of(states)))
+    photos = pc.LabelledPhotos(torch.randint(0, 255, (12, 1, 32, 32), dtype=torch.uint8), torch.tensor([0, 1] * 6),
+                               ["t-shirt", "hat"], [[0], []], [f"{i}.jpg" for i in range(12)], [])
+    register_model(tmp_path, "classifier", Classifier(ClassifierConfig(channels=[8, 8, 16, 16])), command="test")
+    domain = pc.ImageSet(torch.randint(0, 255, (40, 1, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (40,)),
+                         [str(c) for c in range(10)])
+    pc.train_photo_classifier(tmp_path, photos, domain, None, soup=3, register=False, domain_images=20,
+                              log=lambda m: None)
+    assert len(drawn) == 3 and not torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[1], drawn[2])
+    assert torch.allclose(averaged["state"]["fc.bias"], torch.stack(drawn).mean(0))

@@ -169,6 +169,12 @@ def holdout_mask(photos: LabelledPhotos, every: int = 10) -> torch.Tensor:
     return held
 
 
+def soup_of(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The mean of same-shaped state dicts (float tensors); other tensors (step counters) from the first."""
+    return {name: torch.stack([state[name].float() for state in states]).mean(0).to(v.dtype)
+            if v.is_floating_point() else v for name, v in states[0].items()}
+
+
 def _fine_tune(model: Classifier, photo_feats: torch.Tensor, photo_accept: torch.Tensor, draw_weight: torch.Tensor,
                dom_feats: torch.Tensor, dom_labels: torch.Tensor, epochs: int, batch_size: int, lr: float,
                log=print) -> None:
@@ -248,8 +254,7 @@ def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, doma
         _fine_tune(model, photo_feats, photo_accept, draw_weight, dom_feats, dom_labels, epochs, batch_size, lr,
                    log=lambda text, i=i: log(text if soup == 1 else f"ingredient {i + 1}/{soup}: {text}"))
         ingredients.append({name: v.clone() for name, v in model.state_dict().items()})
-    model.load_state_dict({name: torch.stack([d[name].float() for d in ingredients]).mean(0).to(v.dtype)
-                           if v.is_floating_point() else v for name, v in ingredients[0].items()})
+    model.load_state_dict(soup_of(ingredients))
     model.eval().requires_grad_(False)
     blend: dict[str, Any] = {}
     if len(unseen):
