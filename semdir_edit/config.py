@@ -185,6 +185,7 @@ class ShiftPredictorConfig:
     # difference scaled to a fixed norm, so a small edit shows the same pattern as a large one; its size is in the
     # pair).
     inputs: str = "pair"
+    pool: int = 2                     # The last features are averaged to a pool x pool grid (of 8 x 8) before the head.
 
 
 @dataclass

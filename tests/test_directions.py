@@ -197,7 +197,7 @@ def test_a_pair_predictor_goes_on_seeing_the_change_or_starts_afresh(tiny_config
     cfg = tiny_config
     cfg.train_directions.steps = 5
     train_directions(cfg, tiny_weights, tmp_path / "run-a", torch.device("cpu"), progress=False)  # A "pair" one.
-    cfg.shift_predictor.inputs = "pair_change"
+    cfg.shift_predictor.inputs, cfg.shift_predictor.pool = "pair_change", 4   # A pair predictor on a 2 x 2 grid.
     cfg.train_directions.freeze_global = cfg.train_directions.freeze_class = True
     folders = {}
     for fresh in (False, True):
@@ -212,8 +212,9 @@ def test_a_pair_predictor_goes_on_seeing_the_change_or_starts_afresh(tiny_config
     stored, widened, fresh = (load_model(w, "shift_predictor").eval()
                               for w in (tiny_weights, folders[False], folders[True]))
     assert widened.cfg.inputs == fresh.cfg.inputs == "pair_change" and widened.trunk[0].in_channels == 3
+    assert widened.cfg.pool == 4 and stored.cfg.pool == 2
     x, x_shifted = torch.rand(2, 4, 1, 32, 32) * 2 - 1
-    with torch.no_grad():  # Widened: the stored predictor's answers, the new input's weights at zero.
+    with torch.no_grad():  # Grown: the stored predictor's answers at the start.
         assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(stored(x, x_shifted), widened(x, x_shifted),
                                                                    strict=True))
     models = json.loads((folders[True] / "manifest.json").read_text())["models"]

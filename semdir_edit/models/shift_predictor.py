@@ -25,15 +25,24 @@ def unit_change(x: torch.Tensor, x_shifted: torch.Tensor) -> torch.Tensor:
     return d * (CHANGE_NORM / d.flatten(1).norm(dim=1).clamp_min(1e-6))[:, None, None, None]
 
 
-def widen_inputs(state: dict[str, torch.Tensor], cfg: ShiftPredictorConfig) -> dict[str, torch.Tensor]:
-    """A stored predictor's state for one of ``cfg`` that sees more inputs ("pair" -> "pair_change"): the first
-    conv's weights for the added input start at zero, so the widened predictor starts out as the stored one."""
+def grow_state(state: dict[str, torch.Tensor], cfg: ShiftPredictorConfig) -> dict[str, torch.Tensor]:
+    """A stored predictor's state for a larger one of ``cfg`` that computes the same function at the start: an added
+    input ("pair" -> "pair_change") gets first-conv weights of zero; a finer last pooling grid (``pool`` a multiple
+    of the stored one) gets the stored linear weights spread evenly over the cells that average to each stored one.
+    Anything else is left as it is (and does not fit if it differs)."""
+    state = dict(state)
     weight = state["trunk.0.weight"]
     extra = INPUTS.get(cfg.inputs, 0) * cfg.img_channels - weight.shape[1]
-    if extra <= 0:
-        return state
-    return {**state, "trunk.0.weight": torch.cat([weight, weight.new_zeros(weight.shape[0], extra,
-                                                                           *weight.shape[2:])], 1)}
+    if extra > 0:
+        state["trunk.0.weight"] = torch.cat([weight, weight.new_zeros(weight.shape[0], extra, *weight.shape[2:])], 1)
+    linear = state["trunk.13.weight"]                                    # (8w, 4w * pool^2), channel-major.
+    channels = 4 * cfg.width
+    stored_pool = round((linear.shape[1] / channels) ** 0.5)
+    if cfg.pool > stored_pool and stored_pool ** 2 * channels == linear.shape[1] and cfg.pool % stored_pool == 0:
+        r = cfg.pool // stored_pool
+        grid = linear.view(linear.shape[0], channels, stored_pool, stored_pool)
+        state["trunk.13.weight"] = (grid.repeat_interleave(r, 2).repeat_interleave(r, 3) / r ** 2).flatten(1)
+    return state
 
 
 class ShiftPredictor(nn.Module):
@@ -50,8 +59,8 @@ class ShiftPredictor(nn.Module):
             nn.Conv2d(in_channels, width, 5, padding=2), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(width, 2 * width, 5, padding=2), nn.BatchNorm2d(2 * width), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.BatchNorm2d(4 * width), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-            nn.Linear(16 * width, 8 * width), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(cfg.pool), nn.Flatten(),
+            nn.Linear(4 * width * cfg.pool ** 2, 8 * width), nn.ReLU(),
         )
         self.heads = nn.Linear(8 * width, cfg.num_sets * cfg.k * 2)  # N+1 heads side by side: logits and shifts.
 

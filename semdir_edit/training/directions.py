@@ -32,7 +32,7 @@ from semdir_edit.core.errors import UserError
 from semdir_edit.directions.baselines import sample_by_class, sample_w, w_covariance
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.deformator import Deformators
-from semdir_edit.models.shift_predictor import INPUTS, ShiftPredictor, shift_predictor_loss, widen_inputs
+from semdir_edit.models.shift_predictor import INPUTS, ShiftPredictor, grow_state, shift_predictor_loss
 from semdir_edit.ops.perceptual import perceptual_distance
 from semdir_edit.ops.visible import change_statistics, solve_directions
 from semdir_edit.training.common import RunFolder, seed_everything
@@ -185,9 +185,9 @@ class DirectionsJob(TrainingJob):
         if init_from is not None and not resuming:
             load_into(deformators, init_from, "deformators" + self.suffix)
             if self.predictor_from is not None:
-                # A "pair" predictor goes on as a "pair_change" one, starting where it was (see widen_inputs).
+                # A stored predictor goes on as a larger one (another input, a finer grid) from where it was.
                 load_into(predictor, init_from, "shift_predictor" + self.suffix,
-                          adapt=lambda state: widen_inputs(state, pcfg))
+                          adapt=lambda state: grow_state(state, pcfg))
         elif dc.init == "visible" and not global_only and not resuming:
             init_visible(deformators, G, C, dc, progress=progress)
         # The Voynov baseline is Voynov & Babenko's own method whatever the config says of ours (a random start,
