@@ -54,6 +54,9 @@ def test_evaluate_directions_figures_and_descriptions(trained):
                 "random_rca", "pca_class_preserved", "class_preserved_eps3", "specificity_change_ratio"):
         assert key in figures, key
     assert figures["max_cos"] <= 1e-5
+    # Naming the right direction among all names it within its set, and names its set.
+    assert figures["rca_global_within_set"] >= figures["rca_global"] <= figures["rca_global_right_set"]
+    assert "rca_class_within_set" in figures and "rca_class_right_set" in figures
     for key, value in figures.items():
         if "rca" in key or "preserved" in key:
             assert 0.0 <= value <= 1.0, (key, value)

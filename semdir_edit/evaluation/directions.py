@@ -58,26 +58,35 @@ def _random_shifts(n: int, k: int, eps_range: tuple[float, float], gen: torch.Ge
 
 
 @torch.no_grad()
-def reconstructor_accuracy(G: Generator, predictor: ShiftPredictor, sets: torch.Tensor, spreads: torch.Tensor,
-                           w: torch.Tensor, set_index: torch.Tensor, eps_range: tuple[float, float], seed: int,
-                           batch_size: int = 250) -> torch.Tensor:
-    """(n,) bool: did ``predictor`` name the direction (over all S*K) that moved each sample?
+def reconstructor_logits(G: Generator, predictor: ShiftPredictor, sets: torch.Tensor, spreads: torch.Tensor,
+                         w: torch.Tensor, set_index: torch.Tensor, eps_range: tuple[float, float], seed: int,
+                         batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
+    """``predictor``'s logits (n, S*K) for the edit of each sample and the index (n,) of the direction that made it.
 
-    sets: (S, w_dim, K) directions; spreads: (S, K); set_index: (n,) which set moves each sample.
+    sets: (S, w_dim, K) directions; spreads: (S, K); set_index: (n,) which set moves each sample; each sample moves
+    along a random direction of its set by a random |eps| in ``eps_range`` (seeded).
     """
     device = G.mapping.w_avg.device
     predictor.eval()
     K = sets.shape[2]
     k, eps = _random_shifts(len(w), K, eps_range, torch.Generator().manual_seed(seed))
     shift = sets[set_index, :, k] * (eps * spreads[set_index, k])[:, None]
-    correct = []
+    logits = []
     for start in range(0, len(w), batch_size):
         sl = slice(start, start + batch_size)
         original = render_shifted(G, w[sl], torch.zeros_like(w[sl])).to(device)
         shifted = render_shifted(G, w[sl], shift[sl]).to(device)
-        logits, _ = predictor(original, shifted)
-        correct.append(logits.argmax(1).cpu() == set_index[sl] * K + k[sl])
-    return torch.cat(correct)
+        logits.append(predictor(original, shifted)[0].float().cpu())
+    return torch.cat(logits), set_index * K + k
+
+
+def reconstructor_accuracy(G: Generator, predictor: ShiftPredictor, sets: torch.Tensor, spreads: torch.Tensor,
+                           w: torch.Tensor, set_index: torch.Tensor, eps_range: tuple[float, float], seed: int,
+                           batch_size: int = 250) -> torch.Tensor:
+    """(n,) bool: did ``predictor`` name the direction (over all S*K) that moved each sample? (see
+    :func:`reconstructor_logits`)."""
+    logits, target = reconstructor_logits(G, predictor, sets, spreads, w, set_index, eps_range, seed, batch_size)
+    return logits.argmax(1) == target
 
 
 def train_fresh_predictor(G: Generator, C: Classifier, directions: torch.Tensor, w_cov: torch.Tensor, steps: int,

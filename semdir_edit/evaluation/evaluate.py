@@ -268,13 +268,24 @@ def direction_sources(weights_dir: str | Path, device: torch.device) -> dict[str
 def rca_figures(G: Generator, predictor: ShiftPredictor, ours: torch.Tensor, spreads: torch.Tensor, w: torch.Tensor,
                 labels: torch.Tensor, eps_range: tuple[float, float], seed: int) -> dict[str, float]:
     """The trained shift predictor's RCA on our sets (N+1, w_dim, K): ``rca_global``, ``rca_class_<c>`` (each
-    sample moved along its class's set) and their median ``rca_class_median``."""
-    correct_g = ed.reconstructor_accuracy(G, predictor, ours, spreads, w, torch.zeros_like(labels), eps_range, seed)
-    correct_c = ed.reconstructor_accuracy(G, predictor, ours, spreads, w, labels + 1, eps_range, seed + 1)
-    per_class = {c: correct_c[labels == c].float().mean().item() for c in labels.unique().tolist()}
-    return {"rca_global": correct_g.float().mean().item(),
-            **{f"rca_class_{c}": value for c, value in per_class.items()},
-            "rca_class_median": float(torch.tensor(list(per_class.values())).median())}
+    sample moved along its class's set) and their median ``rca_class_median``; and where its errors lie:
+    ``rca_<global|class>_right_set`` (it named a direction of the set that moved the sample) and
+    ``rca_<global|class>_within_set`` (the right direction among that set's K alone)."""
+    K = ours.shape[2]
+    figures: dict[str, float] = {}
+    for name, set_index, at in (("global", torch.zeros_like(labels), seed), ("class", labels + 1, seed + 1)):
+        logits, target = ed.reconstructor_logits(G, predictor, ours, spreads, w, set_index, eps_range, at)
+        correct = logits.argmax(1) == target
+        own_set = logits.view(len(target), -1, K)[torch.arange(len(target)), target // K]
+        figures[f"rca_{name}_right_set"] = (logits.argmax(1) // K == target // K).float().mean().item()
+        figures[f"rca_{name}_within_set"] = (own_set.argmax(1) == target % K).float().mean().item()
+        if name == "global":
+            figures["rca_global"] = correct.float().mean().item()
+        else:
+            per_class = {c: correct[labels == c].float().mean().item() for c in labels.unique().tolist()}
+            figures.update({f"rca_class_{c}": value for c, value in per_class.items()})
+            figures["rca_class_median"] = float(torch.tensor(list(per_class.values())).median())
+    return figures
 
 
 def evaluate_directions(weights_dir: str | Path, device: torch.device, class_names: list[str], per_class: int = 100,
