@@ -267,6 +267,8 @@ def train_directions(cfg: Config, weights_dir: str | Path, run_dir: str | Path, 
     if cfg.shift_predictor.inputs not in INPUTS:
         raise UserError(f"shift_predictor.inputs must be one of {', '.join(INPUTS)}, "
                         f"not '{cfg.shift_predictor.inputs}'")
+    if cfg.shift_predictor.pool < 1:
+        raise UserError(f"shift_predictor.pool must be at least 1, not {cfg.shift_predictor.pool}")
     run = RunFolder(run_dir)
     seed_everything(dc.seed)
     job = DirectionsJob(cfg, weights_dir, device, global_only=global_only, init_from=init_from,
