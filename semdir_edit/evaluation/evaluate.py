@@ -275,9 +275,10 @@ def rca_figures(G: Generator, predictor: ShiftPredictor, ours: torch.Tensor, spr
     figures: dict[str, float] = {}
     for name, set_index, at in (("global", torch.zeros_like(labels), seed), ("class", labels + 1, seed + 1)):
         logits, target = ed.reconstructor_logits(G, predictor, ours, spreads, w, set_index, eps_range, at)
-        correct = logits.argmax(1) == target
+        named = logits.argmax(1)
+        correct = named == target
         own_set = logits.view(len(target), -1, K)[torch.arange(len(target)), target // K]
-        figures[f"rca_{name}_right_set"] = (logits.argmax(1) // K == target // K).float().mean().item()
+        figures[f"rca_{name}_right_set"] = (named // K == target // K).float().mean().item()
         figures[f"rca_{name}_within_set"] = (own_set.argmax(1) == target % K).float().mean().item()
         if name == "global":
             figures["rca_global"] = correct.float().mean().item()
