@@ -161,17 +161,23 @@ NO_BROKEN_IMAGES = ("[...document.images].filter((i) => i.getClientRects().lengt
                     " && !(i.complete && i.naturalWidth > 0)).length")
 
 
+def wait_no_broken_images(page) -> None:
+    """Every shown image loads: one still loading is waited for, a broken one (never loads) fails on the timeout."""
+    page.wait_for_function(f"{NO_BROKEN_IMAGES} === 0", timeout=10_000)
+
+
 def test_placeholder_class_override_and_reset(server_url):
     """The empty page shows a placeholder, no broken images; "edit as" swaps the class sliders to that class's set
     and an edit there lands (live edited-class line); Reset clears the strip; slider labels are unique."""
     with editor_page(server_url) as page:
         assert page.locator("#placeholder").is_visible()
-        assert page.evaluate(NO_BROKEN_IMAGES) == 0
+        wait_no_broken_images(page)
         assert not page.locator("#edit-class").is_visible()
 
         page.set_input_files("#file", str(PHOTO))
         page.wait_for_function("document.getElementById('class').textContent !== '–'", timeout=120_000)
-        assert not page.locator("#placeholder").is_visible() and page.evaluate(NO_BROKEN_IMAGES) == 0
+        assert not page.locator("#placeholder").is_visible()
+        wait_no_broken_images(page)
         assert not page.locator("#progress-row").is_visible()  # Shown only while an inversion runs.
         assert "--eps" not in page.locator("#command").text_content()  # No command before a slider moves.
         labels = page.locator("#groups .slider label").all_text_contents()
@@ -204,4 +210,4 @@ def test_placeholder_class_override_and_reset(server_url):
         page.wait_for_function("!document.getElementById('strip').hasAttribute('src')")
         assert not page.locator("#strip").is_visible() and page.locator("#strip-label").text_content() == ""
         assert "--eps" not in page.locator("#command").text_content()
-        assert page.evaluate(NO_BROKEN_IMAGES) == 0
+        wait_no_broken_images(page)

@@ -410,9 +410,15 @@ async function sendEdit() {
       const edited = response.headers.get("X-Edited-Class");
       const confidence = Number(response.headers.get("X-Edited-Confidence"));
       if (edited) $("edited-class").textContent = `${decodeURIComponent(edited)} (${(100 * confidence).toFixed(1)}%)`;
+      // Decode before the swap: the shown image never blanks while the next one loads.
+      const url = URL.createObjectURL(blob);
+      const next = new Image();
+      next.src = url;
+      await next.decode().catch(() => {});
+      if (state.shownSeq !== seq) { URL.revokeObjectURL(url); return; } // A newer edit was shown meanwhile.
       if (state.editedUrl) URL.revokeObjectURL(state.editedUrl);
-      state.editedUrl = URL.createObjectURL(blob);
-      $("edited-img").src = state.editedUrl;
+      state.editedUrl = url;
+      $("edited-img").src = url;
       $("edited-img").dataset.seq = seq;
       $("edited-img").title = `edit request: ${(performance.now() - t0).toFixed(0)} ms`;
       showError("");
