@@ -49,6 +49,16 @@ def test_synthetic_article_on_noisy_texture():
     assert np.percentile(result.image[4:28, 8:24], 10) >= 150  # A solid block, not a ring.
 
 
+def test_striped_garment_is_kept_whole():
+    """A striped T-shirt on a wooden floor: GrabCut gives its pale stripes to the floor, and the clutter opening
+    alone would keep one dark stripe (a flat band, named Bag); the stripes are joined into the T-shirt."""
+    result = to_domain(load_image(PHOTOS / "striped-t-shirt-on-floor.jpg").pixels)
+    assert any("parts were joined" in n for n in result.notes)
+    ys, xs = np.nonzero(result.image > 60)
+    assert ys.max() - ys.min() >= 20 and xs.max() - xs.min() >= 20  # The whole shirt, not a band 4 rows tall.
+    assert (result.image > 60).mean() >= 0.35
+
+
 def test_pair_of_shoes_keeps_one():
     pixels = load_image(LABELLED / "shoes" / "sandals-pair-on-carpet.jpg").pixels
     w = pixels.shape[1]

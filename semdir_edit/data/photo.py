@@ -76,6 +76,11 @@ TEXTURE_SIGMA = 2.0
 GRABCUT_SIDE = 160  # GrabCut runs on a copy this long: the output is 28 pixels, and it is the slow step.
 GRABCUT_ITERS = 4
 CLUTTER_OPEN = 0.04  # Opening with a disc this fraction of the long side drops hangers, tags and threads.
+# When that opening would drop more than STRIPES_LOST of what GrabCut found, the article itself is thin parts (a striped
+# garment whose pale stripes GrabCut gave to the floor, a print): they are first joined by a closing with a disc of
+# STRIPES_CLOSE of the long side. Always closing joins trouser legs and dress folds too (docs/photos.md).
+STRIPES_LOST = 0.1
+STRIPES_CLOSE = 0.08
 SOLID_FLOOR = 0.35  # On a textured background the article's silhouette is at least this bright (of 255): pale or
 # background-coloured parts of the garment stay visible, as the dataset's solid silhouettes are.
 
@@ -545,7 +550,13 @@ def _segment_textured(x: np.ndarray, far: np.ndarray, notes: list[str]) -> np.nd
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
     k = max(3, round(CLUTTER_OPEN * max(size)) | 1)
     disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-    fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, disc)
+    opened = cv2.morphologyEx(fg, cv2.MORPH_OPEN, disc)
+    if opened.sum() < (1 - STRIPES_LOST) * fg.sum():
+        k = max(3, round(STRIPES_CLOSE * max(size)) | 1)
+        joined = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        opened = cv2.morphologyEx(joined, cv2.MORPH_OPEN, disc)
+        notes.append("an article of thin parts (stripes, a print): the parts were joined")
+    fg = opened
     n, labels, stats, centres = cv2.connectedComponentsWithStats(fg, connectivity=8)
     if n <= 1:
         return None
