@@ -415,7 +415,8 @@ async function sendEdit() {
       const next = new Image();
       next.src = url;
       await next.decode().catch(() => {});
-      if (state.shownSeq !== seq) { URL.revokeObjectURL(url); return; } // A newer edit was shown meanwhile.
+      // Meanwhile a newer edit was shown, or another image loaded: this one is stale.
+      if (state.shownSeq !== seq || state.session?.session !== sessionId) { URL.revokeObjectURL(url); return; }
       if (state.editedUrl) URL.revokeObjectURL(state.editedUrl);
       state.editedUrl = url;
       $("edited-img").src = url;
