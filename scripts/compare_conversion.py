@@ -2,7 +2,7 @@
 network as `semdir-edit evaluate photos` scores them (nothing is registered or cached).
 
     .venv/bin/python scripts/compare_conversion.py PHOTOS/validation PHOTOS/mapping.json \
-        [--weights weights/fashion_mnist] [--set BAND_ASPECT=0 BAND_ASPECT=3] [--json out.json]
+        [--weights weights/fashion_mnist] [--set STRIPES_LOST=1 STRIPES_LOST=0.1] [--json out.json]
 
 Each ``--set`` value is one row: comma-separated ``NAME=VALUE`` assignments to constants of
 ``semdir_edit.data.photo`` ("shipped" = as it is).
@@ -61,9 +61,9 @@ def main() -> None:
     for setting in args.settings[1:]:  # Which photos changed their verdict against the first row.
         files, pred, photos = preds[setting]
         base = dict(zip(preds[first][0], preds[first][1], strict=True))
-        acc = photos.accept_matrix(len(names)).numpy()
+        acc, inside = photos.accept_matrix(len(names)).numpy(), photos.in_domain().numpy()
         for i, f in enumerate(files):
-            if f in base and base[f] != pred[i] and photos.in_domain()[i]:
+            if f in base and base[f] != pred[i] and inside[i]:
                 was, now = bool(acc[i, base[f]]), bool(acc[i, pred[i]])
                 if was != now:
                     print(f"  {setting}: {'fixed' if now else 'broken'} {f} ({names[base[f]]} -> {names[pred[i]]})")
