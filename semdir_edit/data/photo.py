@@ -17,7 +17,8 @@ What changes for photos a user takes rather than catalogue shots (each step is c
   article comes out as strong as a black one;
 - textured backgrounds (border noise above TEXTURE_SIGMA: floors, bedspreads, carpets): the article is segmented
   with GrabCut seeded from the border (background) and the far-from-background pixels (probable article), then an
-  opening drops thin clutter (hangers, tags), one article is kept (the largest, most central: one shoe of a pair)
+  opening drops thin clutter (hangers, tags) — after a closing where it would drop much of the article (stripes, a
+  print) —, one article is kept (the largest, most central: one shoe of a pair)
   with its holes filled, and the silhouette gets a floor of SOLID_FLOOR so pale-on-pale articles do not vanish;
   plain backgrounds (product shots) skip all of this and convert exactly as before;
 - (2) resizes with area averaging instead of skipping rows and columns, and (3) sharpens after (4), on the
@@ -548,12 +549,10 @@ def _segment_textured(x: np.ndarray, far: np.ndarray, notes: list[str]) -> np.nd
     cv2.setRNGSeed(0)  # GrabCut's k-means start draws from OpenCV's RNG: same photo, same mask, whatever came before.
     cv2.grabCut(small, mask, None, bgd, fgd, GRABCUT_ITERS, cv2.GC_INIT_WITH_MASK)
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
-    k = max(3, round(CLUTTER_OPEN * max(size)) | 1)
-    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+    disc = _disc(CLUTTER_OPEN * max(size))
     opened = cv2.morphologyEx(fg, cv2.MORPH_OPEN, disc)
     if opened.sum() < (1 - STRIPES_LOST) * fg.sum():
-        k = max(3, round(STRIPES_CLOSE * max(size)) | 1)
-        joined = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        joined = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, _disc(STRIPES_CLOSE * max(size)))
         opened = cv2.morphologyEx(joined, cv2.MORPH_OPEN, disc)
         notes.append("an article of thin parts (stripes, a print): the parts were joined")
     fg = opened
@@ -578,6 +577,12 @@ def _segment_textured(x: np.ndarray, far: np.ndarray, notes: list[str]) -> np.nd
     keep = np.where(outside[1:-1, 1:-1] == 2, 0, 1).astype(np.float32)
     notes.append("textured background: article segmented (GrabCut)")
     return cv2.resize(keep, (w, h), interpolation=cv2.INTER_LINEAR) > 0.5
+
+
+def _disc(diameter: float) -> np.ndarray:
+    """An elliptic structuring element about ``diameter`` pixels across (odd, at least 3)."""
+    k = max(3, round(diameter) | 1)
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
 
 
 def _article_mask(far: np.ndarray) -> np.ndarray | None:

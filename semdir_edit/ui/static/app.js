@@ -409,7 +409,6 @@ async function sendEdit() {
       // What the classifier makes of the edited image, live (the line above describes the input).
       const edited = response.headers.get("X-Edited-Class");
       const confidence = Number(response.headers.get("X-Edited-Confidence"));
-      if (edited) $("edited-class").textContent = `${decodeURIComponent(edited)} (${(100 * confidence).toFixed(1)}%)`;
       // Decode before the swap: the shown image never blanks while the next one loads.
       const url = URL.createObjectURL(blob);
       const next = new Image();
@@ -417,6 +416,7 @@ async function sendEdit() {
       await next.decode().catch(() => {});
       // Meanwhile a newer edit was shown, or another image loaded: this one is stale.
       if (state.shownSeq !== seq || state.session?.session !== sessionId) { URL.revokeObjectURL(url); return; }
+      if (edited) $("edited-class").textContent = `${decodeURIComponent(edited)} (${(100 * confidence).toFixed(1)}%)`;
       if (state.editedUrl) URL.revokeObjectURL(state.editedUrl);
       state.editedUrl = url;
       $("edited-img").src = url;
