@@ -292,10 +292,14 @@ def _domain_articles(folder: Path, n: int) -> None:
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 48 KiB tmpfs (root only): what a full disk does to a run, for real rather than mocked."""
+    """A 96 KiB tmpfs (root only): what a full disk does to a run, for real rather than mocked.
+
+    tmpfs counts whole 4 KiB pages: an input's strip and latent take 12 KiB, a chunk of two 24 KiB. With two
+    processes writing their first chunks side by side, 48 KiB could fill before either chunk (and its manifest line)
+    was complete; 96 KiB always lets one chunk through, and never all twelve inputs."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(mount)],
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)],
                                            capture_output=True).returncode != 0:
         pytest.skip("mounting a small tmpfs needs root")
     try:
