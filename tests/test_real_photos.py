@@ -59,6 +59,16 @@ def test_striped_garment_is_kept_whole():
     assert (result.image > 60).mean() >= 0.35
 
 
+def test_pale_part_does_not_split_the_garment():
+    """A navy dress with a pale bow across it, on a hanger against a cream wall: seeded with only its dark parts,
+    GrabCut gave the bow to the wall and the dress fell into two halves (one kept, named Trouser)."""
+    pixels = load_image(PHOTOS / "dress-with-pale-bow-on-hanger.jpg").pixels
+    result = to_domain(pixels)
+    assert not any("articles found" in n for n in result.notes)
+    left, _, right, _ = result.box
+    assert right - left >= 0.75 * pixels.shape[1]  # Both halves: the dress spans most of the width.
+
+
 def test_pair_of_shoes_keeps_one():
     pixels = load_image(LABELLED / "shoes" / "sandals-pair-on-carpet.jpg").pixels
     w = pixels.shape[1]

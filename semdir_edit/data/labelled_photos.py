@@ -22,7 +22,7 @@ from semdir_edit.core.progress import StepCallback
 from semdir_edit.data.photo import load_image, to_domain
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm")
-CACHE_VERSION = "photo-v4"  # Bump when the photo conversion changes: cached domain images are then redone.
+CACHE_VERSION = "photo-v5"  # Bump when the photo conversion changes: cached domain images are then redone.
 
 
 @dataclass

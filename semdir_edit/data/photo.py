@@ -16,10 +16,10 @@ What changes for photos a user takes rather than catalogue shots (each step is c
 - the intensity is stretched so the article's brightest pixels (a high percentile) reach 255: a pale or coloured
   article comes out as strong as a black one;
 - textured backgrounds (border noise above TEXTURE_SIGMA: floors, bedspreads, carpets): the article is segmented
-  with GrabCut seeded from the border (background) and the far-from-background pixels (probable article), then an
-  opening drops thin clutter (hangers, tags) — after a closing where it would drop much of the article (stripes, a
-  print) —, one article is kept (the largest, most central: one shoe of a pair)
-  with its holes filled, and the silhouette gets a floor of SOLID_FLOOR so pale-on-pale articles do not vanish;
+  with GrabCut seeded from the border (background) and the pixels fairly far from the background (probable
+  article, SEED_TOL), then an opening drops thin clutter (hangers, tags) — after a closing where it would drop much
+  of the article (stripes, a print) —, one article is kept (the largest, most central: one shoe of a pair) with its
+  holes filled, and the silhouette gets a floor of SOLID_FLOOR so pale-on-pale articles do not vanish;
   plain backgrounds (product shots) skip all of this and convert exactly as before;
 - (2) resizes with area averaging instead of skipping rows and columns, and (3) sharpens after (4), on the
   black canvas, so the blur never reaches past the article's edge; (4) puts an odd pixel of slack above / left
@@ -82,6 +82,9 @@ CLUTTER_OPEN = 0.04  # Opening with a disc this fraction of the long side drops 
 # STRIPES_CLOSE of the long side. Always closing joins trouser legs and dress folds too (docs/photos.md).
 STRIPES_LOST = 0.1
 STRIPES_CLOSE = 0.08
+# GrabCut's probable-article seeds are the pixels farther from the background than SEED_TOL x the tolerance: below 1, a
+# garment's parts close to the floor's colour (a pale bow on a dark dress, pale stripes) seed its colour model too.
+SEED_TOL = 0.75
 SOLID_FLOOR = 0.35  # On a textured background the article's silhouette is at least this bright (of 255): pale or
 # background-coloured parts of the garment stay visible, as the dataset's solid silhouettes are.
 
@@ -426,7 +429,7 @@ def _convert(image: np.ndarray, resolution: int, name: str) -> DomainResult:
         raise UserError(f"{name}: no article found (the image is blank)")
     textured = sigma > TEXTURE_SIGMA
     if textured:
-        segmented = _segment_textured(x, far, notes)
+        segmented = _segment_textured(x, distance > SEED_TOL * tol, notes)
         if segmented is None:
             textured = False  # GrabCut found nothing: fall back to the plain-background mask.
         else:
@@ -522,20 +525,20 @@ def _fit_background(x: np.ndarray) -> tuple[np.ndarray, float]:
     return bg.astype(np.float32), sigma
 
 
-def _segment_textured(x: np.ndarray, far: np.ndarray, notes: list[str]) -> np.ndarray | None:
+def _segment_textured(x: np.ndarray, likely: np.ndarray, notes: list[str]) -> np.ndarray | None:
     """The article's mask (h, w) on a textured background, by GrabCut on a GRABCUT_SIDE copy; None = nothing found.
 
     Seeds: the border ring is background where it is close to the fitted background (an article may touch the
-    border), the far-from-background pixels are probable article, the rest probable background. GrabCut's colour
-    models then separate a patterned floor from the garment where a distance threshold cannot.
+    border), ``likely`` (pixels fairly far from the background) is probable article, the rest probable background.
+    GrabCut's colour models then separate a patterned floor from the garment where a distance threshold cannot.
     """
-    h, w = far.shape
+    h, w = likely.shape
     scale = min(1.0, GRABCUT_SIDE / max(h, w))
     size = (max(8, round(w * scale)), max(8, round(h * scale)))
     small = cv2.resize(x, size, interpolation=cv2.INTER_AREA).reshape(size[1], size[0], -1)
     small = np.repeat(small, 3, axis=2) if small.shape[2] == 1 else small
     small = np.clip(np.rint(small), 0, 255).astype(np.uint8)
-    seed = cv2.resize(far.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    seed = cv2.resize(likely.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
     mask = np.where(seed, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
     ring = np.zeros(seed.shape, bool)
     r = max(1, min(size) // 40)
