@@ -449,9 +449,9 @@ class Editor:
 
         ``class_index`` is the images' class (for class and boundary directions and class-locked edits; None = the
         classifier's label of each code's reconstruction, codes of different classes edited class by class).
-        keep_class: walk the edit class-locked (:mod:`~semdir_edit.ops.class_lock`): it never lowers the
-        classifier's margin for the image's class. None = on for class-specific directions (``class:k``), off
-        for the others; ``to:<class>`` refuses it (it exists to change the class).
+        keep_class: walk the edit class-locked (:mod:`~semdir_edit.ops.class_lock`): it never takes the
+        classifier's margin for the image's class below a floor. None = on for our learned directions
+        (``class:k``, ``global:k``), off for the others; ``to:<class>`` refuses it (it exists to change the class).
         """
         spec = parse_direction(direction) if isinstance(direction, str) else direction
         ws = ws.to(self.device)

@@ -13,7 +13,7 @@ from semdir_edit.directions.baselines import sample_by_class
 from semdir_edit.editing.batch import resolve_options
 from semdir_edit.editor import Editor
 from semdir_edit.latents import save_latent
-from semdir_edit.ops.class_lock import _locked_step, class_margin, locked_shift_codes
+from semdir_edit.ops.class_lock import FREE_MARGIN, _locked_step, class_margin, locked_shift_codes
 from semdir_edit.ops.shift_codes import edit_groups, parse_direction, parse_keep
 
 from .conftest import make_edit_weights
@@ -63,6 +63,12 @@ def test_locked_step_removes_only_the_margin_lowering_part(editor):
     back, _, _ = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), torch.zeros(6, ws.shape[2]),
                            target, margin + 1.0)
     assert ((back * g).sum(1) > 0).all()
+    # Well above the floor the lock leaves even a step down the gradient as planned; just above it, it redirects.
+    free, _, _ = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), -g, target, margin - 1.0)
+    assert torch.allclose(free, -g)
+    held, _, _ = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), -g, target,
+                              margin - FREE_MARGIN + 0.01)
+    assert ((held * g).sum(1) >= -1e-4 * g.square().sum(1).max()).all()
 
 
 def test_locked_walk_keeps_margin_better_than_linear_and_composes(editor):

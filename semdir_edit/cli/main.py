@@ -696,8 +696,9 @@ def apply_cmd(
     direction: str = typer.Option(..., "--direction", "-d", help=DIRECTION_HELP),
     eps: str = typer.Option("2", "--eps", help=EPS_HELP),
     layers: str | None = typer.Option(None, "--layers", help="W+ layer range, e.g. 2-5 (default all)."),
-    keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edit, never lowering the "
-                                    "classifier's margin for the image's class (default for class:K and global:K) | "
+    keep: str | None = typer.Option(None, "--keep", help="'class': class-locked edit, never taking the "
+                                    "classifier's margin for the image's class below a floor (default for class:K and "
+                                    "global:K) | "
                                     "'none': the plain linear edit | 'global': with to:<class>, keep the global "
                                     "directions fixed so only the class changes."),
     out: Path | None = typer.Option(None, "--out", "-o", show_default="edited.png; edited/ for several inputs",

@@ -4,16 +4,17 @@ that would lower the classifier's margin for the image's class.
 A linear edit ``w + eps * spread * d`` can carry an image across a class boundary even when ``d`` is a
 class-specific direction: the generator's samples sit close to those boundaries (median classifier confidence
 0.82 on Fashion-MNIST), so a small move flips some of them. Here the shift ``s`` (one W vector added to the chosen
-W+ layers, as a linear edit) grows in steps of at most ``step`` spreads. At each step, with
-``g = d margin / d s`` (margin = the class's logit minus the log-sum-exp of the other logits, on the image as
-shown), the step ``h`` becomes
+W+ layers, as a linear edit) grows in steps of at most ``step`` spreads. The lock holds the classifier's margin
+(the class's logit minus the log-sum-exp of the other logits, on the image as shown) at or above a floor,
+min(the image's own margin, FLOOR_MARGIN). Where the margin is above the floor (by FREE_MARGIN) a step goes as
+planned; elsewhere, with ``g = d margin / d s``, the step ``h`` becomes
 
     h - min(0, <h, g>) / |g|^2 * g
 
-so, to first order, the edit never lowers the margin, and is left unchanged wherever it does not. The step is then
-scaled back to its planned length (at most doubled), so a locked edit moves as far as the linear one, redirected
-along the class's level set rather than shortened. A finite step still loses some margin to curvature: wherever the
-margin has fallen below min(the image's own margin, FLOOR_MARGIN), the first-order move back up to it is added
+so, to first order, the edit no longer lowers the margin, and is left unchanged wherever it does not. The step is
+then scaled back to its planned length (at most doubled), so a locked edit moves as far as the linear one,
+redirected along the floor's level set rather than shortened. A finite step still loses some margin to curvature:
+wherever the margin has fallen below the floor, the first-order move back up to it is added
 (at every step, and up to CORRECTIONS times at each returned eps); a code that still lost its class ends at the
 furthest point that keeps it between the last step seen to keep it and its end (bisection), so a locked edit never
 changes the classifier's label.
@@ -55,6 +56,10 @@ SMOOTH_COS = 0.95       # A long step is kept when its locked direction at the e
 GROW_AFTER = 2          # Steady steps in a row before a step doubles (after a refused one).
 HEADROOM = 0.5          # Margin above the floor a longer step needs: near the floor, steps stay ``step`` long.
 MAX_ENDS = 512          # Returned points a WalkTrail remembers (one w vector each).
+# A step is redirected only where the margin is less than this above the floor: the lock keeps the class, not the
+# margin. At |eps| 3 (100 samples) never (inf) / 1 / 0.5 / 0: class sets change 0.083 / 0.087 / 0.088 / 0.089 of
+# the picture, the global set 0.035 / 0.039 / 0.039 / 0.040, the class kept in every edit.
+FREE_MARGIN = 0.0
 
 
 def class_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -80,12 +85,15 @@ def _redirect(step: torch.Tensor, grad: torch.Tensor, margin: torch.Tensor, floo
               ) -> torch.Tensor:
     """The locked step (B, w_dim) for a planned ``step`` where the margin and its gradient are ``margin``, ``grad``.
 
-    The step loses its margin-lowering component and is scaled back to its length (the edit still moves as far,
-    redirected along the class's level set); where the margin has fallen below ``floor`` (a finite step's second-
-    order loss), the first-order move back up to it is added.
+    Within FREE_MARGIN of ``floor`` (everywhere when ``floor`` is None), the step loses its margin-lowering
+    component and is scaled back to its length (the edit still moves as far, redirected along the level set);
+    where the margin has fallen below ``floor`` (a finite step's second-order loss), the first-order move back up
+    to it is added.
     """
     g2 = grad.square().sum(1).clamp_min(1e-12)
     along = (step * grad).sum(1) / g2
+    if floor is not None:   # Well above the floor the step goes as planned.
+        along = torch.where(margin >= floor + FREE_MARGIN, torch.zeros_like(along), along)
     h = step - along.clamp(max=0)[:, None] * grad
     # Back to the step's length, but at most doubled: a step almost straight down the gradient has no sideways
     # part worth stretching.

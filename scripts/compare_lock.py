@@ -1,0 +1,40 @@
+"""Side by side: the class lock's FREE_MARGIN (how far above its floor the margin must be for a step to go as
+planned), measured as `evaluate directions` measures what a person sees, on the same samples.
+
+    .venv/bin/python scripts/compare_lock.py [--weights weights/fashion_mnist] [--per-class 10] [--seed 0] \
+        [--free inf 1 0.5 0]
+
+inf: every step is redirected away from lowering the margin (the lock before FREE_MARGIN existed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import semdir_edit.ops.class_lock as class_lock
+from semdir_edit.checkpoint import load_model
+from semdir_edit.directions.baselines import sample_by_class
+from semdir_edit.evaluation.evaluate import direction_sources, visible_figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", default="weights/fashion_mnist")
+    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--free", type=float, nargs="+", default=[float("inf"), 1.0, 0.5, 0.0])
+    args = parser.parse_args()
+    G = load_model(args.weights, "generator", "cpu")
+    C = load_model(args.weights, "classifier", "cpu")
+    w_cov = load_model(args.weights, "direction_bank", "cpu").w_cov.cpu()
+    ours = {"ours": direction_sources(args.weights, "cpu")["ours"]}
+    samples = sample_by_class(G, C, 50, args.seed)   # As remeasure_directions.py draws them.
+    for free in args.free:
+        class_lock.FREE_MARGIN = free
+        figures = visible_figures(G, C, ours, w_cov, samples.w, samples.labels, args.per_class, args.seed)
+        print(f"FREE_MARGIN {free}:", json.dumps({k: round(v, 4) for k, v in figures.items()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
