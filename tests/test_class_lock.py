@@ -63,7 +63,7 @@ def test_locked_step_removes_only_the_margin_lowering_part(editor):
     back, _, _ = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), torch.zeros(6, ws.shape[2]),
                            target, margin + 1.0)
     assert ((back * g).sum(1) > 0).all()
-    # Well above the floor the lock leaves even a step down the gradient as planned; just above it, it redirects.
+    # Well above the floor the lock leaves even a step down the gradient as planned; at the floor, it redirects.
     free, _, _ = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), -g, target, margin - 1.0)
     assert torch.allclose(free, -g)
     held, _, _ = _locked_step(editor.G, editor.C, ws, mask, torch.zeros(6, ws.shape[2]), -g, target,

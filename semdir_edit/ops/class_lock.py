@@ -1,5 +1,5 @@
-"""Class-locked edits (ours, not in Kim & Lee): walk a direction in small steps and drop, at each step, the part
-that would lower the classifier's margin for the image's class.
+"""Class-locked edits (ours, not in Kim & Lee): walk a direction in small steps and, wherever the classifier's margin
+for the image's class has come down to a floor, drop the part of a step that would lower it further.
 
 A linear edit ``w + eps * spread * d`` can carry an image across a class boundary even when ``d`` is a
 class-specific direction: the generator's samples sit close to those boundaries (median classifier confidence
