@@ -24,7 +24,7 @@ from semdir_edit.config import FASHION_MNIST_CLASSES, load_config
 from semdir_edit.core.images import to_float
 from semdir_edit.data import load_split
 from semdir_edit.data.labelled_photos import LabelledPhotos, load_labelled_photos, read_class_map
-from semdir_edit.evaluation.photos import auroc
+from semdir_edit.evaluation.photos import photo_figures
 from semdir_edit.models import Classifier
 from semdir_edit.training.photo_classifier import KIND, blend_with_shared, from_shared
 
@@ -37,17 +37,13 @@ def probabilities(model: Classifier, x: torch.Tensor) -> torch.Tensor:
     return torch.cat([(model(b).float().softmax(1) + model(b.flip(3)).float().softmax(1)) / 2 for b in x.split(500)])
 
 
-def figures(p: torch.Tensor, ood: torch.Tensor, labels: torch.Tensor | None, photos: LabelledPhotos | None) -> str:
+def figures(p: torch.Tensor, ood: torch.Tensor, labels: torch.Tensor, photos: LabelledPhotos | None) -> str:
     pred = p[:, :K].argmax(1)
     if photos is None:
         return f"test {(pred == labels).float().mean() * 100:.2f}"
-    right = photos.accept_matrix(K)[torch.arange(len(pred)), pred]
-    inside = photos.in_domain()
-    per_cat = {name: right[photos.category == c].float().mean().item() * 100
-               for c, name in enumerate(photos.categories) if photos.accepted[c]}
-    worst = min(per_cat, key=per_cat.get)
-    return (f"{right[inside].float().mean() * 100:.1f} (worst {worst} {per_cat[worst]:.1f}, dress "
-            f"{per_cat.get('dress', float('nan')):.1f}) AUROC {auroc(ood[~inside].numpy(), ood[inside].numpy()):.3f}")
+    f = photo_figures(photos, pred.numpy(), ood.numpy(), threshold=1.0)
+    return (f"{f['accuracy_in_domain'] * 100:.1f} (worst {f['accuracy_worst_category'] * 100:.1f}, dress "
+            f"{f.get('accuracy_dress', float('nan')) * 100:.1f}) AUROC {f['ood_auroc']:.3f}")
 
 
 def main() -> None:
