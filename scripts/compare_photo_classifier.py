@@ -3,6 +3,7 @@ validation photos as `semdir-edit evaluate photos` measures the shipped one (not
 
     .venv/bin/python scripts/compare_photo_classifier.py PHOTOS/train PHOTOS/validation PHOTOS/mapping.json \
         [--weights weights/fashion_mnist] [--balance 0.5 1.0] [--soup 1 4] [--seed 0 1]
+        [--domain-loss labels distill] [--domain-weight 1 2]
         [--json out.json]
 
 The converted photos are cached in runs/ (converting thousands of photos takes minutes).
@@ -35,6 +36,8 @@ def main() -> None:
     parser.add_argument("--balance", type=float, nargs="+", default=[0.5, 1.0])
     parser.add_argument("--soup", type=int, nargs="+", default=[1], help="heads averaged (seeds 0, 1, ...)")
     parser.add_argument("--seed", type=int, nargs="+", default=[0])
+    parser.add_argument("--domain-loss", nargs="+", default=["labels"], choices=["labels", "distill"])
+    parser.add_argument("--domain-weight", type=float, nargs="+", default=[1.0])
     parser.add_argument("--json")
     args = parser.parse_args()
     cfg = load_config("fashion_mnist")
@@ -44,10 +47,12 @@ def main() -> None:
     val = load_labelled_photos(args.validation, mapping, cache="runs/photos-validation.npz", log=print)
     domain, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
     rows = {}
-    for balance, soup, seed in itertools.product(args.balance, args.soup, args.seed):
-        name = f"balance {balance}, soup {soup}, seed {seed}"
+    for balance, soup, seed, loss, weight in itertools.product(args.balance, args.soup, args.seed, args.domain_loss,
+                                                               args.domain_weight):
+        name = f"balance {balance}, soup {soup}, seed {seed}, domain {loss} x {weight}"
         model, trained = train_photo_classifier(args.weights, train, domain, test, register=False, seed=seed,
-                                                balance=balance, soup=soup, log=print)
+                                                balance=balance, soup=soup, domain_loss=loss, domain_weight=weight,
+                                                log=print)
         pred, _, ood = photo_scores(model, to_float(val.images))
         figures = photo_figures(val, pred.numpy(), ood.numpy(), trained["ood_threshold"])
         rows[name] = {**figures, **{k: trained.get(k) for k in ("domain_test_accuracy", "blend_alpha",

@@ -154,3 +154,54 @@ def test_to_class_walk_away_stops_once_plainly_not_the_target(editor):
     assert torch.equal(still, ws)
     moved = toward_class_codes(G, C, ws, [-2.0], *args, step=0.5, arrive_margin=1e9)[:, 0]
     assert not torch.equal(moved, ws)
+
+
+def _squares(n: int, left: bool, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.full((n, 1, 32, 32), -1.0) + 0.05 * torch.randn(n, 1, 32, 32, generator=gen)
+    shift = (torch.rand(n, generator=gen) * 4).long()
+    for i in range(n):
+        c = (4 if left else 18) + int(shift[i])
+        x[i, :, 8:24, c:c + 10] = 0.8
+    return x.clamp(-1, 1)
+
+
+def test_class_typicality_tells_articles_from_broken_images():
+    from semdir_edit.config import ClassifierConfig
+    from semdir_edit.evaluation.metrics import ClassTypicality
+    from semdir_edit.models import Classifier
+
+    torch.manual_seed(0)
+    C = Classifier(ClassifierConfig(channels=[8, 8, 16, 16], num_classes=2)).eval()
+    fit_x = torch.cat([_squares(200, True, 0), _squares(200, False, 1)])
+    fit_y = torch.cat([torch.zeros(200, dtype=torch.long), torch.ones(200, dtype=torch.long)])
+    held_x = torch.cat([_squares(100, True, 2), _squares(100, False, 3)])
+    held_y = torch.cat([torch.zeros(100, dtype=torch.long), torch.ones(100, dtype=torch.long)])
+    judge = ClassTypicality.fit(C, fit_x, fit_y, held_x, held_y, quantile=0.95)
+    fresh = _squares(100, True, 4)
+    zeros = torch.zeros(100, dtype=torch.long)
+    assert judge(C, fresh, zeros).float().mean() > 0.85           # New articles of the class: typical ...
+    assert judge(C, fresh, zeros + 1).float().mean() < 0.2        # ... and not of the other class.
+    broken = fresh.clone()
+    broken[:, :, 12:20, 6:12] = -1.0                               # A dark hole in the article ...
+    broken[:, :, 2:6, :] = 1.0                                     # ... and a bright bar across the top.
+    assert judge(C, broken, zeros).float().mean() < 0.2
+    judge.limits = torch.full((2,), float("inf"))
+    assert judge(C, broken, zeros).all()
+
+
+def test_visible_effects_report_typicality_when_judged(editor):
+    from semdir_edit.evaluation.metrics import ClassTypicality
+
+    G, C = editor.G, editor.C
+    samples = sample_by_class(G, C, per_class=2, seed=0)
+    images = G.render(G.broadcast(samples.w))
+    judge = ClassTypicality.fit(C, images, samples.labels, images, samples.labels)
+    sets, zeros = torch.eye(G.w_dim)[:, :2][None], torch.zeros(len(samples.w), dtype=torch.long)
+    judge.limits = torch.full_like(judge.limits, float("inf"))
+    assert visible_effects(G, C, sets, torch.ones(1, 2), samples.w, samples.labels, zeros,
+                           typicality=judge)["typical"] == 1.0
+    judge.limits = torch.full_like(judge.limits, -1.0)
+    assert visible_effects(G, C, sets, torch.ones(1, 2), samples.w, samples.labels, zeros,
+                           typicality=judge)["typical"] == 0.0
+    assert "typical" not in visible_effects(G, C, sets, torch.ones(1, 2), samples.w, samples.labels, zeros)

@@ -424,7 +424,7 @@ def evaluate_directions_cmd(
                                                 fresh_steps=fresh_steps, eps_range=(dc.eps_min, dc.eps_max),
                                                 seed=seed, visible_per_class=visible_per_class,
                                                 class_fresh_steps=class_fresh_steps, log=progress.say,
-                                                progress=not quiet)
+                                                progress=not quiet, data_cfg=cfg.data)
     report(figures, "directions (generated samples; eps in units of W's spread)", json_out, record, weights,
            "directions")
     if record:

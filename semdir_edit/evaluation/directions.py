@@ -26,6 +26,7 @@ import torch
 from semdir_edit.config import ShiftPredictorConfig
 from semdir_edit.core.progress import bar
 from semdir_edit.directions.baselines import spread_along
+from semdir_edit.evaluation.metrics import ClassTypicality
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.models.direction_bank import DirectionBank
 from semdir_edit.models.shift_predictor import ShiftPredictor
@@ -152,19 +153,21 @@ def edit_effects(G: Generator, C: Classifier, F: PerceptualLoss, sets: torch.Ten
 @torch.no_grad()
 def visible_effects(G: Generator, C: Classifier, sets: torch.Tensor, spreads: torch.Tensor, w: torch.Tensor,
                     labels: torch.Tensor, set_index: torch.Tensor, eps: float = 3.0, class_lock: bool = False,
-                    batch_size: int = 100) -> dict[str, float]:
+                    batch_size: int = 100, typicality: ClassTypicality | None = None) -> dict[str, float]:
     """What a person sees of a direction set: every direction of each sample's set at +-``eps``, on images in [0, 1].
 
     - ``visible``: mean absolute pixel change;
     - ``outline``: 1 - IoU of the article's silhouette (pixels > 0.25) before and after (0 = only the ink moved);
     - ``distinct``: 1 - the mean |cosine| between the change maps (at +eps) of two directions of the set on the
       same sample (0 = the directions make the same change; 1 = unrelated changes);
-    - ``class_preserved``: the classifier's label unchanged.
+    - ``class_preserved``: the classifier's label unchanged;
+    - ``typical`` (with ``typicality``): the edited image is still a typical article of the sample's class, by a
+      judge the class lock does not steer by (:class:`~semdir_edit.evaluation.metrics.ClassTypicality`).
     class_lock: walk the edits class-locked, as ``apply`` does for class directions.
     """
     device = G.mapping.w_avg.device
     K = sets.shape[2]
-    visible, outline, kept, distinct = [], [], [], []
+    visible, outline, kept, distinct, typical = [], [], [], [], []
     for start in range(0, len(w), batch_size):
         sl = slice(start, start + batch_size)
         codes = G.broadcast(w[sl].to(device))
@@ -185,12 +188,15 @@ def visible_effects(G: Generator, C: Classifier, sets: torch.Tensor, spreads: to
             visible.append(pixel_change(before, x).cpu().flatten())
             outline.append(outline_change(before, x).cpu().flatten())
             kept.append(same.flatten())
+            if typicality is not None:
+                typical.append(typicality(C, images, labels[sl].repeat_interleave(2)).cpu())
             maps.append((x[:, 0] - x0).flatten(1))
         if K > 1:
             distinct.append(change_map_cosines(torch.stack(maps, 1)).cpu())
     return {"visible": torch.cat(visible).mean().item(), "outline": torch.cat(outline).mean().item(),
             "distinct": 1 - torch.cat(distinct).mean().item() if distinct else 0.0,
-            "class_preserved": torch.cat(kept).float().mean().item()}
+            "class_preserved": torch.cat(kept).float().mean().item(),
+            **({"typical": torch.cat(typical).float().mean().item()} if typical else {})}
 
 
 def pixel_change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:

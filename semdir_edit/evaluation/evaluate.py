@@ -27,6 +27,7 @@ from semdir_edit.directions.baselines import sample_by_class
 from semdir_edit.editor import Editor
 from semdir_edit.evaluation import directions as ed
 from semdir_edit.evaluation.metrics import (
+    ClassTypicality,
     accuracy,
     class_histogram,
     classifier_features,
@@ -292,10 +293,14 @@ def rca_figures(G: Generator, predictor: ShiftPredictor, ours: torch.Tensor, spr
 def evaluate_directions(weights_dir: str | Path, device: torch.device, class_names: list[str], per_class: int = 100,
                         fresh_steps: int = 1000, eps_range: tuple[float, float] = (0.5, 6.0), seed: int = 0,
                         describe_samples: int = 32, visible_per_class: int = 20,
-                        class_fresh_steps: int = 200, log=print, progress: bool = False
+                        class_fresh_steps: int = 200, log=print, progress: bool = False,
+                        data_cfg: DataConfig | None = None, data_dir: str | None = None
                         ) -> tuple[dict[str, Any], dict[str, Any]]:
     """RCA, class preservation, edit strength, specificity and orthogonality of every direction source,
     plus a measured description of every direction. Returns (figures, descriptions).
+
+    data_cfg: the dataset whose real images judge whether edits stay typical of their class (``<source>_typical``,
+    :func:`fit_typicality`); None: not measured.
 
     log: names each stage as it starts. progress: bars over the stages and their long loops (see core.progress).
     """
@@ -305,6 +310,8 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     F = PerceptualLoss(C).to(device)
     w_cov = load_model(weights_dir, "direction_bank", device).w_cov.cpu()
     sources = direction_sources(weights_dir, device)
+    # First: a missing dataset is said at once, not after the long stages.
+    typicality = None if data_cfg is None else fit_typicality(C, data_cfg, data_dir, seed)
     samples = sample_by_class(G, C, per_class, seed)
     w, labels = samples.w, samples.labels
     num_classes = C.cfg.num_classes
@@ -343,7 +350,7 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     figures["specificity_change_ratio"] = c["change"].mean().item() / max(o["change"].mean().item(), 1e-12)
 
     stage(f"what a person sees at |eps| = {VISIBLE_EPS:g}, every source as apply edits it by default")
-    figures.update(visible_figures(G, C, sources, w_cov, w, labels, visible_per_class, seed))
+    figures.update(visible_figures(G, C, sources, w_cov, w, labels, visible_per_class, seed, typicality))
     stage(f"to:<class> at eps +{VISIBLE_EPS:g}")
     subset = _per_class_subset(labels, visible_per_class)
     bank = load_model(weights_dir, "direction_bank", device)
@@ -445,10 +452,24 @@ def _per_class_subset(labels: torch.Tensor, per_class: int) -> torch.Tensor:
     return torch.cat([(labels == c).nonzero()[:per_class, 0] for c in labels.unique()])
 
 
+def fit_typicality(C: Classifier, data_cfg: DataConfig, data_dir: str | None = None, seed: int = 0,
+                   n: int = 10_000) -> ClassTypicality:
+    """The class-typicality judge of edited images: class means and covariance from ``n`` training images (drawn
+    with ``seed``), each class's limit the 99th percentile of its test images' distances."""
+    device = next(C.parameters()).device
+    train, test = load_split(data_cfg, "train", data_dir), load_split(data_cfg, "test", data_dir)
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
+    x, y = train.batch(pick, device)
+    xt, yt = test.batch(torch.arange(len(test)), device)
+    return ClassTypicality.fit(C, x, y.cpu(), xt, yt.cpu())
+
+
 def visible_figures(G: Generator, C: Classifier, sources: dict[str, torch.Tensor], w_cov: torch.Tensor,
-                    w: torch.Tensor, labels: torch.Tensor, per_class: int, seed: int) -> dict[str, float]:
-    """``<source>_visible``, ``_outline``, ``_distinct``, ``_class_preserved`` at |eps| = 3 for every source, each
-    edited as ``apply`` edits it by default (class-locked where its default is), on ``per_class`` samples per class.
+                    w: torch.Tensor, labels: torch.Tensor, per_class: int, seed: int,
+                    typicality: ClassTypicality | None = None) -> dict[str, float]:
+    """``<source>_visible``, ``_outline``, ``_distinct``, ``_class_preserved`` (and with ``typicality``,
+    ``_typical``) at |eps| = 3 for every source, each edited as ``apply`` edits it by default (class-locked where
+    its default is), on ``per_class`` samples per class.
 
     Sources: ``global`` and ``class`` (ours: each sample along its class's set), ``voynov``, ``pca``, ``sefa``,
     ``random``, and ``cpca`` (each sample along its class's per-class PCA).
@@ -464,7 +485,7 @@ def visible_figures(G: Generator, C: Classifier, sources: dict[str, torch.Tensor
     for name, (sets, set_index, kind) in plan.items():
         lock = keeps_class(DirectionSpec(kind, 0), None)
         effects = ed.visible_effects(G, C, sets, ed.spreads_of(sets, w_cov), w, labels, set_index,
-                                     eps=VISIBLE_EPS, class_lock=lock)
+                                     eps=VISIBLE_EPS, class_lock=lock, typicality=typicality)
         figures.update({f"{name}_{key}": value for key, value in effects.items()})
     return figures
 

@@ -12,6 +12,9 @@ are not Inception FID.
   Generative Adversarial Networks", 2019 (PPL as in stylegan2-ada ``metrics/perceptual_path_length.py``).
 - The perceptual distance normalises feature maps as LPIPS does: Zhang et al., "The Unreasonable Effectiveness of
   Deep Features as a Perceptual Metric", 2018.
+- Class typicality (is an edited image still a typical article of its class?): the Mahalanobis distance of its
+  features to the class's mean with a shared covariance, Lee et al., "A Simple Unified Framework for Detecting
+  Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018.
 - Domain distance and same-class interpolation of inverted codes: Zhu, Shen, Zhao, Zhou, "In-Domain GAN Inversion
   for Real Image Editing", ECCV 2020 (how far a code is from what the domain-guided encoder reads back from its
   image; how realistic the midpoint of two inverted codes of the same class is).
@@ -26,6 +29,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
@@ -40,6 +44,7 @@ from semdir_edit.ops.linear import fit_linear_classifier
 from semdir_edit.ops.perceptual import perceptual_distance
 
 __all__ = [
+    "ClassTypicality",
     "accuracy",
     "class_histogram",
     "code_features",
@@ -188,6 +193,58 @@ def classifier_features(C: Classifier, images: Iterable[torch.Tensor],
     if not feats:
         return torch.zeros(0, C.feature_dim), torch.zeros(0, dtype=torch.long)
     return torch.cat(feats), torch.cat(preds)
+
+
+@dataclass
+class ClassTypicality:
+    """Is an image a typical article of a given class, by the classifier's penultimate features?
+
+    Typical = the Mahalanobis distance of its features to the class's mean (covariance shared by the classes) is
+    within ``limits[class]``, the ``quantile`` of the distances of real images of that class. It reads the whole
+    feature vector, not the one margin the class lock holds: an edit that fools the classifier's label (a dress
+    walked into a dark blob with a bright rim) is not typical of dresses.
+    """
+
+    means: torch.Tensor      # (K, F)
+    precision: torch.Tensor  # (F, F), the inverse of the shared covariance
+    limits: torch.Tensor     # (K,)
+
+    @classmethod
+    @torch.no_grad()
+    def fit(cls, C: Classifier, images: torch.Tensor, labels: torch.Tensor, held_images: torch.Tensor,
+            held_labels: torch.Tensor, quantile: float = 0.99, batch_size: int = 500) -> ClassTypicality:
+        """Means and covariance from ``images`` (real, labelled, in [-1, 1]); limits from ``held_images`` (other
+        real images): the ``quantile`` of each class's distances (inf for a class with none)."""
+        feats = _features(C, images, batch_size)
+        k = C.cfg.num_classes
+        dim = feats.shape[1]
+        means = torch.stack([feats[labels == c].mean(0) if (labels == c).any() else torch.zeros(dim, dtype=feats.dtype)
+                             for c in range(k)])
+        centred = feats - means[labels]
+        cov = centred.T @ centred / max(len(feats), 1) + 1e-6 * torch.eye(dim, dtype=feats.dtype)
+        judge = cls(means, torch.linalg.inv(cov), torch.full((k,), float("inf")))
+        dist = judge.distance(C, held_images, held_labels, batch_size)
+        judge.limits = torch.tensor([torch.quantile(dist[held_labels == c], quantile).item()
+                                     if (held_labels == c).any() else float("inf") for c in range(k)])
+        return judge
+
+    @torch.no_grad()
+    def distance(self, C: Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500
+                 ) -> torch.Tensor:
+        """(N,) squared Mahalanobis distance of each image's features to its ``labels`` class's mean."""
+        d = _features(C, images, batch_size) - self.means[labels.cpu()]
+        return ((d @ self.precision) * d).sum(1).float()
+
+    def __call__(self, C: Classifier, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: the image is typical of its ``labels`` class."""
+        return self.distance(C, images, labels) <= self.limits[labels.cpu()]
+
+
+def _features(C: Classifier, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    with eval_mode(C):
+        return torch.cat([C.features(images[i:i + batch_size]).double().cpu()
+                          for i in range(0, len(images), batch_size)]
+                         or [torch.zeros(0, C.feature_dim, dtype=torch.double)])
 
 
 @torch.no_grad()

@@ -50,6 +50,7 @@ NONE_OF_THESE = "none of these"
 # images like the dataset's and go through this network too); within it, the held-out photos choose.
 DOMAIN_TOLERANCE = 0.005
 BLEND_GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)  # Weight of the fine-tuned network.
+DISTILL_TEMPERATURE = 2.0
 WARN_QUANTILE = 0.95  # Warn above this quantile of the held-out in-domain photos' ood_score (~5 % warned).
 
 
@@ -160,6 +161,13 @@ def partial_label_loss(logits: torch.Tensor, accept: torch.Tensor) -> torch.Tens
     return -(log_p.masked_fill(~accept, float("-inf")).logsumexp(1)).mean()
 
 
+def distill_loss(logits: torch.Tensor, teacher: torch.Tensor, temperature: float = DISTILL_TEMPERATURE) -> torch.Tensor:
+    """KL(teacher || student) of the tempered softmaxes, times T² (Hinton et al. 2015)."""
+    t = temperature
+    return F.kl_div(logits.float().div(t).log_softmax(1), teacher.float().div(t).log_softmax(1), log_target=True,
+                    reduction="batchmean") * t * t
+
+
 def holdout_mask(photos: LabelledPhotos, every: int = 10) -> torch.Tensor:
     """(N,) bool: every ``every``-th photo of each category (in file order), held out for the threshold."""
     held = torch.zeros(len(photos.category), dtype=torch.bool)
@@ -177,8 +185,12 @@ def soup_of(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 def _fine_tune(model: Classifier, photo_feats: torch.Tensor, photo_accept: torch.Tensor, draw_weight: torch.Tensor,
                dom_feats: torch.Tensor, dom_labels: torch.Tensor, epochs: int, batch_size: int, lr: float,
-               log=print) -> None:
-    """Train ``model``'s head in place on frozen-trunk features: photos (partial labels) 1:1 with domain images."""
+               dom_teacher: torch.Tensor | None = None, domain_weight: float = 1.0, log=print) -> None:
+    """Train ``model``'s head in place on frozen-trunk features: photos (partial labels) 1:1 with domain images.
+
+    dom_teacher: the shared classifier's logits on the domain images (extended by :func:`from_shared`): the domain
+    term is then distillation towards them (Li & Hoiem 2016, "Learning without Forgetting") instead of the labels.
+    """
     head = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(head, lr=lr, weight_decay=0.05)
     steps_per_epoch = max(1, len(photo_feats) // batch_size)
@@ -190,8 +202,11 @@ def _fine_tune(model: Classifier, photo_feats: torch.Tensor, photo_accept: torch
             b = order[i * batch_size:(i + 1) * batch_size]
             d = torch.randint(0, len(dom_feats), (len(b),))
             logits = _head(model, torch.cat([photo_feats[b], dom_feats[d]]).float())
-            loss = (partial_label_loss(logits[:len(b)], photo_accept[b])
-                    + F.cross_entropy(logits[len(b):], dom_labels[d], label_smoothing=0.1))
+            if dom_teacher is None:
+                dom_loss = F.cross_entropy(logits[len(b):], dom_labels[d], label_smoothing=0.1)
+            else:
+                dom_loss = distill_loss(logits[len(b):], dom_teacher[d])
+            loss = partial_label_loss(logits[:len(b)], photo_accept[b]) + domain_weight * dom_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -202,14 +217,19 @@ def _fine_tune(model: Classifier, photo_feats: torch.Tensor, photo_accept: torch
 def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, domain: ImageSet, test: ImageSet | None,
                            *, epochs: int = 12, batch_size: int = 64, lr: float = 1e-3, copies: int = 4,
                            domain_images: int = 12_000, seed: int = 0, command: str = "", register: bool = True,
-                           balance: float = 0.5, soup: int = 1, log=print) -> tuple[Classifier, dict[str, Any]]:
+                           balance: float = 0.5, soup: int = 1, domain_loss: str = "labels",
+                           domain_weight: float = 1.0, log=print) -> tuple[Classifier, dict[str, Any]]:
     """Fine-tune and (``register``) register ``photo_classifier`` in ``weights_dir``; returns it and its figures.
 
     domain: Fashion-MNIST training images mixed into every batch (``domain_images`` of them, fixed at random);
     test: the Fashion-MNIST test split, for the accuracy that must not regress (None = not measured).
     balance: categories are drawn with weight count ** -balance per photo (0 = as they come, 1 = equally often).
     soup: how many heads to fine-tune (seeds ``seed``, ``seed + 1``, ...) and average before the blend.
+    domain_loss: "labels" (cross-entropy on the domain images' labels) or "distill" (the shared classifier's
+    outputs on them); domain_weight: that term's weight against the photos'.
     """
+    if domain_loss not in ("labels", "distill"):
+        raise UserError(f"domain_loss must be 'labels' or 'distill', not {domain_loss!r}")
     if len(photos.category) == 0:
         raise UserError("no photos to train on")
     if not any(photos.accepted):
@@ -242,6 +262,12 @@ def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, doma
     pick, unseen = perm[:domain_images], perm[domain_images:domain_images + 5000]
     dom_feats = _trunk_features(model, domain.images[pick], 1)
     dom_labels = domain.labels[pick]
+    dom_teacher = None
+    if domain_loss == "distill":
+        teacher = from_shared(base).eval()
+        with torch.no_grad():
+            dom_teacher = torch.cat([_head(teacher, dom_feats[i:i + 1024].float())
+                                     for i in range(0, len(dom_feats), 1024)])
 
     # A uniform soup (Wortsman et al. 2022, "Model soups"): heads fine-tuned from the same start in another order
     # each, their weights averaged; one training's accuracy on photos varies by several points with its seed.
@@ -252,6 +278,7 @@ def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, doma
         if i:  # The first ingredient draws on from the state above: soup = 1 is the single training as it was.
             torch.manual_seed(seed + i)
         _fine_tune(model, photo_feats, photo_accept, draw_weight, dom_feats, dom_labels, epochs, batch_size, lr,
+                   dom_teacher=dom_teacher, domain_weight=domain_weight,
                    log=lambda text, i=i: log(text if soup == 1 else f"ingredient {i + 1}/{soup}: {text}"))
         ingredients.append({name: v.clone() for name, v in model.state_dict().items()})
     model.load_state_dict(soup_of(ingredients))
