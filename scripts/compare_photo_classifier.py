@@ -22,7 +22,7 @@ from semdir_edit.core.images import to_float
 from semdir_edit.data import load_split
 from semdir_edit.data.labelled_photos import load_labelled_photos, read_class_map
 from semdir_edit.evaluation.photos import photo_figures
-from semdir_edit.training.photo_classifier import photo_scores, train_photo_classifier
+from semdir_edit.training.photo_classifier import DOMAIN_WEIGHT, photo_scores, train_photo_classifier
 
 KEYS = ("accuracy_in_domain", "ood_auroc", "warned_in_domain", "domain_test_accuracy", "blend_alpha")
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--soup", type=int, nargs="+", default=[1], help="heads averaged (seeds 0, 1, ...)")
     parser.add_argument("--seed", type=int, nargs="+", default=[0])
     parser.add_argument("--domain-loss", nargs="+", default=["labels"], choices=["labels", "distill"])
-    parser.add_argument("--domain-weight", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--domain-weight", type=float, nargs="+", default=[DOMAIN_WEIGHT])
     parser.add_argument("--json")
     args = parser.parse_args()
     cfg = load_config("fashion_mnist")

@@ -269,6 +269,9 @@ def train_classifier_cmd(
                                   "with weight count^-balance per photo (0 = as they come, 1 = all equally often)."),
     soup: int = typer.Option(1, "--soup", min=1, help="With --photos: fine-tune this many heads (seeds 0, 1, ...) "
                              "and average their weights before the blend."),
+    domain_weight: float | None = typer.Option(None, "--domain-weight", min=0.0, help="With --photos: weight of "
+                                               "the Fashion-MNIST images' loss against the photos' (keeps the "
+                                               "domain accuracy; default 2)."),
 ) -> None:
     """Train the classifier (its features are the project's feature space), or with --photos the photo classifier."""
     from semdir_edit.config import load_config
@@ -280,7 +283,8 @@ def train_classifier_cmd(
         if photos is None or class_map is None:
             raise UserError("--photos and --class-map go together")
         _train_photo_classifier(cfg, photos, class_map, weights or Path("weights") / cfg.name,
-                                out or Path("runs") / f"{cfg.name}-photo-classifier", data_dir, epochs, balance, soup)
+                                out or Path("runs") / f"{cfg.name}-photo-classifier", data_dir, epochs, balance, soup,
+                                domain_weight)
         return
     result = train_classifier(cfg, out or Path("runs") / f"{cfg.name}-classifier", resolve_device(device),
                               resume=resume, data_dir=str(data_dir) if data_dir else None,
@@ -291,7 +295,8 @@ def train_classifier_cmd(
 
 
 def _train_photo_classifier(cfg, photos: Path, class_map: Path, weights: Path, out: Path, data_dir: Path | None,
-                            epochs: int | None, balance: float = 0.5, soup: int = 1) -> None:
+                            epochs: int | None, balance: float = 0.5, soup: int = 1,
+                            domain_weight: float | None = None) -> None:
     """``train classifier --photos``: convert the photos (cached in the run folder), fine-tune, register."""
     from semdir_edit.checkpoint import read_manifest
     from semdir_edit.data import load_split
@@ -306,8 +311,10 @@ def _train_photo_classifier(cfg, photos: Path, class_map: Path, weights: Path, o
         typer.echo(f"skipped: {reason}", err=True)
     data = str(data_dir) if data_dir else None
     domain, test = load_split(cfg.data, "train", data), load_split(cfg.data, "test", data)
-    _, figures = train_photo_classifier(weights, labelled, domain, test, epochs=epochs or 12,
-                                        command=command_line(), balance=balance, soup=soup, log=log)
+    more = {} if domain_weight is None else {"domain_weight": domain_weight}
+    _, figures = train_photo_classifier(weights, labelled, domain, test, epochs=epochs or 12, **more,
+                                        command=command_line(), balance=balance, soup=soup,
+                                        log=log)
     print_table(figures, f"photo_classifier registered in {weights}")
 
 

@@ -50,6 +50,9 @@ NONE_OF_THESE = "none of these"
 # images like the dataset's and go through this network too); within it, the held-out photos choose.
 DOMAIN_TOLERANCE = 0.005
 BLEND_GRID = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.0)  # Weight of the fine-tuned network.
+# The Fashion-MNIST images' loss counts this much against the photos': on validation/ (seed 0) 1 / 2 read 84.8 /
+# 85.5 % of the photos and 94.39 / 94.57 % of the Fashion-MNIST test set.
+DOMAIN_WEIGHT = 2.0
 DISTILL_TEMPERATURE = 2.0
 WARN_QUANTILE = 0.95  # Warn above this quantile of the held-out in-domain photos' ood_score (~5 % warned).
 
@@ -218,7 +221,7 @@ def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, doma
                            *, epochs: int = 12, batch_size: int = 64, lr: float = 1e-3, copies: int = 4,
                            domain_images: int = 12_000, seed: int = 0, command: str = "", register: bool = True,
                            balance: float = 0.5, soup: int = 1, domain_loss: str = "labels",
-                           domain_weight: float = 1.0, log=print) -> tuple[Classifier, dict[str, Any]]:
+                           domain_weight: float = DOMAIN_WEIGHT, log=print) -> tuple[Classifier, dict[str, Any]]:
     """Fine-tune and (``register``) register ``photo_classifier`` in ``weights_dir``; returns it and its figures.
 
     domain: Fashion-MNIST training images mixed into every batch (``domain_images`` of them, fixed at random);
@@ -301,7 +304,8 @@ def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, doma
     threshold = float(torch.quantile(ood[inside], WARN_QUANTILE)) if inside.any() else 0.5
     figures: dict[str, Any] = {"ood_threshold": round(threshold, 4), "photos": len(train_idx),
                                "held_out": int(held.sum()), "epochs": epochs, "copies": copies, "soup": soup,
-                               "domain_images": len(pick), **blend,
+                               "domain_images": len(pick), "domain_loss": domain_loss, "domain_weight": domain_weight,
+                               **blend,
                                "train_seconds": round(time.monotonic() - t0)}
     if test is not None:
         idx, _, _ = photo_scores(model, to_float(test.images))
