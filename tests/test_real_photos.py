@@ -273,3 +273,22 @@ def test_a_soup_averages_heads_fine_tuned_in_different_orders(monkeypatch, tmp_p
                               log=lambda m: None)
     assert len(drawn) == 3 and not torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[1], drawn[2])
     assert torch.allclose(averaged["state"]["fc.bias"], torch.stack(drawn).mean(0))
+
+
+def test_distillation_term_is_zero_at_the_teacher_and_grows_away_from_it():
+    from semdir_edit.training.photo_classifier import distill_loss
+
+    teacher = torch.tensor([[3.0, 0.0, -1.0], [0.0, 2.0, 0.0]])
+    assert distill_loss(teacher.clone(), teacher).abs() < 1e-6
+    assert distill_loss(teacher + torch.tensor([0.0, 1.0, 0.0]), teacher) > 0.01
+    assert distill_loss(teacher + 5.0, teacher).abs() < 1e-6     # A shift of every logit is the same softmax.
+
+
+def test_domain_loss_must_be_known(tmp_path):
+    from semdir_edit.core.errors import UserError
+    from semdir_edit.training import photo_classifier as pc
+
+    photos = pc.LabelledPhotos(torch.zeros(2, 1, 32, 32, dtype=torch.uint8), torch.tensor([0, 0]), ["t-shirt"],
+                               [[0]], ["a.jpg", "b.jpg"], [])
+    with pytest.raises(UserError, match="domain_loss"):
+        pc.train_photo_classifier(tmp_path, photos, None, None, domain_loss="teacher", register=False)
