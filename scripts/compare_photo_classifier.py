@@ -3,7 +3,7 @@ validation photos as `semdir-edit evaluate photos` measures the shipped one (not
 
     .venv/bin/python scripts/compare_photo_classifier.py PHOTOS/train PHOTOS/validation PHOTOS/mapping.json \
         [--weights weights/fashion_mnist] [--balance 0.5 1.0] [--soup 1 4] [--seed 0 1]
-        [--domain-loss labels distill] [--domain-weight 1 2]
+        [--domain-loss labels distill] [--domain-weight 1 2] [--tolerance 0.005 0.003]
         [--json out.json]
 
 The converted photos are cached in runs/ (converting thousands of photos takes minutes).
@@ -22,7 +22,12 @@ from semdir_edit.core.images import to_float
 from semdir_edit.data import load_split
 from semdir_edit.data.labelled_photos import load_labelled_photos, read_class_map
 from semdir_edit.evaluation.photos import photo_figures
-from semdir_edit.training.photo_classifier import DOMAIN_WEIGHT, photo_scores, train_photo_classifier
+from semdir_edit.training.photo_classifier import (
+    DOMAIN_TOLERANCE,
+    DOMAIN_WEIGHT,
+    photo_scores,
+    train_photo_classifier,
+)
 
 KEYS = ("accuracy_in_domain", "ood_auroc", "warned_in_domain", "domain_test_accuracy", "blend_alpha")
 
@@ -38,6 +43,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, nargs="+", default=[0])
     parser.add_argument("--domain-loss", nargs="+", default=["labels"], choices=["labels", "distill"])
     parser.add_argument("--domain-weight", type=float, nargs="+", default=[DOMAIN_WEIGHT])
+    parser.add_argument("--tolerance", type=float, nargs="+", default=[DOMAIN_TOLERANCE],
+                        help="Fashion-MNIST accuracy the blend may lose against the shared classifier")
     parser.add_argument("--json")
     args = parser.parse_args()
     cfg = load_config("fashion_mnist")
@@ -47,12 +54,13 @@ def main() -> None:
     val = load_labelled_photos(args.validation, mapping, cache="runs/photos-validation.npz", log=print)
     domain, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
     rows = {}
-    for balance, soup, seed, loss, weight in itertools.product(args.balance, args.soup, args.seed, args.domain_loss,
-                                                               args.domain_weight):
-        name = f"balance {balance}, soup {soup}, seed {seed}, domain {loss} x {weight}"
+    for balance, soup, seed, loss, weight, tol in itertools.product(args.balance, args.soup, args.seed,
+                                                                    args.domain_loss, args.domain_weight,
+                                                                    args.tolerance):
+        name = f"balance {balance}, soup {soup}, seed {seed}, domain {loss} x {weight}, tolerance {tol}"
         model, trained = train_photo_classifier(args.weights, train, domain, test, register=False, seed=seed,
                                                 balance=balance, soup=soup, domain_loss=loss, domain_weight=weight,
-                                                log=print)
+                                                tolerance=tol, log=print)
         pred, _, ood = photo_scores(model, to_float(val.images))
         figures = photo_figures(val, pred.numpy(), ood.numpy(), trained["ood_threshold"])
         rows[name] = {**figures, **{k: trained.get(k) for k in ("domain_test_accuracy", "blend_alpha",

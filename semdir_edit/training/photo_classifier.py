@@ -221,7 +221,8 @@ def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, doma
                            *, epochs: int = 12, batch_size: int = 64, lr: float = 1e-3, copies: int = 4,
                            domain_images: int = 12_000, seed: int = 0, command: str = "", register: bool = True,
                            balance: float = 0.5, soup: int = 1, domain_loss: str = "labels",
-                           domain_weight: float = DOMAIN_WEIGHT, log=print) -> tuple[Classifier, dict[str, Any]]:
+                           domain_weight: float = DOMAIN_WEIGHT, tolerance: float = DOMAIN_TOLERANCE,
+                           log=print) -> tuple[Classifier, dict[str, Any]]:
     """Fine-tune and (``register``) register ``photo_classifier`` in ``weights_dir``; returns it and its figures.
 
     domain: Fashion-MNIST training images mixed into every batch (``domain_images`` of them, fixed at random);
@@ -229,7 +230,8 @@ def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, doma
     balance: categories are drawn with weight count ** -balance per photo (0 = as they come, 1 = equally often).
     soup: how many heads to fine-tune (seeds ``seed``, ``seed + 1``, ...) and average before the blend.
     domain_loss: "labels" (cross-entropy on the domain images' labels) or "distill" (the shared classifier's
-    outputs on them); domain_weight: that term's weight against the photos'.
+    outputs on them); domain_weight: that term's weight against the photos'. tolerance: the Fashion-MNIST accuracy
+    the blend may lose against the shared classifier (:func:`choose_blend`).
     """
     if domain_loss not in ("labels", "distill"):
         raise UserError(f"domain_loss must be 'labels' or 'distill', not {domain_loss!r}")
@@ -290,7 +292,7 @@ def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, doma
     if len(unseen):
         judged = held & photos.in_domain()
         alpha, acc, base_acc, photo_acc = choose_blend(model, base.cpu(), domain.images[unseen], domain.labels[unseen],
-                                                       photos.images[judged], accept[judged, :k])
+                                                       photos.images[judged], accept[judged, :k], tolerance)
         model = blend_with_shared(model, base, alpha)
         blend = {"blend_alpha": alpha, "blend_domain_accuracy": round(acc, 4),
                  "shared_domain_accuracy": round(base_acc, 4), "blend_images": len(unseen),
@@ -305,6 +307,7 @@ def train_photo_classifier(weights_dir: str | Path, photos: LabelledPhotos, doma
     figures: dict[str, Any] = {"ood_threshold": round(threshold, 4), "photos": len(train_idx),
                                "held_out": int(held.sum()), "epochs": epochs, "copies": copies, "soup": soup,
                                "domain_images": len(pick), "domain_loss": domain_loss, "domain_weight": domain_weight,
+                               "domain_tolerance": tolerance,
                                **blend,
                                "train_seconds": round(time.monotonic() - t0)}
     if test is not None:
