@@ -311,10 +311,9 @@ def _train_photo_classifier(cfg, photos: Path, class_map: Path, weights: Path, o
         typer.echo(f"skipped: {reason}", err=True)
     data = str(data_dir) if data_dir else None
     domain, test = load_split(cfg.data, "train", data), load_split(cfg.data, "test", data)
-    more = {} if domain_weight is None else {"domain_weight": domain_weight}
-    _, figures = train_photo_classifier(weights, labelled, domain, test, epochs=epochs or 12, **more,
-                                        command=command_line(), balance=balance, soup=soup,
-                                        log=log)
+    options = {} if domain_weight is None else {"domain_weight": domain_weight}  # None: the library's default.
+    _, figures = train_photo_classifier(weights, labelled, domain, test, epochs=epochs or 12,
+                                        command=command_line(), balance=balance, soup=soup, log=log, **options)
     print_table(figures, f"photo_classifier registered in {weights}")
 
 

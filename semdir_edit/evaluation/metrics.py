@@ -201,8 +201,8 @@ class ClassTypicality:
 
     Typical = the Mahalanobis distance of its features to the class's mean (covariance shared by the classes) is
     within ``limits[class]``, the ``quantile`` of the distances of real images of that class. It reads the whole
-    feature vector, not the one margin the class lock holds: an edit that fools the classifier's label (a dress
-    walked into a dark blob with a bright rim) is not typical of dresses.
+    feature vector, not the one margin the class lock holds, so it flags many edits that keep the classifier's label
+    and no longer look like the class; not all (docs/results.md shows what it passes).
     """
 
     means: torch.Tensor      # (K, F)
