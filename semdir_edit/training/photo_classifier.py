@@ -189,7 +189,7 @@ def soup_of(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
 
 def _fine_tune(model: Classifier, photo_feats: torch.Tensor, photo_accept: torch.Tensor, draw_weight: torch.Tensor,
                dom_feats: torch.Tensor, dom_labels: torch.Tensor, epochs: int, batch_size: int, lr: float,
-               dom_teacher: torch.Tensor | None = None, domain_weight: float = 1.0, log=print) -> None:
+               dom_teacher: torch.Tensor | None = None, domain_weight: float = DOMAIN_WEIGHT, log=print) -> None:
     """Train ``model``'s head in place on frozen-trunk features: photos (partial labels) 1:1 with domain images.
 
     dom_teacher: the shared classifier's logits on the domain images (extended by :func:`from_shared`): the domain
