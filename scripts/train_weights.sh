@@ -11,15 +11,17 @@
 # Environment: CFG (config), DEVICE (auto), GAN_MIN / STAGE2_MIN (time limits, minutes), RUNS (run folders),
 # SEMDIR (the command, default "python3 -m semdir_edit"), STAGES ("1 2"; "2" = stage 2 only, on an OUT_DIR that
 # already holds classifier, generator and discriminator, e.g. a new generator trained with --init-from),
-# PREDICTOR_CFG (the configs of the predictor's fine-tuning cycles after stage 2, in order; empty = none).
+# PREDICTOR_CFG (the configs of the predictor's fine-tuning cycles after stage 2, in order; empty = none),
+# JUDGE_CFG (the judge of edits' config).
 set -uo pipefail
 OUT=${1:?usage: scripts/train_weights.sh OUT_DIR [DATA_DIR]}
 DATA=${2:-/usr/share/datasets/fashion-mnist}
 CFG=${CFG:-configs/fashion_mnist.yaml}
+JUDGE_CFG=${JUDGE_CFG:-configs/fashion_mnist-judge.yaml}
 DEVICE=${DEVICE:-auto}
 GAN_MIN=${GAN_MIN:-5}
 STAGE2_MIN=${STAGE2_MIN:-3.5}
-PREDICTOR_CFG=${PREDICTOR_CFG-configs/fashion_mnist-predictor.yaml configs/fashion_mnist-predictor-2.yaml configs/fashion_mnist-predictor-3.yaml configs/fashion_mnist-predictor-4.yaml configs/fashion_mnist-predictor-5.yaml configs/fashion_mnist-predictor-6.yaml configs/fashion_mnist-predictor-7.yaml configs/fashion_mnist-predictor-8.yaml}
+PREDICTOR_CFG=${PREDICTOR_CFG-configs/fashion_mnist-predictor.yaml configs/fashion_mnist-predictor-2.yaml configs/fashion_mnist-predictor-3.yaml configs/fashion_mnist-predictor-4.yaml configs/fashion_mnist-predictor-5.yaml configs/fashion_mnist-predictor-6.yaml configs/fashion_mnist-predictor-7.yaml configs/fashion_mnist-predictor-8.yaml configs/fashion_mnist-predictor-8.yaml}
 RUNS=${RUNS:-runs/train-weights}
 SE=${SEMDIR:-python3 -m semdir_edit}
 STAGES=${STAGES:-1 2}
@@ -35,11 +37,14 @@ if [[ " $STAGES " == *" 1 "* ]]; then
 log "stage 1: classifier | gan"
 $SE train classifier "${COMMON[@]}" --data-dir "$DATA" --weights "$OUT.s1c" --out "$RUNS/classifier" \
   > "$RUNS/classifier.log" 2>&1 &
+$SE train classifier --judge --config "$JUDGE_CFG" --device "$DEVICE" --data-dir "$DATA" --weights "$OUT.s1j" \
+  --out "$RUNS/classifier-judge" > "$RUNS/classifier-judge.log" 2>&1 &
 $SE train gan "${COMMON[@]}" --data-dir "$DATA" --weights "$OUT.s1g" --out "$RUNS/gan" \
   --time-limit "$GAN_MIN" --register-at-limit > "$RUNS/gan.log" 2>&1 &
 wait
-tail -n 3 "$RUNS/classifier.log" "$RUNS/gan.log"
+tail -n 3 "$RUNS/classifier.log" "$RUNS/classifier-judge.log" "$RUNS/gan.log"
 merge "$OUT" "$OUT.s1c" classifier
+merge "$OUT" "$OUT.s1j" classifier_judge
 merge "$OUT" "$OUT.s1g" generator discriminator
 fi
 
@@ -70,9 +75,11 @@ merge "$OUT" "$OUT.base" direction_bank
 rm -rf "$OUT-orthonormal" && cp -r "$OUT" "$OUT-orthonormal"
 merge "$OUT" "$OUT.dir" deformators shift_predictor
 merge "$OUT-orthonormal" "$OUT.ortho" deformators shift_predictor
+cycle=0
 for pcfg in $PREDICTOR_CFG; do
+  cycle=$((cycle + 1))
   log "stage 2b: the shift predictor trained on with a decaying rate ($pcfg; directions frozen)"
-  name=$(basename "$pcfg" .yaml)
+  name=predictor-cycle-$cycle
   $SE train directions --config "$pcfg" --device "$DEVICE" --init-from "$OUT" --weights "$OUT" \
     --out "$RUNS/$name" > "$RUNS/$name.log" 2>&1
   tail -n 2 "$RUNS/$name.log"
