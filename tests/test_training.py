@@ -57,6 +57,17 @@ def test_classifier_loss_decreases(tiny_config, tmp_path):
 
 
 @requires_dataset
+def test_judge_classifier_is_registered_beside_the_shared_one(tiny_config, tmp_path):
+    cfg = tiny_config
+    cfg.train_classifier.epochs = 1
+    cfg.data.max_train = 256
+    train_classifier(cfg, tmp_path / "c", torch.device("cpu"), weights_dir=tmp_path / "w", progress=False)
+    train_classifier(cfg, tmp_path / "j", torch.device("cpu"), weights_dir=tmp_path / "w", progress=False,
+                     kind="classifier_judge")
+    assert set(read_manifest(tmp_path / "w")["models"]) == {"classifier", "classifier_judge"}
+
+
+@requires_dataset
 def test_gan_with_differentiable_augmentation_runs(tiny_config, tmp_path):
     cfg = tiny_config
     cfg.train_gan.augment = True

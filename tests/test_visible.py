@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -205,3 +207,20 @@ def test_visible_effects_report_typicality_when_judged(editor):
     assert visible_effects(G, C, sets, torch.ones(1, 2), samples.w, samples.labels, zeros,
                            typicality=judge)["typical"] == 0.0
     assert "typical" not in visible_effects(G, C, sets, torch.ones(1, 2), samples.w, samples.labels, zeros)
+
+
+def test_visible_effects_ask_the_judge_whether_the_class_was_kept(editor):
+    G, C = editor.G, editor.C
+    samples = sample_by_class(G, C, per_class=2, seed=0)
+    sets, zeros = torch.eye(G.w_dim)[:, :2][None], torch.zeros(len(samples.w), dtype=torch.long)
+    # The lock holds C's label, so C as its own judge agrees with every locked edit.
+    locked = visible_effects(G, C, sets, torch.ones(1, 2), samples.w, samples.labels, zeros, class_lock=True,
+                             judge=C)
+    assert locked["judged"] == locked["class_preserved"] == 1.0
+    # A judge that names class 0 whatever it sees agrees exactly on the samples of class 0.
+    stubborn = copy.deepcopy(C)
+    with torch.no_grad():
+        stubborn.fc.weight.zero_()
+        stubborn.fc.bias.copy_(torch.arange(C.cfg.num_classes, 0, -1).float())
+    judged = visible_effects(G, C, sets, torch.ones(1, 2), samples.w, samples.labels, zeros, judge=stubborn)
+    assert judged["judged"] == pytest.approx((samples.labels == 0).float().mean().item())

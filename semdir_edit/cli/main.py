@@ -272,13 +272,19 @@ def train_classifier_cmd(
     domain_weight: float | None = typer.Option(None, "--domain-weight", min=0.0, help="With --photos: weight of "
                                                "the Fashion-MNIST images' loss against the photos' (keeps the "
                                                "domain accuracy; default 2)."),
+    judge: bool = typer.Option(False, "--judge", help="Instead: train the judge of edits (registered as "
+                               "classifier_judge; use configs/fashion_mnist-judge.yaml): a second classifier, "
+                               "trained apart, that `evaluate directions` asks whether an edit kept its class."),
 ) -> None:
-    """Train the classifier (its features are the project's feature space), or with --photos the photo classifier."""
+    """Train the classifier (its features are the project's feature space), or with --photos the photo classifier,
+    or with --judge the judge of edits."""
     from semdir_edit.config import load_config
     from semdir_edit.core.device import resolve_device
     from semdir_edit.training.classifier import train_classifier
 
     cfg = load_config(config)
+    if judge and (photos is not None or class_map is not None):
+        raise UserError("--judge and --photos train different networks: give one")
     if photos is not None or class_map is not None:
         if photos is None or class_map is None:
             raise UserError("--photos and --class-map go together")
@@ -286,10 +292,11 @@ def train_classifier_cmd(
                                 out or Path("runs") / f"{cfg.name}-photo-classifier", data_dir, epochs, balance, soup,
                                 domain_weight)
         return
-    result = train_classifier(cfg, out or Path("runs") / f"{cfg.name}-classifier", resolve_device(device),
-                              resume=resume, data_dir=str(data_dir) if data_dir else None,
+    kind = "classifier_judge" if judge else "classifier"
+    result = train_classifier(cfg, out or Path("runs") / f"{cfg.name}-{kind.replace('_', '-')}",
+                              resolve_device(device), resume=resume, data_dir=str(data_dir) if data_dir else None,
                               weights_dir=weights or Path("weights") / cfg.name, command=command_line(),
-                              time_limit_min=time_limit)
+                              time_limit_min=time_limit, kind=kind)
     typer.echo(f"epoch {result['epoch']}: test accuracy {result.get('test_accuracy', float('nan')):.4f}"
                f"{'' if result['finished'] else ' (stopped; continue with --resume)'}")
 

@@ -153,7 +153,8 @@ def edit_effects(G: Generator, C: Classifier, F: PerceptualLoss, sets: torch.Ten
 @torch.no_grad()
 def visible_effects(G: Generator, C: Classifier, sets: torch.Tensor, spreads: torch.Tensor, w: torch.Tensor,
                     labels: torch.Tensor, set_index: torch.Tensor, eps: float = 3.0, class_lock: bool = False,
-                    batch_size: int = 100, typicality: ClassTypicality | None = None) -> dict[str, float]:
+                    batch_size: int = 100, typicality: ClassTypicality | None = None,
+                    judge: Classifier | None = None) -> dict[str, float]:
     """What a person sees of a direction set: every direction of each sample's set at +-``eps``, on images in [0, 1].
 
     - ``visible``: mean absolute pixel change;
@@ -162,12 +163,14 @@ def visible_effects(G: Generator, C: Classifier, sets: torch.Tensor, spreads: to
       same sample (0 = the directions make the same change; 1 = unrelated changes);
     - ``class_preserved``: the classifier's label unchanged;
     - ``typical`` (with ``typicality``): the edited image is still a typical article of the sample's class, by a
-      judge the class lock does not steer by (:class:`~semdir_edit.evaluation.metrics.ClassTypicality`).
+      judge the class lock does not steer by (:class:`~semdir_edit.evaluation.metrics.ClassTypicality`);
+    - ``judged`` (with ``judge``, a classifier trained apart from ``C``): it names the sample's class. The lock holds
+      ``C``'s margin and can end where only ``C`` is fooled; a network trained apart is rarely fooled the same way.
     class_lock: walk the edits class-locked, as ``apply`` does for class directions.
     """
     device = G.mapping.w_avg.device
     K = sets.shape[2]
-    visible, outline, kept, distinct, typical = [], [], [], [], []
+    visible, outline, kept, distinct, typical, judged = [], [], [], [], [], []
     for start in range(0, len(w), batch_size):
         sl = slice(start, start + batch_size)
         codes = G.broadcast(w[sl].to(device))
@@ -190,13 +193,16 @@ def visible_effects(G: Generator, C: Classifier, sets: torch.Tensor, spreads: to
             kept.append(same.flatten())
             if typicality is not None:
                 typical.append(typicality(C, images, labels[sl].repeat_interleave(2)).cpu())
+            if judge is not None:
+                judged.append(judge(images).argmax(1).cpu() == labels[sl].repeat_interleave(2))
             maps.append((x[:, 0] - x0).flatten(1))
         if K > 1:
             distinct.append(change_map_cosines(torch.stack(maps, 1)).cpu())
     return {"visible": torch.cat(visible).mean().item(), "outline": torch.cat(outline).mean().item(),
             "distinct": 1 - torch.cat(distinct).mean().item() if distinct else 0.0,
             "class_preserved": torch.cat(kept).float().mean().item(),
-            **({"typical": torch.cat(typical).float().mean().item()} if typical else {})}
+            **({"typical": torch.cat(typical).float().mean().item()} if typical else {}),
+            **({"judged": torch.cat(judged).float().mean().item()} if judged else {})}
 
 
 def pixel_change(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:

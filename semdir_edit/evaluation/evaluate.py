@@ -300,7 +300,8 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     plus a measured description of every direction. Returns (figures, descriptions).
 
     data_cfg: the dataset whose real images judge whether edits stay typical of their class (``<source>_typical``,
-    :func:`fit_typicality`); None: not measured.
+    :func:`fit_typicality`); None: not measured. The weights' ``classifier_judge``, when they have one, judges
+    whether edits keep their class (``<source>_judged``, :func:`load_judge`).
 
     log: names each stage as it starts. progress: bars over the stages and their long loops (see core.progress).
     """
@@ -312,6 +313,7 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     sources = direction_sources(weights_dir, device)
     # First: a missing dataset is said at once, not after the long stages.
     typicality = None if data_cfg is None else fit_typicality(C, data_cfg, data_dir, seed)
+    judge = load_judge(weights_dir, device)
     samples = sample_by_class(G, C, per_class, seed)
     w, labels = samples.w, samples.labels
     num_classes = C.cfg.num_classes
@@ -350,7 +352,7 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     figures["specificity_change_ratio"] = c["change"].mean().item() / max(o["change"].mean().item(), 1e-12)
 
     stage(f"what a person sees at |eps| = {VISIBLE_EPS:g}, every source as apply edits it by default")
-    figures.update(visible_figures(G, C, sources, w_cov, w, labels, visible_per_class, seed, typicality))
+    figures.update(visible_figures(G, C, sources, w_cov, w, labels, visible_per_class, seed, typicality, judge))
     stage(f"to:<class> at eps +{VISIBLE_EPS:g}")
     subset = _per_class_subset(labels, visible_per_class)
     bank = load_model(weights_dir, "direction_bank", device)
@@ -452,6 +454,14 @@ def _per_class_subset(labels: torch.Tensor, per_class: int) -> torch.Tensor:
     return torch.cat([(labels == c).nonzero()[:per_class, 0] for c in labels.unique()])
 
 
+def load_judge(weights_dir: str | Path, device: torch.device | str) -> Classifier | None:
+    """The judge of edits (``classifier_judge``, trained by ``train classifier --judge``) in eval mode, or None when
+    the weights have none."""
+    if "classifier_judge" not in read_manifest(weights_dir).get("models", {}):
+        return None
+    return load_model(weights_dir, "classifier_judge", device).eval()
+
+
 def fit_typicality(C: Classifier, data_cfg: DataConfig, data_dir: str | None = None, seed: int = 0,
                    n: int = 10_000) -> ClassTypicality:
     """The class-typicality judge of edited images: class means and covariance from ``n`` training images (drawn
@@ -466,10 +476,12 @@ def fit_typicality(C: Classifier, data_cfg: DataConfig, data_dir: str | None = N
 
 def visible_figures(G: Generator, C: Classifier, sources: dict[str, torch.Tensor], w_cov: torch.Tensor,
                     w: torch.Tensor, labels: torch.Tensor, per_class: int, seed: int,
-                    typicality: ClassTypicality | None = None) -> dict[str, float]:
+                    typicality: ClassTypicality | None = None, judge: Classifier | None = None
+                    ) -> dict[str, float]:
     """``<source>_visible``, ``_outline``, ``_distinct``, ``_class_preserved`` (and with ``typicality``,
-    ``_typical``) at |eps| = 3 for every source, each edited as ``apply`` edits it by default (class-locked where
-    its default is), on ``per_class`` samples per class.
+    ``_typical``; with ``judge``, ``_judged`` and ``unedited_judged``, the judge's agreement with ``C`` on the
+    samples themselves) at |eps| = 3 for every source, each edited as ``apply`` edits it by default (class-locked
+    where its default is), on ``per_class`` samples per class.
 
     Sources: ``global`` and ``class`` (ours: each sample along its class's set), ``voynov``, ``pca``, ``sefa``,
     ``random``, and ``cpca`` (each sample along its class's per-class PCA).
@@ -481,11 +493,16 @@ def visible_figures(G: Generator, C: Classifier, sources: dict[str, torch.Tensor
     plan.update({name: (sets, zeros, name) for name, sets in sources.items() if name not in ("ours", "cpca")})
     if "cpca" in sources:
         plan["cpca"] = (sources["cpca"], labels, "cpca")
-    figures = {"visible_samples": len(w)}
+    figures: dict[str, float] = {"visible_samples": len(w)}
+    if judge is not None:
+        with torch.no_grad():
+            named = torch.cat([judge(G.render(G.broadcast(chunk.to(G.mapping.w_avg.device)))).argmax(1).cpu()
+                               for chunk in w.split(100)])
+        figures["unedited_judged"] = (named == labels).float().mean().item()
     for name, (sets, set_index, kind) in plan.items():
         lock = keeps_class(DirectionSpec(kind, 0), None)
         effects = ed.visible_effects(G, C, sets, ed.spreads_of(sets, w_cov), w, labels, set_index,
-                                     eps=VISIBLE_EPS, class_lock=lock, typicality=typicality)
+                                     eps=VISIBLE_EPS, class_lock=lock, typicality=typicality, judge=judge)
         figures.update({f"{name}_{key}": value for key, value in effects.items()})
     return figures
 

@@ -58,8 +58,8 @@ class ClassifierJob(TrainingJob):
     postfix = {"loss": "loss", "acc": "test_accuracy"}
 
     def __init__(self, cfg: Config, device: torch.device, data_dir: str | None = None,
-                 weights_dir: str | Path | None = None) -> None:
-        self.tc, self.device, self.weights_dir = cfg.train_classifier, device, weights_dir
+                 weights_dir: str | Path | None = None, kind: str = "classifier") -> None:
+        self.tc, self.device, self.weights_dir, self.kind = cfg.train_classifier, device, weights_dir, kind
         self.train_set = load_split(cfg.data, "train", data_dir)
         self.test_set = load_split(cfg.data, "test", data_dir)
         self.model = Classifier(cfg.classifier).to(device)
@@ -105,19 +105,20 @@ class ClassifierJob(TrainingJob):
     def register(self, info: dict[str, Any], command: str, commit: str | None) -> None:
         if self.weights_dir is None:
             return
-        register_model(self.weights_dir, "classifier", self.model.eval(), command=command, commit=commit,
+        register_model(self.weights_dir, self.kind, self.model.eval(), command=command, commit=commit,
                        extra={**info, "epochs": self.epoch + 1, "class_names": list(self.train_set.class_names)})
 
 
 def train_classifier(cfg: Config, run_dir: str | Path, device: torch.device, *, resume: bool = False,
                      data_dir: str | None = None, weights_dir: str | Path | None = None, command: str = "",
-                     time_limit_min: float = 0.0, progress: bool = True) -> dict[str, Any]:
+                     time_limit_min: float = 0.0, progress: bool = True, kind: str = "classifier") -> dict[str, Any]:
     """Train the classifier on :func:`~semdir_edit.training.loop.train` (a checkpoint and a stats line with the test
-    accuracy every epoch); on completion register it in ``weights_dir``. Returns the last logged stats with
-    ``epoch`` and ``finished``."""
+    accuracy every epoch); on completion register it in ``weights_dir`` as ``kind`` (``classifier_judge``: the
+    judge of edits, :func:`~semdir_edit.evaluation.directions.visible_effects`). Returns the last logged stats
+    with ``epoch`` and ``finished``."""
     tc = cfg.train_classifier
     seed_everything(tc.seed)
-    job = ClassifierJob(cfg, device, data_dir, weights_dir)
+    job = ClassifierJob(cfg, device, data_dir, weights_dir, kind)
     spe = job.steps_per_epoch
     schedule = Schedule(tc.epochs * spe, checkpoint_every=spe, seed=tc.seed, batch_size=tc.batch_size, log_every=spe)
     result = train(job, RunFolder(run_dir), device, schedule, options={"config": to_dict(cfg)}, resume=resume,
