@@ -22,10 +22,17 @@ from semdir_edit.checkpoint import load_model, read_manifest, update_figures
 from semdir_edit.config import load_config
 from semdir_edit.directions.baselines import sample_by_class
 from semdir_edit.evaluation import directions as ed
-from semdir_edit.evaluation.evaluate import direction_sources, fit_typicality, rca_figures, visible_figures
+from semdir_edit.evaluation.evaluate import (
+    direction_sources,
+    fit_typicality,
+    load_judge,
+    load_lock_classifier,
+    rca_figures,
+    visible_figures,
+)
 
 NOTES = {
-    "visible": "{sources} visible/outline/distinct/class_preserved/typical re-measured with "
+    "visible": "{sources} visible/outline/distinct/class_preserved/typical/judged re-measured with "
                "scripts/remeasure_directions.py --parts visible (same samples and code as evaluate directions)",
     "rca": "rca_* re-measured with scripts/remeasure_directions.py --parts rca (same samples and code as evaluate "
            "directions: 50 per class, seed 0) after the predictor's training: {training}",
@@ -64,7 +71,8 @@ def main() -> None:
         chosen = {k: v for k, v in sources.items() if k in args.sources}
         typicality = fit_typicality(C, load_config("fashion_mnist").data, seed=args.seed)
         figures.update(visible_figures(G, C, chosen, w_cov, samples.w, samples.labels, args.visible_per_class,
-                                       args.seed, typicality))
+                                       args.seed, typicality, load_judge(args.weights, device),
+                                       load_lock_classifier(args.weights, C, device)))
         notes["visible_note"] = NOTES["visible"].format(sources=", ".join(sorted(args.sources)))
     if "rca" in args.parts:
         predictor = load_model(args.weights, "shift_predictor", device)

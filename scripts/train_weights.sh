@@ -11,13 +11,12 @@
 # Environment: CFG (config), DEVICE (auto), GAN_MIN / STAGE2_MIN (time limits, minutes), RUNS (run folders),
 # SEMDIR (the command, default "python3 -m semdir_edit"), STAGES ("1 2"; "2" = stage 2 only, on an OUT_DIR that
 # already holds classifier, generator and discriminator, e.g. a new generator trained with --init-from),
-# PREDICTOR_CFG (the configs of the predictor's fine-tuning cycles after stage 2, in order; empty = none),
-# JUDGE_CFG (the judge of edits' config).
+# PREDICTOR_CFG (the configs of the predictor's fine-tuning cycles after stage 2, in order; empty = none).
+# The class lock's second classifier and the judge of edits use configs/fashion_mnist-lock.yaml and -judge.yaml.
 set -uo pipefail
 OUT=${1:?usage: scripts/train_weights.sh OUT_DIR [DATA_DIR]}
 DATA=${2:-/usr/share/datasets/fashion-mnist}
 CFG=${CFG:-configs/fashion_mnist.yaml}
-JUDGE_CFG=${JUDGE_CFG:-configs/fashion_mnist-judge.yaml}
 DEVICE=${DEVICE:-auto}
 GAN_MIN=${GAN_MIN:-5}
 STAGE2_MIN=${STAGE2_MIN:-3.5}
@@ -37,14 +36,17 @@ if [[ " $STAGES " == *" 1 "* ]]; then
 log "stage 1: classifier | gan"
 $SE train classifier "${COMMON[@]}" --data-dir "$DATA" --weights "$OUT.s1c" --out "$RUNS/classifier" \
   > "$RUNS/classifier.log" 2>&1 &
-$SE train classifier --judge --config "$JUDGE_CFG" --device "$DEVICE" --data-dir "$DATA" --weights "$OUT.s1j" \
-  --out "$RUNS/classifier-judge" > "$RUNS/classifier-judge.log" 2>&1 &
+for role in lock judge; do
+  $SE train classifier --role $role --config "configs/fashion_mnist-$role.yaml" --device "$DEVICE" --data-dir "$DATA" \
+    --weights "$OUT.s1$role" --out "$RUNS/classifier-$role" > "$RUNS/classifier-$role.log" 2>&1 &
+done
 $SE train gan "${COMMON[@]}" --data-dir "$DATA" --weights "$OUT.s1g" --out "$RUNS/gan" \
   --time-limit "$GAN_MIN" --register-at-limit > "$RUNS/gan.log" 2>&1 &
 wait
-tail -n 3 "$RUNS/classifier.log" "$RUNS/classifier-judge.log" "$RUNS/gan.log"
+tail -n 3 "$RUNS/classifier.log" "$RUNS/classifier-lock.log" "$RUNS/classifier-judge.log" "$RUNS/gan.log"
 merge "$OUT" "$OUT.s1c" classifier
-merge "$OUT" "$OUT.s1j" classifier_judge
+merge "$OUT" "$OUT.s1lock" classifier_lock
+merge "$OUT" "$OUT.s1judge" classifier_judge
 merge "$OUT" "$OUT.s1g" generator discriminator
 fi
 

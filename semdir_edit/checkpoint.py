@@ -49,6 +49,7 @@ MODEL_KINDS: dict[str, tuple[type[nn.Module], type]] = {
     "discriminator": (Discriminator, DiscriminatorConfig),
     "classifier": (Classifier, ClassifierConfig),       # Shared: directions, FID features, class lock, perceptual.
     "photo_classifier": (Classifier, ClassifierConfig),  # Photos only: their class and ood_score (K + 1 outputs).
+    "classifier_lock": (Classifier, ClassifierConfig),   # The class lock's second opinion, trained apart.
     "classifier_judge": (Classifier, ClassifierConfig),  # Evaluation only: trained apart, never steered by.
     "encoder": (Encoder, EncoderConfig),                # Domain-guided encoder (in-domain inversion).
     "encoder_conventional": (Encoder, EncoderConfig),   # Baseline encoder trained in latent space.

@@ -39,6 +39,7 @@ from semdir_edit.inversion.invert import (
     invert,
 )
 from semdir_edit.latents import latent_bytes, latent_meta, load_latent, sample_meta
+from semdir_edit.models import ClassifierEnsemble
 from semdir_edit.ops.class_lock import (
     DEFAULT_STEP,
     TO_SCALE,
@@ -88,9 +89,10 @@ class EditedImage(NamedTuple):
 class Editor:
     """Holds the shipped networks on one device. Networks are loaded when first needed.
 
-    Two classifiers: the shared ``classifier`` (:attr:`C`) classifies domain images and serves the class lock, the
-    perceptual loss and every figure; the ``photo_classifier`` (when the weights have one) names the class of inputs
-    that came in as photos and gives their ``ood_score`` (:meth:`classify_photos`).
+    The shared ``classifier`` (:attr:`C`) classifies domain images and serves the class lock, the perceptual loss
+    and every figure; the ``photo_classifier`` (when the weights have one) names the class of inputs that came in as
+    photos and gives their ``ood_score`` (:meth:`classify_photos`); the ``classifier_lock`` (when the weights have
+    one) is the class lock's second opinion (:attr:`lock_classifier`).
     """
 
     def __init__(self, weights_dir: str | Path, device: str | torch.device = "auto",
@@ -102,6 +104,7 @@ class Editor:
         self.weights_id = weights_id(self.weights_dir)
         self._models: dict[str, torch.nn.Module] = {}
         self._perceptual: PerceptualLoss | None = None
+        self._lock: torch.nn.Module | None = None
         # Resolved directions of apply_shifts, on the device: (kind, k or target, class) -> (vector, spread).
         self._shift_directions: dict[tuple[str, int | None, int], tuple[torch.Tensor, float]] = {}
         self._trails: OrderedDict[tuple[Any, ...], WalkTrail] = OrderedDict()
@@ -124,6 +127,16 @@ class Editor:
     @property
     def C(self):  # noqa: N802
         return self.model("classifier")
+
+    @property
+    def lock_classifier(self) -> torch.nn.Module:
+        """What the class lock holds: :attr:`C` and, when the weights have one, the lock's second classifier
+        (``classifier_lock``, trained apart) as one :class:`~semdir_edit.models.ClassifierEnsemble`, so a locked
+        walk cannot end in an image that fools :attr:`C` alone."""
+        if self._lock is None:
+            has_second = "classifier_lock" in self.manifest.get("models", {})
+            self._lock = ClassifierEnsemble([self.C, self.model("classifier_lock")]) if has_second else self.C
+        return self._lock
 
     @property
     def class_names(self) -> list[str]:
@@ -397,7 +410,8 @@ class Editor:
             vector = source[:, k].to(self.device)
             spread = spread_of(vector, bank.w_cov.to(self.device))
             if lock:
-                shifted = locked_shift_codes(self.G, self.C, code, vector, eps, spread, layer_range, target)[0]
+                shifted = locked_shift_codes(self.G, self.lock_classifier, code, vector, eps, spread, layer_range,
+                                             target)[0]
             else:
                 shifted = shift_codes(code, vector, eps, spread, layer_range)[0]
             rows.append(self.G.render(shifted))
@@ -477,8 +491,8 @@ class Editor:
                                        keep_global)
         elif keep_class:
             target = torch.full((len(ws),), class_index, dtype=torch.long)
-            shifted = locked_shift_codes(self.G, self.C, ws, vector.to(self.device), eps_list, spread, layer_range,
-                                         target)
+            shifted = locked_shift_codes(self.G, self.lock_classifier, ws, vector.to(self.device), eps_list, spread,
+                                         layer_range, target)
         else:
             shifted = shift_codes(ws, vector.to(self.device), eps_list, spread, layer_range)  # (B, E, num_ws, w_dim)
         b, e = shifted.shape[:2]
@@ -606,7 +620,8 @@ class Editor:
         step = max(DEFAULT_STEP, max(abs(e) for e in eps) / MAX_LOCKED_STEPS)
         target = torch.full((len(ws),), class_index, dtype=torch.long)
         trail = self._trail(ws, unit, spread, layer_range, class_index, step) if len(ws) == 1 else None
-        return locked_shift_codes(self.G, self.C, ws, unit, eps, spread, layer_range, target, step, trail)
+        return locked_shift_codes(self.G, self.lock_classifier, ws, unit, eps, spread, layer_range, target, step,
+                                  trail)
 
     def forget_walks(self) -> None:
         """Drop the remembered class-locked walks (the next slider move walks from the image)."""

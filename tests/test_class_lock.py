@@ -216,3 +216,45 @@ def test_apply_cli_edits_several_latent_files_as_one_each(editor, tmp_path):
                           ([str(latents[0]), str(tmp_path / "other" / latents[0].name)], "would both write")):
         result = run_cli("apply", *args, *common)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_an_ensemble_averages_its_members_log_probabilities():
+    from semdir_edit.config import ClassifierConfig
+    from semdir_edit.models import Classifier, ClassifierEnsemble
+
+    torch.manual_seed(1)
+    a, b = (Classifier(ClassifierConfig(channels=[8, 8, 16, 16])).eval() for _ in range(2))
+    x = torch.rand(4, 1, 32, 32) * 2 - 1
+    pair = ClassifierEnsemble([a, b])
+    expected = (a(x).log_softmax(1) + b(x).log_softmax(1)) / 2
+    assert torch.allclose(pair(x), expected, atol=1e-6)
+    assert pair.cfg.num_classes == a.cfg.num_classes
+
+
+def test_the_lock_holds_both_classifiers_when_the_weights_have_a_second(tmp_path):
+    from semdir_edit.checkpoint import register_model
+    from semdir_edit.config import ClassifierConfig
+    from semdir_edit.models import Classifier, ClassifierEnsemble
+
+    weights = make_edit_weights(tmp_path)
+    alone = Editor.from_pretrained(weights, device="cpu")
+    assert alone.lock_classifier is alone.C
+    torch.manual_seed(7)
+    register_model(weights, "classifier_lock", Classifier(ClassifierConfig(channels=[8, 8, 16, 16])).eval(),
+                   command="test")
+    ed = Editor.from_pretrained(weights, device="cpu")
+    lock = ed.lock_classifier
+    assert isinstance(lock, ClassifierEnsemble) and len(lock.members) == 2
+    ws = _codes(ed, 6, seed=3)
+    target = lock(ed.G.render(ws)).argmax(1)
+    direction = torch.nn.functional.normalize(torch.randn(ed.G.w_dim, generator=torch.Generator().manual_seed(4)),
+                                              dim=0)
+    walked = locked_shift_codes(ed.G, lock, ws, direction, [4.0, -4.0], 2.0, range(ed.G.num_ws), target)
+    for j in range(2):   # The pair's label is kept: the walk held the pair, not C alone.
+        assert torch.equal(lock(ed.G.render(walked[:, j])).argmax(1), target)
+    # apply's class-locked edit walks the same way (codes of one class, as apply groups them).
+    one = target == target[0]
+    vector, spread = ed.direction("pca:0", int(target[0]))
+    images = ed.apply(ws[one], "pca:0", [2.0], class_index=int(target[0]), keep_class=True)
+    expected = locked_shift_codes(ed.G, lock, ws[one], vector, [2.0], spread, range(ed.G.num_ws), target[one])
+    assert torch.allclose(images[:, 0], ed.G.render(expected[:, 0]), atol=1e-5)

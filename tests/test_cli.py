@@ -55,10 +55,11 @@ def test_missing_dataset(tmp_path):
     assert_user_error(result, "apt-get install -y dataset-fashion-mnist")
 
 
-def test_judge_and_photos_are_two_trainings(tmp_path):
-    result = run_cli("train", "classifier", "-c", "configs/tiny.yaml", "--judge", "--photos", str(tmp_path),
+def test_classifier_roles_and_photos_are_different_trainings(tmp_path):
+    result = run_cli("train", "classifier", "-c", "configs/tiny.yaml", "--role", "judge", "--photos", str(tmp_path),
                      "--class-map", str(tmp_path / "map.json"))
-    assert_user_error(result, "--judge and --photos")
+    assert_user_error(result, "--role and --photos")
+    assert_user_error(run_cli("train", "classifier", "-c", "configs/tiny.yaml", "--role", "referee"), "--role")
 
 
 def test_missing_weights(tmp_path):

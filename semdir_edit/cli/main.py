@@ -272,19 +272,23 @@ def train_classifier_cmd(
     domain_weight: float | None = typer.Option(None, "--domain-weight", min=0.0, help="With --photos: weight of "
                                                "the Fashion-MNIST images' loss against the photos' (keeps the "
                                                "domain accuracy; default 2)."),
-    judge: bool = typer.Option(False, "--judge", help="Instead: train the judge of edits (registered as "
-                               "classifier_judge; use configs/fashion_mnist-judge.yaml): a second classifier, "
-                               "trained apart, that `evaluate directions` asks whether an edit kept its class."),
+    role: str = typer.Option("shared", "--role", help="shared: the classifier every part uses | lock: the class "
+                             "lock's second classifier (classifier_lock; configs/fashion_mnist-lock.yaml) | judge: "
+                             "the classifier `evaluate directions` asks whether an edit kept its class "
+                             "(classifier_judge; configs/fashion_mnist-judge.yaml). Each is trained apart."),
 ) -> None:
     """Train the classifier (its features are the project's feature space), or with --photos the photo classifier,
-    or with --judge the judge of edits."""
+    or with --role the class lock's second classifier or the judge of edits."""
     from semdir_edit.config import load_config
     from semdir_edit.core.device import resolve_device
     from semdir_edit.training.classifier import train_classifier
 
     cfg = load_config(config)
-    if judge and (photos is not None or class_map is not None):
-        raise UserError("--judge and --photos train different networks: give one")
+    kinds = {"shared": "classifier", "lock": "classifier_lock", "judge": "classifier_judge"}
+    if role not in kinds:
+        raise UserError(f"--role must be one of {', '.join(kinds)}, got '{role}'")
+    if role != "shared" and (photos is not None or class_map is not None):
+        raise UserError("--role and --photos train different networks: give one")
     if photos is not None or class_map is not None:
         if photos is None or class_map is None:
             raise UserError("--photos and --class-map go together")
@@ -292,7 +296,7 @@ def train_classifier_cmd(
                                 out or Path("runs") / f"{cfg.name}-photo-classifier", data_dir, epochs, balance, soup,
                                 domain_weight)
         return
-    kind = "classifier_judge" if judge else "classifier"
+    kind = kinds[role]
     result = train_classifier(cfg, out or Path("runs") / f"{cfg.name}-{kind.replace('_', '-')}",
                               resolve_device(device), resume=resume, data_dir=str(data_dir) if data_dir else None,
                               weights_dir=weights or Path("weights") / cfg.name, command=command_line(),

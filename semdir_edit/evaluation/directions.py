@@ -115,12 +115,13 @@ def train_fresh_predictor(G: Generator, C: Classifier, directions: torch.Tensor,
 @torch.no_grad()
 def edit_effects(G: Generator, C: Classifier, F: PerceptualLoss, sets: torch.Tensor, spreads: torch.Tensor,
                  w: torch.Tensor, labels: torch.Tensor, set_index: torch.Tensor, seed: int,
-                 eps_values: tuple[float, ...] = EDIT_EPS, batch_size: int = 250, class_lock: bool = False
-                 ) -> dict[str, torch.Tensor]:
+                 eps_values: tuple[float, ...] = EDIT_EPS, batch_size: int = 250, class_lock: bool = False,
+                 lock_by: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Edit every sample along one random direction of its set at +-each eps.
 
     class_lock: walk each edit class-locked (:mod:`~semdir_edit.ops.class_lock`, keeping ``labels``), as
-    ``apply`` edits along class directions by default; False = the plain linear edit.
+    ``apply`` edits along class directions by default; False = the plain linear edit. lock_by: the classifier the
+    lock holds (default ``C``; ``apply``'s: :func:`~semdir_edit.evaluation.evaluate.load_lock_classifier`).
     Returns ``kept`` (n, 2E) bool (classifier label unchanged), ``change`` (n, 2E) perceptual distance
     per unit |eps|, and ``abs_eps`` (2E,), ordered +e1, -e1, +e2, -e2, ...
     """
@@ -135,8 +136,8 @@ def edit_effects(G: Generator, C: Classifier, F: PerceptualLoss, sets: torch.Ten
         sl = slice(start, start + batch_size)
         original = render_shifted(G, w[sl], torch.zeros_like(w[sl])).to(device)
         if class_lock:
-            codes = locked_shift_codes(G, C, G.broadcast(w[sl].to(device)), unit[sl].to(device), signed.tolist(),
-                                       spread[sl].to(device), range(G.num_ws), labels[sl])
+            codes = locked_shift_codes(G, lock_by or C, G.broadcast(w[sl].to(device)), unit[sl].to(device),
+                                       signed.tolist(), spread[sl].to(device), range(G.num_ws), labels[sl])
         kept_b, change_b = [], []
         for j, e in enumerate(signed):
             if class_lock:
@@ -154,7 +155,7 @@ def edit_effects(G: Generator, C: Classifier, F: PerceptualLoss, sets: torch.Ten
 def visible_effects(G: Generator, C: Classifier, sets: torch.Tensor, spreads: torch.Tensor, w: torch.Tensor,
                     labels: torch.Tensor, set_index: torch.Tensor, eps: float = 3.0, class_lock: bool = False,
                     batch_size: int = 100, typicality: ClassTypicality | None = None,
-                    judge: Classifier | None = None) -> dict[str, float]:
+                    judge: Classifier | None = None, lock_by: torch.nn.Module | None = None) -> dict[str, float]:
     """What a person sees of a direction set: every direction of each sample's set at +-``eps``, on images in [0, 1].
 
     - ``visible``: mean absolute pixel change;
@@ -166,7 +167,8 @@ def visible_effects(G: Generator, C: Classifier, sets: torch.Tensor, spreads: to
       judge the class lock does not steer by (:class:`~semdir_edit.evaluation.metrics.ClassTypicality`);
     - ``judged`` (with ``judge``, a classifier trained apart from ``C``): it names the sample's class. The lock holds
       ``C``'s margin and can end where only ``C`` is fooled; a network trained apart is rarely fooled the same way.
-    class_lock: walk the edits class-locked, as ``apply`` does for class directions.
+    class_lock: walk the edits class-locked, as ``apply`` does for class directions, holding ``lock_by`` (default
+    ``C``). ``class_preserved`` is ``C``'s label either way.
     """
     device = G.mapping.w_avg.device
     K = sets.shape[2]
@@ -179,7 +181,7 @@ def visible_effects(G: Generator, C: Classifier, sets: torch.Tensor, spreads: to
         for k in range(K):
             unit, spread = sets[set_index[sl], :, k].to(device), spreads[set_index[sl], k].to(device)
             if class_lock:
-                shifted = locked_shift_codes(G, C, codes, unit, [eps, -eps], spread, range(G.num_ws),
+                shifted = locked_shift_codes(G, lock_by or C, codes, unit, [eps, -eps], spread, range(G.num_ws),
                                              labels[sl])
             else:
                 steps = torch.tensor([eps, -eps], device=device)[None, :, None] * spread[:, None, None]
@@ -333,11 +335,12 @@ def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
 @torch.no_grad()
 def describe_direction(G: Generator, C: Classifier, direction: torch.Tensor, spread: float, w: torch.Tensor,
                        class_names: list[str], eps_values: tuple[float, ...] = (-3, -2, -1, 1, 2, 3),
-                       min_r: float = 0.3, lock: torch.Tensor | None = None) -> dict[str, Any]:
+                       min_r: float = 0.3, lock: torch.Tensor | None = None, lock_by: torch.nn.Module | None = None
+                       ) -> dict[str, Any]:
     """Correlate eps with the change of each attribute over samples ``w``; label = the strongest (|r| >= min_r).
 
-    lock: (n,) the classes of ``w``: describe the edit walked class-locked, as ``apply`` makes it by default for
-    our sets (None = the linear edit, as ``apply`` makes it for the baselines).
+    lock: (n,) the classes of ``w``: describe the edit walked class-locked (holding ``lock_by``, default ``C``), as
+    ``apply`` makes it by default for our sets (None = the linear edit, as ``apply`` makes it for the baselines).
     """
     device = G.mapping.w_avg.device
     base = render_shifted(G, w, torch.zeros_like(w))
@@ -346,7 +349,7 @@ def describe_direction(G: Generator, C: Classifier, direction: torch.Tensor, spr
     walked = None
     if lock is not None:
         codes = G.broadcast(w.to(device))
-        walked = locked_shift_codes(G, C, codes, direction.to(device), list(eps_values), spread,
+        walked = locked_shift_codes(G, lock_by or C, codes, direction.to(device), list(eps_values), spread,
                                     range(G.num_ws), lock).cpu()
     for j, e in enumerate(eps_values):
         if walked is not None:

@@ -43,7 +43,7 @@ from semdir_edit.evaluation.metrics import (
 )
 from semdir_edit.evaluation.photolike import photo_like_jpegs
 from semdir_edit.inversion.invert import invert
-from semdir_edit.models import Classifier, Generator
+from semdir_edit.models import Classifier, ClassifierEnsemble, Generator
 from semdir_edit.models.shift_predictor import ShiftPredictor
 from semdir_edit.ops.perceptual import PerceptualLoss
 from semdir_edit.ops.shift_codes import DirectionSpec, keeps_class
@@ -314,6 +314,7 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     # First: a missing dataset is said at once, not after the long stages.
     typicality = None if data_cfg is None else fit_typicality(C, data_cfg, data_dir, seed)
     judge = load_judge(weights_dir, device)
+    lock_by = load_lock_classifier(weights_dir, C, device)
     samples = sample_by_class(G, C, per_class, seed)
     w, labels = samples.w, samples.labels
     num_classes = C.cfg.num_classes
@@ -335,7 +336,7 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     g = ed.edit_effects(G, C, F, ours, spreads, w, labels, zeros, seed)
     c = ed.edit_effects(G, C, F, ours, spreads, w, labels, labels + 1, seed)
     stage("edits along our class directions, class-locked (as apply makes them)")
-    locked = ed.edit_effects(G, C, F, ours, spreads, w, labels, labels + 1, seed, class_lock=True)
+    locked = ed.edit_effects(G, C, F, ours, spreads, w, labels, labels + 1, seed, class_lock=True, lock_by=lock_by)
     for key, value in ed.summarize_effects(g, "global_").items():
         figures[key.replace("global_edit_strength", "edit_strength_global")] = value
     # class_preserved / edit_strength_class: the class-locked edits `apply` makes; *_linear: the plain edits.
@@ -352,7 +353,8 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     figures["specificity_change_ratio"] = c["change"].mean().item() / max(o["change"].mean().item(), 1e-12)
 
     stage(f"what a person sees at |eps| = {VISIBLE_EPS:g}, every source as apply edits it by default")
-    figures.update(visible_figures(G, C, sources, w_cov, w, labels, visible_per_class, seed, typicality, judge))
+    figures.update(visible_figures(G, C, sources, w_cov, w, labels, visible_per_class, seed, typicality, judge,
+                                   lock_by))
     stage(f"to:<class> at eps +{VISIBLE_EPS:g}")
     subset = _per_class_subset(labels, visible_per_class)
     bank = load_model(weights_dir, "direction_bank", device)
@@ -380,7 +382,8 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
                                            class_fresh_steps, eps_range, seed, progress))
 
     stage("describing every direction")
-    descriptions = describe_sources(G, C, sources, w_cov, w, labels, class_names, seed, describe_samples, progress)
+    descriptions = describe_sources(G, C, sources, w_cov, w, labels, class_names, seed, describe_samples, progress,
+                                    lock_by)
     stage.close()
     figures.update(label_shares(descriptions, class_names))
     return figures, descriptions
@@ -399,9 +402,11 @@ def label_shares(descriptions: dict[str, Any], class_names: list[str]) -> dict[s
 
 def describe_sources(G: Generator, C: Classifier, sources: dict[str, torch.Tensor], w_cov: torch.Tensor,
                      w: torch.Tensor, labels: torch.Tensor, class_names: list[str], seed: int = 0,
-                     describe_samples: int = 32, progress: bool = False) -> dict[str, Any]:
+                     describe_samples: int = 32, progress: bool = False, lock_by: torch.nn.Module | None = None
+                     ) -> dict[str, Any]:
     """A measured description of every direction of every source (:func:`describe_direction`), keyed by its
-    ``--direction`` spec; each edited as ``apply`` edits it by default (ours class-locked, the baselines linear).
+    ``--direction`` spec; each edited as ``apply`` edits it by default (ours class-locked, holding ``lock_by``, the
+    baselines linear).
     Class sets are described on samples of their class, the others on a mix of every class."""
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(w), generator=gen)[:describe_samples]
@@ -425,7 +430,7 @@ def describe_sources(G: Generator, C: Classifier, sources: dict[str, torch.Tenso
             for k in range(sets.shape[2]):
                 descriptions[prefix.format(k=k)] = ed.describe_direction(
                     G, C, sets[set_i, :, k], float(s[set_i, k]), pool, class_names,
-                    lock=pool_labels if name == "ours" else None)
+                    lock=pool_labels if name == "ours" else None, lock_by=lock_by)
                 described.update(1)
     described.close()
     return descriptions
@@ -442,7 +447,7 @@ def describe_directions(weights_dir: str | Path, device: torch.device, class_nam
     sources = direction_sources(weights_dir, device)
     samples = sample_by_class(G, C, per_class, seed)
     descriptions = describe_sources(G, C, sources, w_cov, samples.w, samples.labels, class_names, seed,
-                                    describe_samples, progress)
+                                    describe_samples, progress, load_lock_classifier(weights_dir, C, device))
     return descriptions, label_shares(descriptions, class_names)
 
 
@@ -454,9 +459,18 @@ def _per_class_subset(labels: torch.Tensor, per_class: int) -> torch.Tensor:
     return torch.cat([(labels == c).nonzero()[:per_class, 0] for c in labels.unique()])
 
 
+def load_lock_classifier(weights_dir: str | Path, C: Classifier, device: torch.device | str) -> torch.nn.Module:
+    """What ``apply``'s class lock holds (:attr:`Editor.lock_classifier <semdir_edit.editor.Editor.lock_classifier>`):
+    ``C`` with the weights' ``classifier_lock`` as one :class:`~semdir_edit.models.ClassifierEnsemble`, or ``C``
+    alone when the weights have no second classifier."""
+    if "classifier_lock" not in read_manifest(weights_dir).get("models", {}):
+        return C
+    return ClassifierEnsemble([C, load_model(weights_dir, "classifier_lock", device).eval()])
+
+
 def load_judge(weights_dir: str | Path, device: torch.device | str) -> Classifier | None:
-    """The judge of edits (``classifier_judge``, trained by ``train classifier --judge``) in eval mode, or None when
-    the weights have none."""
+    """The judge of edits (``classifier_judge``, trained by ``train classifier --role judge``) in eval mode, or None
+    when the weights have none."""
     if "classifier_judge" not in read_manifest(weights_dir).get("models", {}):
         return None
     return load_model(weights_dir, "classifier_judge", device).eval()
@@ -476,12 +490,12 @@ def fit_typicality(C: Classifier, data_cfg: DataConfig, data_dir: str | None = N
 
 def visible_figures(G: Generator, C: Classifier, sources: dict[str, torch.Tensor], w_cov: torch.Tensor,
                     w: torch.Tensor, labels: torch.Tensor, per_class: int, seed: int,
-                    typicality: ClassTypicality | None = None, judge: Classifier | None = None
-                    ) -> dict[str, float]:
+                    typicality: ClassTypicality | None = None, judge: Classifier | None = None,
+                    lock_by: torch.nn.Module | None = None) -> dict[str, float]:
     """``<source>_visible``, ``_outline``, ``_distinct``, ``_class_preserved`` (and with ``typicality``,
     ``_typical``; with ``judge``, ``_judged`` and ``unedited_judged``, the judge's agreement with ``C`` on the
     samples themselves) at |eps| = 3 for every source, each edited as ``apply`` edits it by default (class-locked
-    where its default is), on ``per_class`` samples per class.
+    where its default is, holding ``lock_by``: :func:`load_lock_classifier`), on ``per_class`` samples per class.
 
     Sources: ``global`` and ``class`` (ours: each sample along its class's set), ``voynov``, ``pca``, ``sefa``,
     ``random``, and ``cpca`` (each sample along its class's per-class PCA).
@@ -502,7 +516,8 @@ def visible_figures(G: Generator, C: Classifier, sources: dict[str, torch.Tensor
     for name, (sets, set_index, kind) in plan.items():
         lock = keeps_class(DirectionSpec(kind, 0), None)
         effects = ed.visible_effects(G, C, sets, ed.spreads_of(sets, w_cov), w, labels, set_index,
-                                     eps=VISIBLE_EPS, class_lock=lock, typicality=typicality, judge=judge)
+                                     eps=VISIBLE_EPS, class_lock=lock, typicality=typicality, judge=judge,
+                                     lock_by=lock_by)
         figures.update({f"{name}_{key}": value for key, value in effects.items()})
     return figures
 

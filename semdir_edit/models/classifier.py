@@ -63,3 +63,18 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(self.features(x)))
+
+
+class ClassifierEnsemble(nn.Module):
+    """Classifiers trained apart, as one: its logits are the mean of their log-probabilities (the log of their
+    probabilities' geometric mean, up to a constant per image). What the class lock holds: a walk along one
+    network's margin can end in an image that fools that network alone; to keep this margin it must convince every
+    member, and networks trained apart are rarely fooled by the same image."""
+
+    def __init__(self, members: list[Classifier]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.cfg = members[0].cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).float().log_softmax(1) for m in self.members]).mean(0)
