@@ -54,17 +54,12 @@ def test_classifier_loss_decreases(tiny_config, tmp_path):
     assert stats[-1]["loss"] < 2.2  # Label-smoothed cross-entropy starts at ln(10) = 2.30.
     assert stats[-1]["test_accuracy"] > 0.5  # Chance is 0.1.
     assert load_model(tmp_path / "w", "classifier") is not None
-
-
-@requires_dataset
-def test_judge_classifier_is_registered_beside_the_shared_one(tiny_config, tmp_path):
-    cfg = tiny_config
+    # The lock's second classifier and the judge register beside it under their own kinds.
     cfg.train_classifier.epochs = 1
-    cfg.data.max_train = 256
-    train_classifier(cfg, tmp_path / "c", torch.device("cpu"), weights_dir=tmp_path / "w", progress=False)
-    train_classifier(cfg, tmp_path / "j", torch.device("cpu"), weights_dir=tmp_path / "w", progress=False,
-                     kind="classifier_judge")
-    assert set(read_manifest(tmp_path / "w")["models"]) == {"classifier", "classifier_judge"}
+    for kind in ("classifier_lock", "classifier_judge"):
+        train_classifier(cfg, tmp_path / kind, torch.device("cpu"), weights_dir=tmp_path / "w", progress=False,
+                         kind=kind)
+    assert set(read_manifest(tmp_path / "w")["models"]) == {"classifier", "classifier_lock", "classifier_judge"}
 
 
 @requires_dataset
