@@ -19,7 +19,7 @@ from semdir_edit.config import load_config
 from semdir_edit.core.images import save_grid
 from semdir_edit.directions.baselines import sample_by_class
 from semdir_edit.evaluation import directions as ed
-from semdir_edit.evaluation.evaluate import VISIBLE_EPS, direction_sources, fit_typicality
+from semdir_edit.evaluation.evaluate import VISIBLE_EPS, direction_sources, fit_typicality, load_lock_classifier
 from semdir_edit.ops.class_lock import locked_shift_codes
 
 
@@ -41,9 +41,10 @@ def main() -> None:
     codes, labels = G.broadcast(samples.w[keep]), samples.labels[keep]
     spreads = ed.spreads_of(ours, w_cov)
     target = labels.repeat_interleave(2)
+    lock = load_lock_classifier(args.weights, C, "cpu")      # What apply's lock holds.
     ratios, tiles = [], []
     for j in range(ours.shape[2]):
-        shifted = locked_shift_codes(G, C, codes, ours[labels + 1, :, j], [VISIBLE_EPS, -VISIBLE_EPS],
+        shifted = locked_shift_codes(G, lock, codes, ours[labels + 1, :, j], [VISIBLE_EPS, -VISIBLE_EPS],
                                      spreads[labels + 1, j], range(G.num_ws), labels)
         with torch.no_grad():
             images = G.render(shifted.flatten(0, 1))
