@@ -44,6 +44,7 @@ from semdir_edit.ops.class_lock import (
     DEFAULT_STEP,
     TO_SCALE,
     TO_STEP,
+    Rendered,
     WalkTrail,
     locked_shift_codes,
     toward_class_codes,
@@ -108,6 +109,7 @@ class Editor:
         # Resolved directions of apply_shifts, on the device: (kind, k or target, class) -> (vector, spread).
         self._shift_directions: dict[tuple[str, int | None, int], tuple[torch.Tensor, float]] = {}
         self._trails: OrderedDict[tuple[Any, ...], WalkTrail] = OrderedDict()
+        self._last_pass: Rendered | None = None   # A single code's last locked pass (see apply_shifts).
 
     @classmethod
     def from_pretrained(cls, weights_dir: str | Path, device: str | torch.device = "auto",
@@ -620,8 +622,11 @@ class Editor:
         step = max(DEFAULT_STEP, max(abs(e) for e in eps) / MAX_LOCKED_STEPS)
         target = torch.full((len(ws),), class_index, dtype=torch.long)
         trail = self._trail(ws, unit, spread, layer_range, class_index, step) if len(ws) == 1 else None
-        return locked_shift_codes(self.G, self.lock_classifier, ws, unit, eps, spread, layer_range, target, step,
-                                  trail)
+        codes = locked_shift_codes(self.G, self.lock_classifier, ws, unit, eps, spread, layer_range, target, step,
+                                   trail)
+        if trail is not None:
+            self._last_pass = trail.last
+        return codes
 
     def forget_walks(self) -> None:
         """Drop the remembered class-locked walks (the next slider move walks from the image)."""
@@ -715,9 +720,16 @@ class Editor:
         and the classifier. With no shift the image is the code's reconstruction.
         """
         code = self.shifted_code(ws, shifts, class_index, class_name=class_name, layers=layers,
-                                 keep_class=keep_class)
-        image = self.G.render(code[None])
-        label, confidence = self.classify(image)
+                                 keep_class=keep_class)[None]
+        seen = self._last_pass
+        if seen is not None and seen.code.shape == code.shape and torch.equal(seen.code, code):
+            # A locked walk's last pass was at this very code: its image, and the shared classifier's logits on
+            # it (the lock's first member), are this edit's (a class-locked slider step then costs one pass).
+            image, probs = seen.image, seen.logits.float().softmax(1)
+            confidence, label = (t.cpu() for t in probs.max(1))
+        else:
+            image = self.G.render(code)
+            label, confidence = self.classify(image)
         return EditedImage(image, int(label[0]), self.class_names[int(label[0])], float(confidence[0]))
 
     @torch.no_grad()

@@ -258,3 +258,39 @@ def test_the_lock_holds_both_classifiers_when_the_weights_have_a_second(tmp_path
     images = ed.apply(ws[one], "pca:0", [2.0], class_index=int(target[0]), keep_class=True)
     expected = locked_shift_codes(ed.G, lock, ws[one], vector, [2.0], spread, range(ed.G.num_ws), target[one])
     assert torch.allclose(images[:, 0], ed.G.render(expected[:, 0]), atol=1e-5)
+
+
+def test_a_locked_slider_step_shows_its_last_pass_without_rendering_again(tmp_path, monkeypatch):
+    """apply_shifts with the lock: the image and label are those of the edited code (as rendered and classified
+    afresh, by the shared classifier even when the lock holds two), but the walk's last pass is not run again."""
+    from semdir_edit.checkpoint import register_model
+    from semdir_edit.config import ClassifierConfig
+    from semdir_edit.models import Classifier
+
+    weights = make_edit_weights(tmp_path)
+    torch.manual_seed(7)
+    register_model(weights, "classifier_lock", Classifier(ClassifierConfig(channels=[8, 8, 16, 16])).eval(),
+                   command="test")
+    ed = Editor.from_pretrained(weights, device="cpu")
+    import semdir_edit.ops.class_lock as class_lock
+
+    renders, passes = [], []
+    real_render, real_probe = ed.G.render, class_lock._probe
+    monkeypatch.setattr(ed.G, "render", lambda ws: renders.append(len(ws)) or real_render(ws))
+    monkeypatch.setattr(class_lock, "_probe", lambda *a: passes.append(1) or real_probe(*a))
+    ws = _codes(ed, 1, seed=5)[0].detach()
+    label = ed.apply_shifts(ws, {}).class_index
+    reused = 0
+    for eps in (0.5, 1.0, 1.5, -0.5, -2.0, 1.0):
+        del renders[:], passes[:]
+        shown = ed.apply_shifts(ws, {"pca:0": eps}, label, keep_class=True)
+        walked, probed = len(renders), len(passes)
+        code = ed.shifted_code(ws, {"pca:0": eps}, label, keep_class=True)
+        image = real_render(code[None])
+        index, confidence = ed.classify(image)
+        assert torch.allclose(shown.image, image, atol=1e-6), eps
+        assert shown.class_index == int(index[0]) and shown.confidence == pytest.approx(float(confidence[0]))
+        if probed and torch.equal(ed._last_pass.code, code[None]):
+            assert walked == probed, eps   # Only the walk's passes rendered.
+            reused += 1
+    assert reused >= 3   # Most steps end on their walk's last pass (a corrected or bisected end may not).

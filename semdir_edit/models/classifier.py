@@ -77,4 +77,9 @@ class ClassifierEnsemble(nn.Module):
         self.cfg = members[0].cfg
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([m(x).float().log_softmax(1) for m in self.members]).mean(0)
+        return self.forward_and_first(x)[0]
+
+    def forward_and_first(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the ensemble's logits, its first member's own logits), from one pass of each member."""
+        outs = [m(x) for m in self.members]
+        return torch.stack([o.float().log_softmax(1) for o in outs]).mean(0), outs[0]

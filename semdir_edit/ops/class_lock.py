@@ -36,7 +36,9 @@ walking straight to 2 gives.
 A slider walks the same code along the same direction again and again, a little further or back each move: a
 :class:`WalkTrail` keeps one code's walk (its state before every step, while no step was cut short by an eps) and
 the points it returned, so the next walk starts from the furthest point a fresh walk to its eps would pass, with
-the same state, and takes only the steps beyond it (one pass per move on a dragged slider instead of 6 to 17).
+the same state, and takes only the steps beyond it (one pass per move on a dragged slider instead of 6 to 17). It
+also keeps its last pass's image (:class:`Rendered`): where the walk ended there, the editor shows that image
+instead of rendering the end again.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from semdir_edit.models import Classifier, Generator
+from semdir_edit.models import Classifier, ClassifierEnsemble, Generator
 
 FLOOR_MARGIN = 1.0  # The lock holds the margin at min(the image's own, this): p >= 0.73 for a confident image.
 CORRECTIONS = 3     # At most this many moves back up to the floor at each returned eps (none when above it).
@@ -70,14 +72,19 @@ def class_margin(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def _probe(G: Generator, C: Classifier, ws: torch.Tensor, mask: torch.Tensor, shift: torch.Tensor,
-           target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           target: torch.Tensor, trail: WalkTrail | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One forward + backward pass at ``ws + mask * shift``: the margin (B,), its gradient in the shift (B, w_dim)
-    and whether the class still wins (B,)."""
+    and whether the class still wins (B,). trail: a single code's walk, which keeps what this pass rendered."""
     with torch.enable_grad():
         s = shift.detach().requires_grad_(True)
-        logits = C(G.render(ws + mask * s[:, None, :])).float()
+        code = ws + mask * s[:, None, :]
+        image = G.render(code)
+        logits, first = C.forward_and_first(image) if isinstance(C, ClassifierEnsemble) else (C(image),) * 2
+        logits = logits.float()
         margin = class_margin(logits, target)
         (grad,) = torch.autograd.grad(margin.sum(), s)
+    if trail is not None:
+        trail.last = Rendered(code.detach(), image.detach(), first.detach())
     return margin.detach(), grad, logits.detach().argmax(1) == target
 
 
@@ -153,6 +160,16 @@ class _Stop:
 
 
 @dataclass
+class Rendered:
+    """What a pass rendered: codes (B, num_ws, w_dim), their images and the logits of the lock's first classifier
+    (the shared one, which names an image's class), so that whoever shows a walk's end need not render it again."""
+
+    code: torch.Tensor
+    image: torch.Tensor
+    logits: torch.Tensor
+
+
+@dataclass
 class WalkTrail:
     """One code's class-locked walks along one direction so far, so that the next walk resumes from the furthest
     point that a fresh walk to its eps would pass (with the same state there) instead of starting over: the browser
@@ -163,6 +180,7 @@ class WalkTrail:
     stops: dict[float, list[_Stop]] = field(default_factory=lambda: {1.0: [], -1.0: []})
     # The shift returned for each eps walked to alone (a slider dragged back over the values it passed).
     ends: dict[float, torch.Tensor] = field(default_factory=dict)
+    last: Rendered | None = None   # The walk's last pass (often at the code it returned).
 
     def resume(self, sign: float, goal: float) -> int | None:
         """The index of the furthest recorded point on the way to ``goal``, or None when there is none. The step
@@ -214,7 +232,7 @@ def locked_shift_codes(G: Generator, C: Classifier, ws: torch.Tensor, direction:
                     shifts[:, j] = trail.ends[e]
             continue
         if start is None:
-            start = _probe(G, C, ws, mask, zero, target)
+            start = _probe(G, C, ws, mask, zero, target, trail)
             if trail is not None:
                 trail.start = _snapshot(*start)
         margin, grad, wins = (x.clone() for x in start)
@@ -239,7 +257,7 @@ def locked_shift_codes(G: Generator, C: Classifier, ws: torch.Tensor, direction:
             arrived = (walking & ((t - goal_t[nxt.clamp(max=len(goals) - 1)]).abs() < 1e-9)).nonzero()[:, 0]
             if len(arrived):
                 end = _finish(G, C, ws[arrived], mask, shift[arrived], margin[arrived], grad[arrived],
-                              wins[arrived], floor[arrived], had[arrived], safe[arrived], target[arrived])
+                              wins[arrived], floor[arrived], had[arrived], safe[arrived], target[arrived], trail)
                 reached = goal_t[nxt[arrived]]
                 for j, e in enumerate(eps):
                     here = reached == abs(e) if e * sign > 0 else None
@@ -261,7 +279,7 @@ def locked_shift_codes(G: Generator, C: Classifier, ws: torch.Tensor, direction:
             planned = (sign * length)[:, None] * unit[idx]
             h = _redirect(planned, grad[idx], margin[idx], floor[idx])
             cand = shift[idx] + h
-            m2, g2, w2 = _probe(G, C, ws[idx], mask, cand, target[idx])
+            m2, g2, w2 = _probe(G, C, ws[idx], mask, cand, target[idx], trail)
             smooth = _cosine(h, _redirect(planned, g2, m2, floor[idx])) >= SMOOTH_COS
             keep = (length <= step + 1e-9) | (smooth & (m2 >= floor[idx]))
             acc = idx[keep]
@@ -285,16 +303,16 @@ def locked_shift_codes(G: Generator, C: Classifier, ws: torch.Tensor, direction:
 
 def _finish(G: Generator, C: Classifier, ws: torch.Tensor, mask: torch.Tensor, end: torch.Tensor,
             margin: torch.Tensor, grad: torch.Tensor, wins: torch.Tensor, floor: torch.Tensor, had: torch.Tensor,
-            safe: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            safe: torch.Tensor, target: torch.Tensor, trail: WalkTrail | None = None) -> torch.Tensor:
     """The returned point for codes that reached an eps: moved back up to the floor (up to CORRECTIONS times),
-    for this output only, and at the furthest point that keeps the class where it was lost."""
+    for this output only, and at the furthest point that keeps the class where it was lost. trail: as _probe's."""
     end, margin, grad, wins = end.clone(), margin.clone(), grad.clone(), wins.clone()
     for _ in range(CORRECTIONS):
         below = (margin < floor).nonzero()[:, 0]
         if not len(below):
             break
         end[below] = end[below] + _redirect(torch.zeros_like(end[below]), grad[below], margin[below], floor[below])
-        margin[below], grad[below], wins[below] = _probe(G, C, ws[below], mask, end[below], target[below])
+        margin[below], grad[below], wins[below] = _probe(G, C, ws[below], mask, end[below], target[below], trail)
     lost = had & ~wins
     if bool(lost.any()):
         end = _last_kept(G, C, ws, mask, safe, end, lost, target)
