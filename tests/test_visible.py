@@ -11,6 +11,7 @@ from semdir_edit.directions.baselines import sample_by_class
 from semdir_edit.editor import Editor
 from semdir_edit.evaluation.directions import (
     change_map_cosines,
+    effective_directions,
     outline_change,
     pixel_change,
     visible_effects,
@@ -54,6 +55,19 @@ def test_equal_directions_are_not_distinct_and_unrelated_ones_are():
     assert len(nothing) == 0   # A map that changes nothing takes no part.
 
 
+def test_effective_directions_count_different_visible_changes():
+    a, b, c = torch.zeros(1, 64), torch.zeros(1, 64), torch.zeros(1, 64)
+    a[0, :20], b[0, 20:40], c[0, 40:] = 1.0, 1.0, 1.0
+    c = c * (20 / 24) ** 0.5                                     # As strong as a and b.
+    assert effective_directions(torch.stack([a, b, c], 1)).item() == pytest.approx(3.0, abs=1e-4)
+    assert effective_directions(torch.stack([a, -a, 2 * a], 1)).item() == pytest.approx(1.0, abs=1e-4)
+    # Distinctness counts a faint change as unrelated to the others; the effective count barely counts it.
+    faint = torch.stack([a, -a, 0.01 * b, 0.01 * c], 1)
+    assert 1 - change_map_cosines(faint).mean().item() > 0.6
+    assert effective_directions(faint).item() < 1.01
+    assert effective_directions(torch.zeros(2, 3, 64)).tolist() == [0.0, 0.0]
+
+
 def test_visible_effects_of_a_repeated_direction(editor):
     G, C = editor.G, editor.C
     samples = sample_by_class(G, C, per_class=2, seed=0)
@@ -65,6 +79,7 @@ def test_visible_effects_of_a_repeated_direction(editor):
     fx = visible_effects(G, C, sets, spreads, samples.w, samples.labels, zeros, eps=3.0)
     assert fx["visible"] > 0
     assert fx["distinct"] == pytest.approx(0.0, abs=1e-4)
+    assert fx["effective"] == pytest.approx(1.0, abs=1e-3)
     assert 0 <= fx["outline"] <= 1 and 0 <= fx["class_preserved"] <= 1
     still = visible_effects(G, C, sets, torch.zeros(1, 2), samples.w, samples.labels, zeros, eps=3.0)
     assert still["visible"] == 0 and still["outline"] == 0 and still["class_preserved"] == 1

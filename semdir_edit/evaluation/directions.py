@@ -162,6 +162,9 @@ def visible_effects(G: Generator, C: Classifier, sets: torch.Tensor, spreads: to
     - ``outline``: 1 - IoU of the article's silhouette (pixels > 0.25) before and after (0 = only the ink moved);
     - ``distinct``: 1 - the mean |cosine| between the change maps (at +eps) of two directions of the set on the
       same sample (0 = the directions make the same change; 1 = unrelated changes);
+    - ``effective``: how many different visible edits the set offers, 1..K (:func:`effective_directions` of the
+      same change maps): ``distinct`` alone counts a direction that changes next to nothing as unrelated to the
+      others, so a set of one visible edit, two near-copies of it and five invisible ones reads as distinct;
     - ``class_preserved``: the classifier's label unchanged;
     - ``typical`` (with ``typicality``): the edited image is still a typical article of the sample's class, by a
       judge the class lock does not steer by (:class:`~semdir_edit.evaluation.metrics.ClassTypicality`);
@@ -172,7 +175,7 @@ def visible_effects(G: Generator, C: Classifier, sets: torch.Tensor, spreads: to
     """
     device = G.mapping.w_avg.device
     K = sets.shape[2]
-    visible, outline, kept, distinct, typical, judged = [], [], [], [], [], []
+    visible, outline, kept, distinct, effective, typical, judged = [], [], [], [], [], [], []
     for start in range(0, len(w), batch_size):
         sl = slice(start, start + batch_size)
         codes = G.broadcast(w[sl].to(device))
@@ -200,8 +203,10 @@ def visible_effects(G: Generator, C: Classifier, sets: torch.Tensor, spreads: to
             maps.append((x[:, 0] - x0).flatten(1))
         if K > 1:
             distinct.append(change_map_cosines(torch.stack(maps, 1)).cpu())
+        effective.append(effective_directions(torch.stack(maps, 1)).cpu())
     return {"visible": torch.cat(visible).mean().item(), "outline": torch.cat(outline).mean().item(),
             "distinct": 1 - torch.cat(distinct).mean().item() if distinct else 0.0,
+            "effective": torch.cat(effective).mean().item(),
             "class_preserved": torch.cat(kept).float().mean().item(),
             **({"typical": torch.cat(typical).float().mean().item()} if typical else {}),
             **({"judged": torch.cat(judged).float().mean().item()} if judged else {})}
@@ -231,6 +236,17 @@ def change_map_cosines(maps: torch.Tensor) -> torch.Tensor:
     moved = norms > 1e-6
     pairs = moved & moved.transpose(1, 2) & ~torch.eye(K, dtype=torch.bool, device=maps.device)
     return cos[pairs]
+
+
+def effective_directions(maps: torch.Tensor) -> torch.Tensor:
+    """How many different changes K change maps of one sample make, (B, K, P) -> (B,) in [1, K] (0 where none
+    changes anything): the participation ratio (sum of l)^2 / sum of l^2 of the eigenvalues l of their Gram matrix.
+    K equally strong unrelated changes count K; copies of one change (either sign) count once; a change much weaker
+    than the others counts for little, as it does to a person looking at the grid."""
+    gram = maps.double() @ maps.double().transpose(1, 2)
+    eigvals = torch.linalg.eigvalsh(gram).clamp_min(0)
+    total = eigvals.sum(1)
+    return torch.where(total > 0, total.square() / eigvals.square().sum(1).clamp_min(1e-300), 0.0).float()
 
 
 @torch.no_grad()
