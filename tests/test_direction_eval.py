@@ -12,7 +12,13 @@ from semdir_edit.checkpoint import read_manifest, register_model, update_descrip
 from semdir_edit.config import ClassifierConfig, GeneratorConfig
 from semdir_edit.directions.bank import build_direction_bank
 from semdir_edit.editor import Editor
-from semdir_edit.evaluation.directions import _pearson, image_attributes
+from semdir_edit.evaluation.directions import (
+    FAINT_CHANGE,
+    _pearson,
+    describe_direction,
+    image_attributes,
+    same_label_share,
+)
 from semdir_edit.evaluation.evaluate import evaluate_directions
 from semdir_edit.models import Classifier, Generator
 from semdir_edit.training.directions import train_directions
@@ -84,6 +90,19 @@ def test_image_attributes_measure_what_they_say():
     assert _pearson(torch.arange(5.0), torch.zeros(5)) == 0.0
 
 
+def test_a_direction_that_changes_nothing_is_described_as_faint(trained):
+    ed = Editor.from_pretrained(trained, device="cpu")
+    w = ed.G.mapping(torch.randn(6, ed.G.z_dim, generator=torch.Generator().manual_seed(0)))
+    direction, spread = ed.direction("pca:0", 0)
+    still = describe_direction(ed.G, ed.C, direction, 0.0, w, ed.class_names)
+    assert still["change"] == 0 and still["faint"] and still["label"].startswith("faint: ")
+    moved = describe_direction(ed.G, ed.C, direction, 50 * spread, w, ed.class_names)
+    assert moved["change"] >= FAINT_CHANGE and not moved["faint"] and not moved["label"].startswith("faint")
+    # Faint directions count as one attribute, whatever they correlate with.
+    described = {"pca:0": still, "pca:1": {**still, "label": "faint: width +"}, "pca:2": moved}
+    assert same_label_share(described, "pca:") == pytest.approx(2 / 3)
+
+
 def test_directions_list_and_show_cli(trained, tmp_path):
     result = run_cli("directions", "list", "-w", str(trained))
     if "no direction descriptions" in result.stderr:
@@ -132,5 +151,7 @@ def test_directions_describe_records_labels_of_the_edits_apply_makes(trained, tm
     described = manifest["descriptions"]
     assert "global:0" in described and any(k.startswith("class:0@") for k in described)
     assert all(d["label"] for d in described.values())
+    assert all(d["faint"] == (d["change"] < FAINT_CHANGE) == d["label"].startswith("faint: ")
+               for d in described.values())
     assert 0 < manifest["figures"]["directions"]["global_same_label_share"] <= 1
     assert "descriptions_command" in manifest["figures"]["directions"]

@@ -469,7 +469,7 @@ def directions_describe_cmd(
                                                 seed=seed, progress=not quiet)
     width = max(len(k) for k in descriptions)
     for spec, d in descriptions.items():
-        typer.echo(f"{spec:<{width}}  {d['label']:<28} r={d['r']:+.2f}")
+        typer.echo(f"{spec:<{width}}  {d['label']:<34} r={d['r']:+.2f}  change {d['change']:.3f}")
     print_table(figures, "largest share of a set's directions with the same described attribute")
     if record:
         update_descriptions(weights, descriptions)
@@ -488,7 +488,8 @@ def directions_list_cmd(weights: Path = WeightsOpt) -> None:
     width = max(len(k) for k in descriptions)
     for spec, d in descriptions.items():
         also = ", ".join(f"{t['attribute']} {t['r']:+.2f}" for t in d.get("top", [])[1:])
-        typer.echo(f"{spec:<{width}}  {d['label']:<28} r={d['r']:+.2f}" + (f"  (also {also})" if also else ""))
+        change = f"  change {d['change']:.3f}" if "change" in d else ""
+        typer.echo(f"{spec:<{width}}  {d['label']:<34} r={d['r']:+.2f}{change}" + (f"  (also {also})" if also else ""))
 
 
 @directions_app.command("show")

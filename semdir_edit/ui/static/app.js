@@ -210,7 +210,8 @@ function describe(spec) {
   const d = state.info.descriptions[spec];
   if (!d) return { label: "", title: "not measured (run semdir-edit evaluate directions)" };
   const top = (d.top || []).map((t) => `${t.attribute} r=${Number(t.r).toFixed(2)}`).join(", ");
-  return { label: d.label, title: `${spec}: ${d.label} (r=${Number(d.r).toFixed(2)})${top ? "; " + top : ""}` };
+  const change = d.change === undefined ? "" : `; mean pixel change at |eps| 3: ${Number(d.change).toFixed(3)}`;
+  return { label: d.label, title: `${spec}: ${d.label} (r=${Number(d.r).toFixed(2)})${top ? "; " + top : ""}${change}` };
 }
 
 function makeSlider(spec, text, title) {
