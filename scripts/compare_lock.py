@@ -24,6 +24,7 @@ from semdir_edit.evaluation.evaluate import (
     fit_typicality,
     load_judge,
     load_lock_classifier,
+    ours_gains,
     visible_figures,
 )
 
@@ -50,7 +51,7 @@ def main() -> None:
     for free, floor, hold in itertools.product(args.free, args.floor, args.hold):
         class_lock.FREE_MARGIN, class_lock.FLOOR_MARGIN = free, floor
         figures = visible_figures(G, C, ours, w_cov, samples.w, samples.labels, args.per_class, args.seed,
-                                  typicality, judge, holds[hold])
+                                  typicality, judge, holds[hold], ours_gains(args.weights, ours["ours"]))
         rounded = {k: round(v, 4) for k, v in figures.items()}
         print(f"FREE_MARGIN {free}, FLOOR_MARGIN {floor}, holding {hold}:", json.dumps(rounded), flush=True)
 

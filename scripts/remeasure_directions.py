@@ -27,6 +27,7 @@ from semdir_edit.evaluation.evaluate import (
     fit_typicality,
     load_judge,
     load_lock_classifier,
+    ours_gains,
     rca_figures,
     visible_figures,
 )
@@ -72,7 +73,8 @@ def main() -> None:
         typicality = fit_typicality(C, load_config("fashion_mnist").data, seed=args.seed)
         figures.update(visible_figures(G, C, chosen, w_cov, samples.w, samples.labels, args.visible_per_class,
                                        args.seed, typicality, load_judge(args.weights, device),
-                                       load_lock_classifier(args.weights, C, device)))
+                                       load_lock_classifier(args.weights, C, device),
+                                       ours_gains(args.weights, sources["ours"])))
         notes["visible_note"] = NOTES["visible"].format(sources=", ".join(sorted(args.sources)))
     if "rca" in args.parts:
         predictor = load_model(args.weights, "shift_predictor", device)

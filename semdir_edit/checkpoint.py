@@ -255,6 +255,24 @@ def update_descriptions(weights_dir: str | Path, descriptions: dict[str, Any]) -
     _set_in_manifest(Path(weights_dir), ("descriptions",), descriptions)
 
 
+def update_direction_units(weights_dir: str | Path, units: dict[str, Any]) -> None:
+    """Record the eps unit of our directions (``directions calibrate``) in ``manifest["direction_units"]``."""
+    _set_in_manifest(Path(weights_dir), ("direction_units",), units)
+
+
+def unit_gains(manifest: dict[str, Any], num_sets: int, k: int) -> torch.Tensor:
+    """(num_sets, k): how much longer than W's spread each of our directions' eps unit is (global set first, then
+    one row per class, as ``Deformators.all_directions``); ones when none were recorded."""
+    gains = manifest.get("direction_units", {}).get("gains")
+    if not gains:
+        return torch.ones(num_sets, k)
+    table = torch.tensor(gains, dtype=torch.float32)
+    if table.shape != (num_sets, k):
+        raise UserError(f"direction_units.gains has shape {tuple(table.shape)}, the directions ({num_sets}, {k}): "
+                        "re-run `semdir-edit directions calibrate --record`")
+    return table
+
+
 # ----------------------------------------------------------------------------- training state
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:

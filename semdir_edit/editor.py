@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from semdir_edit.checkpoint import load_model, read_manifest, weights_id
+from semdir_edit.checkpoint import load_model, read_manifest, unit_gains, weights_id
 from semdir_edit.config import FASHION_MNIST_CLASSES, InversionConfig
 from semdir_edit.core.device import for_inference, resolve_device
 from semdir_edit.core.errors import UserError
@@ -106,6 +106,7 @@ class Editor:
         self._models: dict[str, torch.nn.Module] = {}
         self._perceptual: PerceptualLoss | None = None
         self._lock: torch.nn.Module | None = None
+        self._gains: torch.Tensor | None = None
         # Resolved directions of apply_shifts, on the device: (kind, k or target, class) -> (vector, spread).
         self._shift_directions: dict[tuple[str, int | None, int], tuple[torch.Tensor, float]] = {}
         self._trails: OrderedDict[tuple[Any, ...], WalkTrail] = OrderedDict()
@@ -139,6 +140,17 @@ class Editor:
             has_second = "classifier_lock" in self.manifest.get("models", {})
             self._lock = ClassifierEnsemble([self.C, self.model("classifier_lock")]) if has_second else self.C
         return self._lock
+
+    def unit_gain(self, kind: str, k: int, class_index: int | None = None) -> float:
+        """How much longer than W's spread the eps unit of ``global:k`` / ``class:k`` (of ``class_index``) is, as
+        ``directions calibrate`` recorded it (1 for every other source, and without a record)."""
+        if kind not in ("global", "class"):
+            return 1.0
+        if self._gains is None:
+            deformators = self.model("deformators")
+            sets = 1 + deformators.class_directions().shape[0]
+            self._gains = unit_gains(self.manifest, sets, deformators.global_directions().shape[1])
+        return float(self._gains[0 if kind == "global" else 1 + int(class_index), k])
 
     @property
     def class_names(self) -> list[str]:
@@ -331,20 +343,20 @@ class Editor:
             source = self.direction_set(spec.kind, class_index)
             self._check_k(spec, source.shape[1])
             vector = source[:, spec.k]
-        else:
-            if class_index is None:
-                raise UserError(f"'{spec}' needs the image's class")
-            target = match_class(spec.class_name, self.class_names)
-            if target == class_index:
-                raise UserError(f"the image is already classified as {self.class_names[target]}")
-            vector = bank.boundary_normal(class_index, target)
-            if vector.norm() < 0.5:
-                raise UserError(f"no boundary between {self.class_names[class_index]} and "
-                                f"{self.class_names[target]}: the generator's samples never showed these classes")
-            if keep_global:
-                q, _ = torch.linalg.qr(self.model("deformators").global_directions().detach())
-                vector = vector - q @ (q.T @ vector)
-                vector = vector / vector.norm().clamp_min(1e-12)
+            return vector, float(spread_of(vector, bank.w_cov)) * self.unit_gain(spec.kind, spec.k, class_index)
+        if class_index is None:
+            raise UserError(f"'{spec}' needs the image's class")
+        target = match_class(spec.class_name, self.class_names)
+        if target == class_index:
+            raise UserError(f"the image is already classified as {self.class_names[target]}")
+        vector = bank.boundary_normal(class_index, target)
+        if vector.norm() < 0.5:
+            raise UserError(f"no boundary between {self.class_names[class_index]} and "
+                            f"{self.class_names[target]}: the generator's samples never showed these classes")
+        if keep_global:
+            q, _ = torch.linalg.qr(self.model("deformators").global_directions().detach())
+            vector = vector - q @ (q.T @ vector)
+            vector = vector / vector.norm().clamp_min(1e-12)
         return vector, float(spread_of(vector, bank.w_cov))
 
     def direction_set(self, kind: str, class_index: int | None = None) -> torch.Tensor:
@@ -410,7 +422,7 @@ class Editor:
         rows = []
         for k in range(source.shape[1]):
             vector = source[:, k].to(self.device)
-            spread = spread_of(vector, bank.w_cov.to(self.device))
+            spread = spread_of(vector, bank.w_cov.to(self.device)) * self.unit_gain(kind, k, class_index)
             if lock:
                 shifted = locked_shift_codes(self.G, self.lock_classifier, code, vector, eps, spread, layer_range,
                                              target)[0]

@@ -10,6 +10,7 @@ import torch
 
 from semdir_edit.checkpoint import read_manifest, register_model, update_descriptions
 from semdir_edit.config import ClassifierConfig, GeneratorConfig
+from semdir_edit.core.errors import UserError
 from semdir_edit.directions.bank import build_direction_bank
 from semdir_edit.editor import Editor
 from semdir_edit.evaluation.directions import (
@@ -101,6 +102,39 @@ def test_a_direction_that_changes_nothing_is_described_as_faint(trained):
     # Faint directions count as one attribute, whatever they correlate with.
     described = {"pca:0": still, "pca:1": {**still, "label": "faint: width +"}, "pca:2": moved}
     assert same_label_share(described, "pca:") == pytest.approx(2 / 3)
+
+
+def test_calibrated_units_lengthen_our_directions_only(trained, tmp_path):
+    """`directions calibrate --record`: gains within [1, max] per direction of our sets, which apply's unit then
+    carries (the baselines keep W's spread); a goal every direction already meets changes nothing."""
+    import shutil
+
+    weights = tmp_path / "w"
+    shutil.copytree(trained, weights)
+    specs = (("global:1", 0, 1), ("class:2", 1 + 3, 2), ("pca:0", None, None))
+    before = {spec: Editor.from_pretrained(weights, device="cpu").direction(spec, 3)[1] for spec, _, _ in specs}
+    for target, max_gain in (("0.9", "2"), ("0.001", "3")):
+        result = run_cli("directions", "calibrate", "--per-class", "2", "--target", target, "--max-gain", max_gain,
+                         "--record", "-q", "-w", str(weights), "--device", "cpu")
+        assert result.returncode == 0, result.stderr
+        units = read_manifest(weights)["direction_units"]
+        gains = torch.tensor(units["gains"])
+        # No tiny generator's edit changes 90 % of the picture: every direction measured gets the most (a class
+        # the generator drew no sample of keeps 1); every direction meets 0.1 %.
+        if target == "0.9":
+            assert (gains[0] == 2).all() and (gains[1:] == 2).any() and ((gains == 1) | (gains == 2)).all(), gains
+        else:
+            assert (gains == 1).all(), gains
+        assert units["target"] == float(target) and "directions calibrate" in units["command"]
+        ed = Editor.from_pretrained(weights, device="cpu")
+        for spec, row, k in specs:
+            gain = 1.0 if row is None else float(gains[row, k])
+            assert ed.direction(spec, 3)[1] == pytest.approx(before[spec] * gain)
+    broken = json.loads((weights / "manifest.json").read_text())
+    broken["direction_units"]["gains"] = [[1.0, 2.0]]
+    (weights / "manifest.json").write_text(json.dumps(broken))
+    with pytest.raises(UserError, match="calibrate"):
+        Editor.from_pretrained(weights, device="cpu").direction("global:0")
 
 
 def test_directions_list_and_show_cli(trained, tmp_path):

@@ -243,6 +243,9 @@ MANIFEST_BREAKS = [
     ("class names not text", lambda m: m["models"]["classifier"].update(class_names=list(range(10)))),
     ("entry a string", lambda m: m["models"].update(generator="x")),
     ("figures a list", lambda m: m.update(figures=[1])),
+    ("unit gains not numbers", lambda m: m.update(direction_units={"gains": [["2"]]})),
+    ("unit gains out of range", lambda m: m.update(direction_units={"gains": [[1.0, -1.0], [1e9, float("nan")]]})),
+    ("unit gains a number", lambda m: m.update(direction_units={"gains": 3})),
     ("manifest a list", None),
 ]
 

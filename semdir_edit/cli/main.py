@@ -477,6 +477,34 @@ def directions_describe_cmd(
         typer.echo(f"recorded in {weights / 'manifest.json'}")
 
 
+@directions_app.command("calibrate")
+def directions_calibrate_cmd(
+    weights: Path = WeightsOpt,
+    device: str = DeviceOpt,
+    per_class: int = typer.Option(8, "--per-class", min=1, help="Generated samples per class to measure on."),
+    seed: int = typer.Option(1, "--seed", callback=checked_seed),
+    target: float = typer.Option(0.05, "--target", min=0.001, max=1.0,
+                                 help="Mean pixel change (images in [0, 1]) each direction should make at |eps| 3."),
+    max_gain: float = typer.Option(3.0, "--max-gain", min=1.0, max=5.0,
+                                   help="The most a direction's unit may grow beyond W's spread along it."),
+    record: bool = RecordOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Lengthen the eps unit of our global and class directions whose spread-sized step barely changes the picture,
+    so that |eps| 3 changes it visibly; --record makes apply, batch, the grids and the browser editor use it."""
+    from semdir_edit.checkpoint import update_direction_units
+    from semdir_edit.core.device import resolve_device
+    from semdir_edit.evaluation.evaluate import calibrate_units
+
+    units = calibrate_units(weights, resolve_device(device), per_class=per_class, seed=seed, target=target,
+                            max_gain=max_gain, progress=not quiet)
+    for s, row in enumerate(units["gains"]):
+        typer.echo(f"{'global' if s == 0 else f'class set {s - 1}':<12} " + " ".join(f"{g:5.2f}" for g in row))
+    if record:
+        update_direction_units(weights, {**units, "command": command_line()})
+        typer.echo(f"recorded in {weights / 'manifest.json'}")
+
+
 @directions_app.command("list")
 def directions_list_cmd(weights: Path = WeightsOpt) -> None:
     """Every direction with its measured description (from `evaluate directions`)."""

@@ -19,6 +19,9 @@ from semdir_edit.core.errors import UserError
 # -3..3; beyond ~10 spreads the generator draws noise, and a class-locked walk takes |eps| / step passes, so an
 # unbounded eps (1e9) would walk for ever.
 EPS_LIMIT = 10.0
+# The most a direction's eps unit may be lengthened beyond W's spread along it (`directions calibrate`): a walk of
+# |eps| EPS_LIMIT then still ends within reach.
+MAX_UNIT_GAIN = 5.0
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed; larger ones overflow.
 # OSError numbers that concern one output's path (a name too long, a folder or device where a file goes), not the
 # disk or the machine: batch records that input as failed and goes on.
@@ -164,15 +167,20 @@ def check_config_section(section: Any, where: str) -> Any:
 def check_manifest(manifest: Any, where: str) -> dict[str, Any]:
     """A weights folder's manifest.json: an object whose ``models`` map kinds to entries with a plain ``file`` name,
     a ``sha256`` and a ``config`` object (class_names, when present, a list of text); ``figures`` and
-    ``descriptions`` objects."""
+    ``descriptions`` objects; ``direction_units.gains`` rows of numbers in (0, MAX_UNIT_GAIN]."""
     def refuse(why: str) -> UserError:
         return UserError(f"{where} refused: {why}")
 
     if not isinstance(manifest, dict):
         raise refuse(f"the manifest must be a JSON object, not {_show(manifest)}")
-    for key in ("models", "figures", "descriptions"):
+    for key in ("models", "figures", "descriptions", "direction_units"):
         if key in manifest and not isinstance(manifest[key], dict):
             raise refuse(f"'{key}' must be an object, not {_show(manifest[key])}")
+    gains = manifest.get("direction_units", {}).get("gains", [])
+    if not (isinstance(gains, list) and all(isinstance(row, list) and all(
+            isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g) and 0 < g <= MAX_UNIT_GAIN
+            for g in row) for row in gains)):
+        raise refuse(f"direction_units.gains must be lists of numbers in (0, {MAX_UNIT_GAIN:g}]")
     for kind, entry in manifest.get("models", {}).items():
         if not isinstance(entry, dict):
             raise refuse(f"models.{one_line(kind)} must be an object, not {_show(entry)}")

@@ -238,6 +238,44 @@ def change_map_cosines(maps: torch.Tensor) -> torch.Tensor:
     return cos[pairs]
 
 
+@torch.no_grad()
+def calibrate_gains(G: Generator, C: Classifier, sets: torch.Tensor, spreads: torch.Tensor, w: torch.Tensor,
+                    labels: torch.Tensor, target: float, max_gain: float, eps: float = 3.0,
+                    lock_by: torch.nn.Module | None = None, progress: bool = False) -> torch.Tensor:
+    """(S, K) gains in [1, max_gain] for our sets (S, w_dim, K) (global first, then one per class): how much
+    longer than W's spread along it each direction's eps unit must be for its class-locked edit at |eps| = ``eps``
+    to change the picture by ``target`` (mean absolute pixel change, images in [0, 1]). A spread-sized step along a
+    direction W barely varies along moves the picture little; the lock keeps its class however far it goes. Never
+    shorter than the spread; set 0 is measured on every sample of ``w``, set s >= 1 on those of class s - 1. The
+    change grows more slowly than the step, so a direction short of ``target`` is measured twice: at its spread and
+    at the first estimate (target / change), which is then scaled once more."""
+    S, _, K = sets.shape
+    gains = torch.ones(S, K)
+    for s in bar(range(S), desc="calibrate", unit="set", progress=progress):
+        members = torch.arange(len(w)) if s == 0 else (labels == s - 1).nonzero()[:, 0]
+        if not len(members):
+            continue
+        for k in range(K):
+            one = (sets[s:s + 1, :, k:k + 1], spreads[s:s + 1, k:k + 1], w[members], labels[members])
+            seen = _locked_change(G, C, *one, 1.0, eps, lock_by)
+            if seen >= target:
+                continue
+            gain = min(max_gain, target / max(seen, 1e-6))
+            if gain < max_gain:   # Measured there, then scaled once more (either way, within [1, max_gain]).
+                gain = min(max_gain, max(1.0, gain * target / max(_locked_change(G, C, *one, gain, eps, lock_by),
+                                                                  1e-6)))
+            gains[s, k] = gain
+    return gains
+
+
+def _locked_change(G: Generator, C: Classifier, direction: torch.Tensor, spread: torch.Tensor, w: torch.Tensor,
+                   labels: torch.Tensor, gain: float, eps: float, lock_by: torch.nn.Module | None) -> float:
+    """Mean pixel change of one direction (1, w_dim, 1) walked class-locked to +-eps in units of gain x spread."""
+    zeros = torch.zeros(len(w), dtype=torch.long)
+    return visible_effects(G, C, direction, spread * gain, w, labels, zeros, eps=eps, class_lock=True,
+                           lock_by=lock_by)["visible"]
+
+
 def effective_directions(maps: torch.Tensor) -> torch.Tensor:
     """How many different changes K change maps of one sample make, (B, K, P) -> (B,) in [1, K] (0 where none
     changes anything): the participation ratio (sum of l)^2 / sum of l^2 of the eigenvalues l of their Gram matrix.

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from semdir_edit.checkpoint import load_model, read_manifest
+from semdir_edit.checkpoint import load_model, read_manifest, unit_gains
 from semdir_edit.config import DataConfig, InversionConfig
 from semdir_edit.core.device import eval_mode
 from semdir_edit.core.errors import UserError
@@ -266,6 +266,13 @@ def direction_sources(weights_dir: str | Path, device: torch.device) -> dict[str
     return sources
 
 
+def ours_gains(weights_dir: str | Path, ours: torch.Tensor) -> torch.Tensor:
+    """(N+1, K): how much longer than W's spread the eps unit of each of our directions is, as ``apply`` walks it
+    (``directions calibrate``; ones without a record). The shift predictor is trained and its RCA measured in
+    spreads; what a person sees is measured in ``apply``'s unit."""
+    return unit_gains(read_manifest(weights_dir), ours.shape[0], ours.shape[2])
+
+
 def rca_figures(G: Generator, predictor: ShiftPredictor, ours: torch.Tensor, spreads: torch.Tensor, w: torch.Tensor,
                 labels: torch.Tensor, eps_range: tuple[float, float], seed: int) -> dict[str, float]:
     """The trained shift predictor's RCA on our sets (N+1, w_dim, K): ``rca_global``, ``rca_class_<c>`` (each
@@ -322,7 +329,9 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
                                "min_class_samples": int(torch.bincount(labels, minlength=num_classes).min())}
 
     ours = sources["ours"]
-    spreads = ed.spreads_of(ours, w_cov)
+    spreads = ed.spreads_of(ours, w_cov)         # The shift predictor's unit (its RCA).
+    gains = ours_gains(weights_dir, ours)
+    units = spreads * gains                      # apply's unit (every edit below).
     figures["max_cos"] = ed.max_abs_cos(ours[0], ours[1:])
     baselines = {"global": ours[:1], **{k: v for k, v in sources.items() if k not in ("ours", "cpca")}}
     # One stage per log line below: 6 fixed, one per baseline, one for the class sets' fresh predictors.
@@ -333,10 +342,10 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     zeros = torch.zeros_like(labels)
 
     stage("edits along our global and class directions")
-    g = ed.edit_effects(G, C, F, ours, spreads, w, labels, zeros, seed)
-    c = ed.edit_effects(G, C, F, ours, spreads, w, labels, labels + 1, seed)
+    g = ed.edit_effects(G, C, F, ours, units, w, labels, zeros, seed)
+    c = ed.edit_effects(G, C, F, ours, units, w, labels, labels + 1, seed)
     stage("edits along our class directions, class-locked (as apply makes them)")
-    locked = ed.edit_effects(G, C, F, ours, spreads, w, labels, labels + 1, seed, class_lock=True, lock_by=lock_by)
+    locked = ed.edit_effects(G, C, F, ours, units, w, labels, labels + 1, seed, class_lock=True, lock_by=lock_by)
     for key, value in ed.summarize_effects(g, "global_").items():
         figures[key.replace("global_edit_strength", "edit_strength_global")] = value
     # class_preserved / edit_strength_class: the class-locked edits `apply` makes; *_linear: the plain edits.
@@ -347,14 +356,14 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
     # Specificity: class c's directions applied to samples of another class.
     other = (labels + torch.randint(1, num_classes, labels.shape, generator=torch.Generator().manual_seed(seed))
              ) % num_classes
-    o = ed.edit_effects(G, C, F, ours, spreads, w, labels, other + 1, seed)
+    o = ed.edit_effects(G, C, F, ours, units, w, labels, other + 1, seed)
     figures["class_preserved_other"] = o["kept"].float().mean().item()
     figures["edit_strength_class_on_other"] = o["change"].mean().item()
     figures["specificity_change_ratio"] = c["change"].mean().item() / max(o["change"].mean().item(), 1e-12)
 
     stage(f"what a person sees at |eps| = {VISIBLE_EPS:g}, every source as apply edits it by default")
     figures.update(visible_figures(G, C, sources, w_cov, w, labels, visible_per_class, seed, typicality, judge,
-                                   lock_by))
+                                   lock_by, gains))
     stage(f"to:<class> at eps +{VISIBLE_EPS:g}")
     subset = _per_class_subset(labels, visible_per_class)
     bank = load_model(weights_dir, "direction_bank", device)
@@ -383,7 +392,7 @@ def evaluate_directions(weights_dir: str | Path, device: torch.device, class_nam
 
     stage("describing every direction")
     descriptions = describe_sources(G, C, sources, w_cov, w, labels, class_names, seed, describe_samples, progress,
-                                    lock_by)
+                                    lock_by, gains)
     stage.close()
     figures.update(label_shares(descriptions, class_names))
     return figures, descriptions
@@ -402,11 +411,11 @@ def label_shares(descriptions: dict[str, Any], class_names: list[str]) -> dict[s
 
 def describe_sources(G: Generator, C: Classifier, sources: dict[str, torch.Tensor], w_cov: torch.Tensor,
                      w: torch.Tensor, labels: torch.Tensor, class_names: list[str], seed: int = 0,
-                     describe_samples: int = 32, progress: bool = False, lock_by: torch.nn.Module | None = None
-                     ) -> dict[str, Any]:
+                     describe_samples: int = 32, progress: bool = False, lock_by: torch.nn.Module | None = None,
+                     gains: torch.Tensor | None = None) -> dict[str, Any]:
     """A measured description of every direction of every source (:func:`describe_direction`), keyed by its
-    ``--direction`` spec; each edited as ``apply`` edits it by default (ours class-locked, holding ``lock_by``, the
-    baselines linear).
+    ``--direction`` spec; each edited as ``apply`` edits it by default (ours class-locked, holding ``lock_by``, in
+    units lengthened by ``gains`` (:func:`ours_gains`); the baselines linear).
     Class sets are described on samples of their class, the others on a mix of every class."""
     gen = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(w), generator=gen)[:describe_samples]
@@ -415,6 +424,8 @@ def describe_sources(G: Generator, C: Classifier, sources: dict[str, torch.Tenso
                     unit="direction", progress=progress, leave=False)
     for name, sets in sources.items():
         s = ed.spreads_of(sets, w_cov)
+        if name == "ours" and gains is not None:
+            s = s * gains
         for set_i in range(sets.shape[0]):
             if (name == "ours" and set_i > 0) or name == "cpca":
                 cls = set_i - 1 if name == "ours" else set_i
@@ -447,11 +458,35 @@ def describe_directions(weights_dir: str | Path, device: torch.device, class_nam
     sources = direction_sources(weights_dir, device)
     samples = sample_by_class(G, C, per_class, seed)
     descriptions = describe_sources(G, C, sources, w_cov, samples.w, samples.labels, class_names, seed,
-                                    describe_samples, progress, load_lock_classifier(weights_dir, C, device))
+                                    describe_samples, progress, load_lock_classifier(weights_dir, C, device),
+                                    ours_gains(weights_dir, sources["ours"]))
     return descriptions, label_shares(descriptions, class_names)
 
 
 VISIBLE_EPS = 3.0
+# `directions calibrate`: the change (mean absolute pixel change, images in [0, 1]) each of our directions should
+# make at |eps| VISIBLE_EPS (2.5 x a faint one's; the global set's strongest make 0.075, the class sets 0.09 on
+# average), and the most its unit may grow beyond W's spread (edits at 3 x stayed as typical of their class, and as
+# often named their class by the judge, as at 1 x on the global set's faint directions).
+UNIT_TARGET = 0.05
+UNIT_MAX_GAIN = 3.0
+
+
+def calibrate_units(weights_dir: str | Path, device: torch.device, per_class: int = 8, seed: int = 1,
+                    target: float = UNIT_TARGET, max_gain: float = UNIT_MAX_GAIN, progress: bool = False
+                    ) -> dict[str, Any]:
+    """The eps unit of our directions (:func:`~semdir_edit.evaluation.directions.calibrate_gains`) on ``per_class``
+    generated samples per class (seed 1 by default: not the samples `evaluate directions` measures on), as the
+    manifest's ``direction_units``."""
+    G = load_model(weights_dir, "generator", device)
+    C = load_model(weights_dir, "classifier", device)
+    w_cov = load_model(weights_dir, "direction_bank", device).w_cov.cpu()
+    ours = direction_sources(weights_dir, device)["ours"]
+    samples = sample_by_class(G, C, per_class, seed)
+    gains = ed.calibrate_gains(G, C, ours, ed.spreads_of(ours, w_cov), samples.w, samples.labels, target, max_gain,
+                               VISIBLE_EPS, load_lock_classifier(weights_dir, C, device), progress)
+    return {"gains": [[round(float(g), 3) for g in row] for row in gains], "target": target, "max_gain": max_gain,
+            "eps": VISIBLE_EPS, "samples_per_class": per_class, "seed": seed}
 
 
 def _per_class_subset(labels: torch.Tensor, per_class: int) -> torch.Tensor:
@@ -491,11 +526,12 @@ def fit_typicality(C: Classifier, data_cfg: DataConfig, data_dir: str | None = N
 def visible_figures(G: Generator, C: Classifier, sources: dict[str, torch.Tensor], w_cov: torch.Tensor,
                     w: torch.Tensor, labels: torch.Tensor, per_class: int, seed: int,
                     typicality: ClassTypicality | None = None, judge: Classifier | None = None,
-                    lock_by: torch.nn.Module | None = None) -> dict[str, float]:
+                    lock_by: torch.nn.Module | None = None, gains: torch.Tensor | None = None) -> dict[str, float]:
     """``<source>_visible``, ``_outline``, ``_distinct``, ``_class_preserved`` (and with ``typicality``,
     ``_typical``; with ``judge``, ``_judged`` and ``unedited_judged``, the judge's agreement with ``C`` on the
     samples themselves) at |eps| = 3 for every source, each edited as ``apply`` edits it by default (class-locked
-    where its default is, holding ``lock_by``: :func:`load_lock_classifier`), on ``per_class`` samples per class.
+    where its default is, holding ``lock_by``: :func:`load_lock_classifier`; ours in units lengthened by ``gains``,
+    :func:`ours_gains`), on ``per_class`` samples per class.
 
     Sources: ``global`` and ``class`` (ours: each sample along its class's set), ``voynov``, ``pca``, ``sefa``,
     ``random``, and ``cpca`` (each sample along its class's per-class PCA).
@@ -515,7 +551,10 @@ def visible_figures(G: Generator, C: Classifier, sources: dict[str, torch.Tensor
         figures["unedited_judged"] = (named == labels).float().mean().item()
     for name, (sets, set_index, kind) in plan.items():
         lock = keeps_class(DirectionSpec(kind, 0), None)
-        effects = ed.visible_effects(G, C, sets, ed.spreads_of(sets, w_cov), w, labels, set_index,
+        units = ed.spreads_of(sets, w_cov)
+        if kind in ("global", "class") and gains is not None:
+            units = units * gains
+        effects = ed.visible_effects(G, C, sets, units, w, labels, set_index,
                                      eps=VISIBLE_EPS, class_lock=lock, typicality=typicality, judge=judge,
                                      lock_by=lock_by)
         figures.update({f"{name}_{key}": value for key, value in effects.items()})
