@@ -19,7 +19,13 @@ from semdir_edit.config import load_config
 from semdir_edit.core.images import save_grid
 from semdir_edit.directions.baselines import sample_by_class
 from semdir_edit.evaluation import directions as ed
-from semdir_edit.evaluation.evaluate import VISIBLE_EPS, direction_sources, fit_typicality, load_lock_classifier
+from semdir_edit.evaluation.evaluate import (
+    VISIBLE_EPS,
+    direction_sources,
+    fit_typicality,
+    load_lock_classifier,
+    ours_gains,
+)
 from semdir_edit.ops.class_lock import locked_shift_codes
 
 
@@ -39,7 +45,7 @@ def main() -> None:
     keep = torch.cat([torch.nonzero(samples.labels == c).flatten()[:args.per_class]
                       for c in range(C.cfg.num_classes)])
     codes, labels = G.broadcast(samples.w[keep]), samples.labels[keep]
-    spreads = ed.spreads_of(ours, w_cov)
+    spreads = ed.spreads_of(ours, w_cov) * ours_gains(args.weights, ours)   # apply's unit.
     target = labels.repeat_interleave(2)
     lock = load_lock_classifier(args.weights, C, "cpu")      # What apply's lock holds.
     ratios, tiles = [], []
