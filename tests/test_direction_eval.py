@@ -8,7 +8,7 @@ import cv2
 import pytest
 import torch
 
-from semdir_edit.checkpoint import read_manifest, register_model, update_descriptions
+from semdir_edit.checkpoint import load_model, read_manifest, register_model, update_descriptions
 from semdir_edit.config import ClassifierConfig, GeneratorConfig
 from semdir_edit.core.errors import UserError
 from semdir_edit.directions.bank import build_direction_bank
@@ -135,6 +135,22 @@ def test_calibrated_units_lengthen_our_directions_only(trained, tmp_path):
     (weights / "manifest.json").write_text(json.dumps(broken))
     with pytest.raises(UserError, match="calibrate"):
         Editor.from_pretrained(weights, device="cpu").direction("global:0")
+
+
+def test_what_a_person_sees_is_measured_in_applys_unit(trained):
+    """visible_figures with gains: our sets walk further (more change), the baselines as before."""
+    from semdir_edit.directions.baselines import sample_by_class
+    from semdir_edit.evaluation.evaluate import direction_sources, visible_figures
+
+    G, C = load_model(trained, "generator"), load_model(trained, "classifier")
+    w_cov = load_model(trained, "direction_bank").w_cov
+    sources = {k: v for k, v in direction_sources(trained, "cpu").items() if k in ("ours", "pca")}
+    samples = sample_by_class(G, C, 2, 0)
+    plain = visible_figures(G, C, sources, w_cov, samples.w, samples.labels, 2, 0)
+    longer = visible_figures(G, C, sources, w_cov, samples.w, samples.labels, 2, 0,
+                             gains=torch.full(sources["ours"].shape[::2], 3.0))
+    assert longer["global_visible"] > plain["global_visible"] and longer["class_visible"] > plain["class_visible"]
+    assert longer["pca_visible"] == plain["pca_visible"]
 
 
 def test_directions_list_and_show_cli(trained, tmp_path):
