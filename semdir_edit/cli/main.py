@@ -16,7 +16,7 @@ import typer
 from semdir_edit.cli.batch import batch_cmd
 from semdir_edit.cli.options import DIRECTION_HELP, EPS_HELP, QuietOpt, WeightsOpt
 from semdir_edit.core.errors import UserError
-from semdir_edit.core.validate import check_seed, one_line
+from semdir_edit.core.validate import MAX_UNIT_GAIN, UNIT_MAX_GAIN, UNIT_TARGET, check_seed, one_line
 
 if TYPE_CHECKING:
     import torch
@@ -483,9 +483,9 @@ def directions_calibrate_cmd(
     device: str = DeviceOpt,
     per_class: int = typer.Option(8, "--per-class", min=1, help="Generated samples per class to measure on."),
     seed: int = typer.Option(1, "--seed", callback=checked_seed),
-    target: float = typer.Option(0.05, "--target", min=0.001, max=1.0,
+    target: float = typer.Option(UNIT_TARGET, "--target", min=0.001, max=1.0,
                                  help="Mean pixel change (images in [0, 1]) each direction should make at |eps| 3."),
-    max_gain: float = typer.Option(3.0, "--max-gain", min=1.0, max=5.0,
+    max_gain: float = typer.Option(UNIT_MAX_GAIN, "--max-gain", min=1.0, max=MAX_UNIT_GAIN,
                                    help="The most a direction's unit may grow beyond W's spread along it."),
     record: bool = RecordOpt,
     quiet: bool = QuietOpt,

@@ -22,6 +22,12 @@ EPS_LIMIT = 10.0
 # The most a direction's eps unit may be lengthened beyond W's spread along it (`directions calibrate`): a walk of
 # |eps| EPS_LIMIT then still ends within reach.
 MAX_UNIT_GAIN = 5.0
+# `directions calibrate`'s defaults: the change (mean absolute pixel change, images in [0, 1]) each of our directions
+# should make at |eps| 3 (2.5 x a faint one's; the global set's strongest make 0.075, the class sets 0.09 on
+# average), and the most its unit may grow beyond W's spread (edits at 3 x stayed as typical of their class, and as
+# often named their class by the judge, as at 1 x on the global set's faint directions).
+UNIT_TARGET = 0.05
+UNIT_MAX_GAIN = 3.0
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a 64-bit seed; larger ones overflow.
 # OSError numbers that concern one output's path (a name too long, a folder or device where a file goes), not the
 # disk or the machine: batch records that input as failed and goes on.

@@ -22,6 +22,7 @@ from semdir_edit.core.images import to_float
 from semdir_edit.core.io import atomic_write_bytes
 from semdir_edit.core.progress import Stages, bar, step_callback
 from semdir_edit.core.types import Inverted
+from semdir_edit.core.validate import UNIT_MAX_GAIN, UNIT_TARGET
 from semdir_edit.data import ImageSet, load_split
 from semdir_edit.directions.baselines import sample_by_class
 from semdir_edit.editor import Editor
@@ -464,12 +465,6 @@ def describe_directions(weights_dir: str | Path, device: torch.device, class_nam
 
 
 VISIBLE_EPS = 3.0
-# `directions calibrate`: the change (mean absolute pixel change, images in [0, 1]) each of our directions should
-# make at |eps| VISIBLE_EPS (2.5 x a faint one's; the global set's strongest make 0.075, the class sets 0.09 on
-# average), and the most its unit may grow beyond W's spread (edits at 3 x stayed as typical of their class, and as
-# often named their class by the judge, as at 1 x on the global set's faint directions).
-UNIT_TARGET = 0.05
-UNIT_MAX_GAIN = 3.0
 
 
 def calibrate_units(weights_dir: str | Path, device: torch.device, per_class: int = 8, seed: int = 1,
