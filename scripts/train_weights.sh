@@ -87,5 +87,7 @@ for pcfg in $PREDICTOR_CFG; do
   tail -n 2 "$RUNS/$name.log"
 done
 fi
+log "stage 3: our directions' eps unit calibrated (apply's unit; the predictor keeps spreads)"
+$SE directions calibrate --device "$DEVICE" --weights "$OUT" --record -q
 rm -rf "$OUT".s1c "$OUT".s1g "$OUT".enc "$OUT".conv "$OUT".dir "$OUT".ortho "$OUT".voynov "$OUT".base
 log "done: $OUT (and $OUT-orthonormal)"
