@@ -328,7 +328,8 @@ class Editor:
 
     def direction(self, spec: str | DirectionSpec, class_index: int | None = None,
                   keep_global: bool = False) -> tuple[torch.Tensor, float]:
-        """Resolve a direction spec -> (unit vector (w_dim,), spread of W along it).
+        """Resolve a direction spec -> (unit vector (w_dim,), eps unit: W's spread along it, for ``global:k`` and
+        ``class:k`` times its calibrated gain, :meth:`unit_gain`).
 
         class_index: the image's class, for ``class:k``, ``cpca:k`` (without ``@<class>``) and ``to:<class>``.
         keep_global: for ``to:<class>``, project out the global directions so that only the class changes.
