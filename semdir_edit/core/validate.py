@@ -15,9 +15,9 @@ from typing import Any
 
 from semdir_edit.core.errors import UserError
 
-# |eps| of one edit, in units of W's spread, for the CLI (apply, batch) and the browser editor alike. The sliders span
-# -3..3; beyond ~10 spreads the generator draws noise, and a class-locked walk takes |eps| / step passes, so an
-# unbounded eps (1e9) would walk for ever.
+# |eps| of one edit, in apply's unit (W's spread, lengthened for our calibrated directions), for the CLI (apply,
+# batch) and the browser editor alike. The sliders span -3..3; beyond ~10 spreads the generator draws noise, and a
+# class-locked walk takes |eps| / step passes, so an unbounded eps (1e9) would walk for ever.
 EPS_LIMIT = 10.0
 # The most a direction's eps unit may be lengthened beyond W's spread along it (`directions calibrate`): a walk of
 # |eps| EPS_LIMIT then still ends within reach.
