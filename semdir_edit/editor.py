@@ -735,7 +735,7 @@ class Editor:
         code = self.shifted_code(ws, shifts, class_index, class_name=class_name, layers=layers,
                                  keep_class=keep_class)[None]
         seen = self._last_pass
-        if seen is not None and seen.code.shape == code.shape and torch.equal(seen.code, code):
+        if seen is not None and torch.equal(seen.code, code):
             # A locked walk's last pass was at this very code: its image, and the shared classifier's logits on
             # it (the lock's first member), are this edit's (a class-locked slider step then costs one pass).
             image, probs = seen.image, seen.logits.float().softmax(1)
