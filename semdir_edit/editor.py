@@ -190,8 +190,12 @@ class Editor:
     @torch.no_grad()
     def classify(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, 1, R, R) in [-1, 1] -> (class index (B,), confidence (B,))."""
-        probs = self.C(images.to(self.device)).float().softmax(1)
-        conf, idx = probs.max(1)
+        return self._named(self.C(images.to(self.device)))
+
+    @staticmethod
+    def _named(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared classifier's logits -> (class index, confidence), on the CPU."""
+        conf, idx = logits.float().softmax(1).max(1)
         return idx.cpu(), conf.cpu()
 
     @torch.no_grad()
@@ -738,8 +742,8 @@ class Editor:
         if seen is not None and torch.equal(seen.code, code):
             # A locked walk's last pass was at this very code: its image, and the shared classifier's logits on
             # it (the lock's first member), are this edit's (a class-locked slider step then costs one pass).
-            image, probs = seen.image, seen.logits.float().softmax(1)
-            confidence, label = (t.cpu() for t in probs.max(1))
+            image = seen.image
+            label, confidence = self._named(seen.logits)
         else:
             image = self.G.render(code)
             label, confidence = self.classify(image)
